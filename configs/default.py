@@ -1,0 +1,86 @@
+"""Defaults shared by every flig_jax config; the dataset configs import this and change a few fields.
+
+Every field can be overridden from the command line, e.g. `--config.stage2.steps=2000`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Returns the default configuration (the synthetic fMRI-like dataset, CPU-sized)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'synthetic'     # digit69 | cowley_v4 | npz | synthetic
+  c.data.dir = ''               # the dataset's own folder; else $FLIG_DATA_DIR/<name>; else the cache
+  c.data.path = ''              # npz: the file
+  c.data.session = ''           # cowley_v4: e.g. '190927'
+  c.data.image_size = 32        # cowley_v4 (and synthetic): images are resized to this square size
+  c.data.grayscale = True       # cowley_v4: convert colour images to one channel
+  c.data.val_fraction = 0.1     # validation split carved from train (seeded); never the test split
+  c.data.synthetic_mode = 'fmri'  # synthetic: fmri (Gaussian RFs + noise) | spikes (LNP, Poisson)
+  c.data.num_train = 256        # synthetic: number of training pairs
+  c.data.num_test = 64          # synthetic: number of test pairs
+  c.data.num_units = 48         # synthetic: voxels or neurons
+
+  c.model = ml_collections.ConfigDict()
+  c.model.feature_dim = 32      # D: size of the CAE feature vector and of the flow
+  c.model.cae_widths = (32, 64)  # channels of the stride-2 conv stages (one halving of H, W each)
+  c.model.flow_blocks = 4       # K
+  c.model.flow_hidden = 128     # conditioner MLP width
+  c.model.coupling = 'affine'   # affine | spline
+  c.model.spline_bins = 8
+  c.model.spline_range = 4.0
+  c.model.disc_hidden = 128
+
+  c.stage1 = ml_collections.ConfigDict()
+  c.stage1.steps = 400
+  c.stage1.batch_size = 32
+  c.stage1.learning_rate = 2e-3
+  c.stage1.weight_decay = 1e-4
+  c.stage1.ssim_weight = 0.0     # adds (1 - SSIM) to the pixel MSE
+  c.stage1.augment = True        # random shift, rotation and elastic warp of the stimuli
+  c.stage1.max_shift = 2.0       # pixels
+  c.stage1.max_rotation = 10.0   # degrees
+  c.stage1.elastic_strength = 1.0  # pixels of smooth random displacement
+
+  c.stage2 = ml_collections.ConfigDict()
+  c.stage2.steps = 400
+  c.stage2.batch_size = 32
+  c.stage2.learning_rate = 1e-3
+  c.stage2.disc_learning_rate = 1e-3
+  c.stage2.weight_decay = 1e-4
+  c.stage2.local_forward = 1.0   # ||f(h) - a||^2 on the k signal coordinates
+  c.stage2.local_inverse = 1.0   # ||f^-1(a) - h||^2
+  c.stage2.likelihood = 0.01     # -log N(f(h); 0, I) - log|det df/dh|, per dimension
+  c.stage2.adversarial = 0.01    # f fools Dis on f(h) vs a
+  c.stage2.adversarial_inverse = 0.0  # and on f^-1(a) vs h
+  c.stage2.pixel = 0.0           # ||G(f^-1(a)) - x||^2 through the frozen decoder
+  c.stage2.gradient_penalty = 1.0  # R1 penalty on the discriminator's real inputs
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 200
+  c.checkpoint.keep = 3
+
+  c.log_every_steps = 20
+  c.num_figure_images = 8
+  c.distributed = False          # call jax.distributed.initialize() (also set by FLIG_DISTRIBUTED=1)
+  return c
+
+
+def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks a config so both stages run in seconds on a laptop CPU (the tests use this)."""
+  config.model.feature_dim = 8
+  config.model.cae_widths = (8, 16)
+  config.model.flow_blocks = 2
+  config.model.flow_hidden = 16
+  config.model.disc_hidden = 16
+  config.stage1.steps = 6
+  config.stage2.steps = 6
+  config.stage1.batch_size = 8
+  config.stage2.batch_size = 8
+  config.checkpoint.every_steps = 3
+  config.log_every_steps = 2
+  config.num_figure_images = 4
+  return config

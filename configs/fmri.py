@@ -1,0 +1,29 @@
+"""digit69 fMRI (one subject, V1-V3, 3092 voxels; 90 train / 10 test handwritten 6s and 9s, 28x28).
+
+  python train.py --config configs/fmri.py --workdir runs/fmri
+  python evaluate.py --ckpt runs/fmri
+  python train.py --config configs/fmri.py:smoke --workdir /tmp/fmri_smoke   # seconds
+
+Reads digit69_28x28.mat from --config.data.dir, else $FLIG_DATA_DIR/digit69, else the cache.
+Both stages take a few minutes on a 2-core CPU; README's results section gives what it scores.
+Hyper-parameters were chosen on the validation split carved from the 90 training pairs.
+"""
+
+from configs import default
+
+
+def get_config(arg: str = ''):
+  config = default.get_config()
+  config.data.name = 'digit69'
+  config.data.val_fraction = 0.1
+  config.model.feature_dim = 32
+  config.stage1.steps = 1500
+  config.stage1.batch_size = 30
+  config.stage2.steps = 1500
+  config.stage2.batch_size = 27
+  config.checkpoint.every_steps = 500
+  if arg == 'smoke':
+    config = default.smoke(config)
+    config.stage1.batch_size = 9
+    config.stage2.batch_size = 9
+  return config

@@ -1,0 +1,30 @@
+"""Macaque V4 spikes (Cowley et al. 2023): one session, 24-89 neurons, natural images at 32x32 grey.
+
+  python train.py --config configs/spikes.py --config.data.session=190927 --workdir runs/v4_190927
+  python evaluate.py --ckpt runs/v4_190927
+  python train.py --config configs/spikes.py:smoke --workdir /tmp/v4_smoke   # seconds
+
+Reads images/images_<session>.zip and responses_repeat_averaged/responses_<session>.npy from
+--config.data.dir, else $FLIG_DATA_DIR/cowley_v4. Test images are those with index % 5 == 4.
+"""
+
+from configs import default
+
+
+def get_config(arg: str = ''):
+  config = default.get_config()
+  config.data.name = 'cowley_v4'
+  config.data.session = '190927'
+  config.data.image_size = 32
+  config.data.grayscale = True
+  config.data.val_fraction = 0.1
+  config.model.feature_dim = 32
+  config.stage1.steps = 1500
+  config.stage1.batch_size = 32
+  config.stage1.elastic_strength = 0.5
+  config.stage2.steps = 1500
+  config.stage2.batch_size = 32
+  config.checkpoint.every_steps = 500
+  if arg == 'smoke':
+    config = default.smoke(config)
+  return config

@@ -1,0 +1,164 @@
+"""Checkpoints on disk: an orbax `CheckpointManager` at `<workdir>/checkpoints/` whose step
+directories hold the items `model` (the FLIG variables), `config` and `meta` (JSON), and the
+trainer's `state`.
+"""
+
+import os
+from typing import Any, Mapping
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+CHECKPOINT_SUBDIR = 'checkpoints'
+
+
+def checkpoint_dir(path: str | os.PathLike, must_exist: bool = False) -> str:
+  """The manager's directory for `path`: `path` itself if it is a `checkpoints/` directory, else
+  `<path>/checkpoints`.
+
+  Raises:
+    FileNotFoundError: `must_exist` and there is no such directory.
+  """
+  path = os.path.abspath(os.fspath(path))
+  if os.path.basename(path.rstrip(os.sep)) == CHECKPOINT_SUBDIR and os.path.isdir(path):
+    if not os.path.isdir(os.path.join(path, CHECKPOINT_SUBDIR)):
+      return path
+  directory = os.path.join(path, CHECKPOINT_SUBDIR)
+  if must_exist and not os.path.isdir(directory):
+    raise FileNotFoundError(
+        f'flig_jax/checkpointing.py: no checkpoint at {path} (expected a workdir holding '
+        f'{CHECKPOINT_SUBDIR}/, or that directory itself)')
+  return directory
+
+
+def manager(workdir: str | os.PathLike, keep: int = 3, every_steps: int | None = None,
+            read_only: bool = False) -> ocp.CheckpointManager:
+  """An orbax CheckpointManager at `<workdir>/checkpoints/` (or at `workdir` if it is one).
+
+  Args:
+    workdir: the run's working directory, or its `checkpoints/` directory.
+    keep: how many step directories to keep (the oldest go first).
+    every_steps: `save` skips steps that are not a multiple of this (unless forced).
+    read_only: open an existing directory without creating or deleting anything.
+  """
+  directory = checkpoint_dir(workdir, must_exist=read_only)
+  if read_only:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=None, save_interval_steps=0, create=False, read_only=True)
+  else:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, save_interval_steps=every_steps or 1, create=True)
+  return ocp.CheckpointManager(directory, options=options)
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+  return config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+
+
+def save(mgr: ocp.CheckpointManager, step: int, *, model: Any = None, state: Any = None,
+         config: Any = None, meta: Mapping[str, Any] | None = None, force: bool = False) -> bool:
+  """Saves the given items (None ones are skipped) at `step`; asynchronous, see `wait`.
+
+  Args:
+    mgr: from `manager`.
+    step: the training step.
+    model: the FLIG variables pytree (StandardSave).
+    state: the trainer's state pytree (StandardSave).
+    config: a ConfigDict or dict (JsonSave of its dict form).
+    meta: a JSON-able dict, e.g. {'stage', 'step', 'image_shape', 'num_units', 'adapter_k',
+      'dataset'}.
+    force: save even if `step` is not a multiple of the manager's `every_steps`.
+
+  Returns:
+    Whether a save was started.
+  """
+  items = {}
+  if model is not None:
+    items['model'] = ocp.args.StandardSave(model)
+  if state is not None:
+    items['state'] = ocp.args.StandardSave(state)
+  if config is not None:
+    items['config'] = ocp.args.JsonSave(_config_dict(config))
+  if meta is not None:
+    items['meta'] = ocp.args.JsonSave(dict(meta))
+  if not items:
+    raise ValueError('flig_jax/checkpointing.py: save was given no item to save')
+  return bool(mgr.save(int(step), args=ocp.args.Composite(**items), force=force))
+
+
+def wait(mgr: ocp.CheckpointManager) -> None:
+  """Blocks until every asynchronous save has been written."""
+  mgr.wait_until_finished()
+
+
+def steps_with(mgr: ocp.CheckpointManager, item_name: str) -> list[int]:
+  """Saved steps (ascending) whose directory holds `item_name`."""
+  mgr.wait_until_finished()
+  mgr.reload()
+  return [s for s in sorted(mgr.all_steps())
+          if os.path.isdir(os.path.join(os.fspath(mgr.directory), str(s), item_name))]
+
+
+def read_meta(mgr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  """The `meta` item at `step`."""
+  mgr.wait_until_finished()
+  restored = mgr.restore(int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+  return dict(restored['meta'])
+
+
+def latest_meta(mgr: ocp.CheckpointManager) -> tuple[int, dict[str, Any]] | None:
+  """(step, meta) of the latest step that has a `meta` item, or None if there is none."""
+  steps = steps_with(mgr, 'meta')
+  if not steps:
+    return None
+  return steps[-1], read_meta(mgr, steps[-1])
+
+
+def _tuples(value: Any) -> Any:
+  """JSON turns tuples into lists; the configs use tuples."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def read_config(mgr: ocp.CheckpointManager, step: int) -> ml_collections.ConfigDict:
+  """The `config` item at `step`, as a ConfigDict (lists read back as tuples)."""
+  mgr.wait_until_finished()
+  restored = mgr.restore(int(step), args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+  return ml_collections.ConfigDict(_tuples(dict(restored['config'])))
+
+
+def with_sharding(abstract_target: Any, sharding: jax.sharding.Sharding | None = None) -> Any:
+  """Gives every ShapeDtypeStruct leaf a sharding (default: the first local device)."""
+  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+  def leaf(x):
+    if getattr(x, 'sharding', None) is not None:
+      return x
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+  return jax.tree.map(leaf, abstract_target)
+
+
+def restore(mgr: ocp.CheckpointManager, step: int, item_name: str, abstract_target: Any) -> Any:
+  """Restores the pytree item `item_name` ('model' or 'state') at `step` onto `abstract_target`.
+
+  Args:
+    mgr: from `manager`.
+    step: a saved step.
+    item_name: the item.
+    abstract_target: a pytree of `jax.ShapeDtypeStruct` (from `jax.eval_shape`); leaves without
+      a sharding are placed on the first local device.
+
+  Raises:
+    FileNotFoundError: the step has no such item.
+  """
+  mgr.wait_until_finished()
+  if int(step) not in steps_with(mgr, item_name):
+    raise FileNotFoundError(
+        f'flig_jax/checkpointing.py: {mgr.directory} has no item {item_name!r} at step {step}')
+  args = ocp.args.Composite(**{item_name: ocp.args.StandardRestore(with_sharding(abstract_target))})
+  return mgr.restore(int(step), args=args)[item_name]

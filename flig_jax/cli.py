@@ -1,0 +1,32 @@
+"""What the command-line tools share: run a job, turn a user's mistake into one clear message and exit 1."""
+
+import sys
+from pathlib import Path
+from typing import Callable
+
+import ml_collections
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+  from flig_jax import data
+  from flig_jax.training import loop
+  return (data.DataError, loop.TrainingDiverged, ValueError, FileNotFoundError)
+
+
+def guarded(job: Callable[[], object]) -> int:
+  """Runs `job`; a user-facing error prints one line 'error: ...' to stderr and gives exit status 1."""
+  try:
+    job()
+  except KeyboardInterrupt:
+    print('interrupted; the latest checkpoint is kept, run the same command to resume',
+          file=sys.stderr)
+    return 130
+  except _user_errors() as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  return 0
+
+
+def run_training(config: ml_collections.ConfigDict, workdir: str) -> int:
+  from flig_jax.training import loop
+  return guarded(lambda: loop.train_and_evaluate(config, Path(workdir)))

@@ -1,0 +1,1 @@
+"""Evaluation: decoding and encoding metrics, ridge and MLP baselines, figures and reports."""

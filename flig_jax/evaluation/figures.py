@@ -1,0 +1,150 @@
+"""Figures of an evaluation: reconstruction grids, per-unit encoding accuracy, training curves.
+
+Matplotlib with the Agg backend (no display); each function writes one PNG and returns its path.
+"""
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # after matplotlib.use: the backend must be chosen first
+import numpy as np
+
+from flig_jax.evaluation import metrics
+
+
+def _save(fig: Any, path: str) -> str:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=100, bbox_inches='tight')
+  plt.close(fig)
+  return path
+
+
+def _show(ax: Any, image: np.ndarray) -> None:
+  """Draws one (H, W, C) image in [0, 1]: grey for one channel, colour for three."""
+  image = np.clip(np.asarray(image, np.float32), 0.0, 1.0)
+  if image.shape[-1] == 1:
+    ax.imshow(image[..., 0], cmap='gray', vmin=0.0, vmax=1.0, interpolation='nearest')
+  else:
+    ax.imshow(image, interpolation='nearest')
+  ax.set_xticks([])
+  ax.set_yticks([])
+
+
+def reconstruction_grid(stimuli: Any, recons: Mapping[str, Any], path: str, n: int = 10) -> str:
+  """Writes a grid of the first `n` stimuli (top row) and each model's reconstructions below.
+
+  Args:
+    stimuli: (N, H, W, C) images in [0, 1].
+    recons: model name -> (N, H, W, C) reconstructions of the same stimuli.
+    path: the PNG to write.
+    n: number of columns (stimuli shown).
+
+  Returns:
+    path.
+  """
+  stimuli = np.asarray(stimuli)
+  if stimuli.ndim != 4:
+    raise ValueError(f'figures.py: stimuli must be (N, H, W, C); got shape {stimuli.shape}.')
+  for name, r in recons.items():
+    if np.shape(r) != stimuli.shape:
+      raise ValueError(f'figures.py: reconstructions of {name!r} have shape {np.shape(r)}; '
+                       f'the stimuli have {stimuli.shape}.')
+  n = max(1, min(n, stimuli.shape[0]))
+  rows = [('stimulus', stimuli)] + [(k, np.asarray(v)) for k, v in recons.items()]
+  fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n + 1.0, 1.1 * len(rows)), squeeze=False)
+  for i, (name, images) in enumerate(rows):
+    for j in range(n):
+      _show(axes[i, j], images[j])
+    axes[i, 0].set_ylabel(name, rotation=0, ha='right', va='center', fontsize=10)
+  fig.subplots_adjust(wspace=0.05, hspace=0.05)
+  return _save(fig, path)
+
+
+def encoding_figure(per_unit_pcc: Mapping[str, Any], pred: Any, target: Any, path: str,
+                    n_best: int = 4, model: str = 'flig') -> str:
+  """Writes the encoding summary: per-unit test correlation of every model, and for the
+  `n_best` best-predicted units of `model`, predicted against measured responses.
+
+  Args:
+    per_unit_pcc: model name -> (U,) per-unit Pearson r on the evaluated split.
+    pred: (N, U) responses predicted by `model`.
+    target: (N, U) measured responses.
+    path: the PNG to write.
+    n_best: number of units to scatter.
+    model: the name `pred` belongs to (used in titles).
+
+  Returns:
+    path.
+  """
+  pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
+  if pred.ndim != 2 or pred.shape != target.shape:
+    raise ValueError(f'figures.py: pred and target must be (N, U) of one shape; got '
+                     f'{pred.shape} and {target.shape}.')
+  r_model = metrics.per_unit_pcc(pred, target)
+  n_best = max(1, min(n_best, pred.shape[1]))
+  best = np.argsort(-r_model)[:n_best]
+
+  cols = max(2, n_best)
+  fig = plt.figure(figsize=(3.0 * cols, 6.0))
+  grid = fig.add_gridspec(2, cols)
+  ax_hist = fig.add_subplot(grid[0, :cols // 2])
+  ax_sort = fig.add_subplot(grid[0, cols // 2:])
+  bins = np.linspace(-1.0, 1.0, 41)
+  for name, r in per_unit_pcc.items():
+    r = np.asarray(r, np.float64)
+    ax_hist.hist(r, bins=bins, histtype='step', linewidth=1.5,
+                 label=f'{name} (mean {r.mean():.3f})')
+    ax_sort.plot(np.arange(1, r.size + 1), np.sort(r)[::-1], linewidth=1.5, label=name)
+  ax_hist.set_xlabel('per-unit Pearson r (test)')
+  ax_hist.set_ylabel('units')
+  ax_hist.legend(fontsize=8)
+  ax_sort.axhline(0.0, color='grey', linewidth=0.5)
+  ax_sort.set_xlabel('unit rank')
+  ax_sort.set_ylabel('Pearson r')
+  ax_sort.legend(fontsize=8)
+  for i, u in enumerate(best):
+    ax = fig.add_subplot(grid[1, i])
+    ax.scatter(target[:, u], pred[:, u], s=10, alpha=0.7)
+    lo = min(target[:, u].min(), pred[:, u].min())
+    hi = max(target[:, u].max(), pred[:, u].max())
+    ax.plot([lo, hi], [lo, hi], color='grey', linewidth=0.5)
+    ax.set_title(f'{model} unit {u}: r = {r_model[u]:.2f}', fontsize=9)
+    ax.set_xlabel('measured')
+    if i == 0:
+      ax.set_ylabel('predicted')
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def training_figure(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+                    path: str, log_y: bool = False) -> str:
+  """Writes one panel per training curve.
+
+  Args:
+    curves: name (e.g. 'stage1/loss') -> (steps, values).
+    path: the PNG to write.
+    log_y: logarithmic y axis (for positive losses).
+
+  Returns:
+    path.
+  """
+  if not curves:
+    raise ValueError('figures.py: training_figure was given no curves.')
+  k = len(curves)
+  cols = min(k, 3)
+  rows = -(-k // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 3.0 * rows), squeeze=False)
+  for ax, (name, (steps, values)) in zip(axes.flat, curves.items()):
+    ax.plot(np.asarray(steps), np.asarray(values), linewidth=1.2)
+    ax.set_title(name, fontsize=10)
+    ax.set_xlabel('step')
+    if log_y:
+      ax.set_yscale('log')
+  for ax in list(axes.flat)[k:]:
+    ax.axis('off')
+  fig.tight_layout()
+  return _save(fig, path)

@@ -1,0 +1,365 @@
+"""The FLIG model: the Linen module (autoencoder + flow + adapter + feature statistics), the
+numpy-friendly `Model` that notebooks and tools use, and `save` / `load` of checkpoints.
+
+  encode: r_hat = A^-1(f((E(x) - mean) / std))
+  decode: x_hat = G(f^-1(A(r)) * std + mean)
+"""
+
+import os
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from flig_jax import checkpointing
+from flig_jax.nn.adapter import ARRAY_NAMES, Adapter
+from flig_jax.nn.autoencoder import Autoencoder
+from flig_jax.nn.flow import Flow
+
+Array = jax.Array
+Variables = dict[str, Any]
+CHUNK = 256
+_STD_FLOOR = 1e-6
+
+
+def feature_stats(features: Any) -> tuple[Array, Array]:
+  """Per-feature mean and std (floored at 1e-6) of raw training features E(x), (N, D)."""
+  h = jnp.asarray(features, jnp.float32)
+  return h.mean(axis=0), jnp.maximum(h.std(axis=0), _STD_FLOOR)
+
+
+class FLIG(nn.Module):
+  """FLIG as a Linen module; a pure function of (variables, inputs).
+
+  Variables: `params` {'autoencoder', 'flow'}; `stats` {'feature_mean', 'feature_std'} (D,), the
+  standardisation of the features (h = (E(x) - mean) / std) set from training features after
+  stage 1; `adapter` {'mean', 'scale', 'components', 'sqrt_eig'}, the Adapter's arrays (k comes
+  from their shapes). Build them with `init_variables`.
+  """
+  image_shape: tuple[int, int, int]
+  feature_dim: int
+  cae_widths: tuple[int, ...] = (32, 64)
+  flow_blocks: int = 4
+  flow_hidden: int = 128
+  coupling: str = 'affine'
+  spline_bins: int = 8
+  spline_range: float = 4.0
+
+  @classmethod
+  def from_config(cls, model_config: ml_collections.ConfigDict,
+                  image_shape: tuple[int, int, int]) -> 'FLIG':
+    """The module for `config.model` and images of shape (H, W, C)."""
+    c = model_config
+    return cls(image_shape=tuple(int(s) for s in image_shape),
+               feature_dim=int(c.feature_dim), cae_widths=tuple(int(w) for w in c.cae_widths),
+               flow_blocks=int(c.flow_blocks), flow_hidden=int(c.flow_hidden),
+               coupling=str(c.coupling), spline_bins=int(c.spline_bins),
+               spline_range=float(c.spline_range))
+
+  def setup(self):
+    self.autoencoder = Autoencoder(tuple(self.image_shape), self.feature_dim,
+                                   tuple(self.cae_widths))
+    self.flow = Flow(self.feature_dim, self.flow_blocks, self.flow_hidden, self.coupling,
+                     self.spline_bins, self.spline_range)
+
+  # --- the fixed parts, read from the `stats` and `adapter` collections ---
+
+  def _get(self, collection: str, name: str) -> Array:
+    value = self.get_variable(collection, name)
+    if value is None:
+      raise ValueError(
+          f"flig_jax/model.py: the variables lack '{collection}/{name}'; build them with "
+          'FLIG.init_variables')
+    return value
+
+  def adapter(self) -> Adapter:
+    """The Adapter held in the `adapter` collection."""
+    return Adapter.from_dict({n: self._get('adapter', n) for n in ARRAY_NAMES},
+                             dim=self.feature_dim)
+
+  def standardise(self, h_raw: Array) -> Array:
+    """(E(x) - mean) / std."""
+    return (h_raw - self._get('stats', 'feature_mean')) / self._get('stats', 'feature_std')
+
+  def unstandardise(self, h: Array) -> Array:
+    """h * std + mean, back to the autoencoder's feature space."""
+    return h * self._get('stats', 'feature_std') + self._get('stats', 'feature_mean')
+
+  # --- the pieces ---
+
+  def features(self, x: Array) -> Array:
+    """E(x), raw features (N, D)."""
+    return self.autoencoder.encode(x)
+
+  def decode_features(self, h_raw: Array) -> Array:
+    """G(h) for raw features (N, D) -> images (N, H, W, C)."""
+    return self.autoencoder.decode(h_raw)
+
+  def reconstruct(self, x: Array) -> Array:
+    """G(E(x))."""
+    return self.autoencoder(x)
+
+  def flow_forward(self, h: Array) -> tuple[Array, Array]:
+    """f(h) on standardised features and log|det df/dh|, (N, D) and (N,)."""
+    return self.flow.forward(h)
+
+  def flow_inverse(self, a: Array) -> tuple[Array, Array]:
+    """f^-1(a) (standardised features) and log|det df^-1/da|, (N, D) and (N,)."""
+    return self.flow.inverse(a)
+
+  def latent(self, x: Array) -> Array:
+    """f(standardise(E(x))), images -> (N, D) in the adapter's space."""
+    return self.flow_forward(self.standardise(self.features(x)))[0]
+
+  # --- the two directions ---
+
+  def encode(self, x: Array) -> Array:
+    """A^-1(f(standardise(E(x)))): images (N, H, W, C) -> responses (N, U)."""
+    return self.adapter().inverse(self.latent(x))
+
+  def decode(self, r: Array, pad: str = 'zeros', rng: Array | None = None) -> Array:
+    """G(unstandardise(f^-1(A(r)))): responses (N, U) -> images (N, H, W, C) in [0, 1]."""
+    a = self.adapter().forward(r, pad=pad, rng=rng)
+    return self.decode_features(self.unstandardise(self.flow_inverse(a)[0]))
+
+  def roundtrip(self, x: Array) -> Array:
+    """G(unstandardise(f^-1(f(standardise(E(x)))))), which must equal G(E(x))."""
+    return self.decode_features(self.unstandardise(self.flow_inverse(self.latent(x))[0]))
+
+  def __call__(self, x: Array) -> Array:
+    return self.encode(x)
+
+  @nn.nowrap
+  def init_variables(self, rng: Array, images: Array, adapter: Adapter, feature_mean: Array,
+                     feature_std: Array, autoencoder_params: Any = None) -> Variables:
+    """All variables: params (autoencoder, flow), stats and adapter.
+
+    ActNorm's data-dependent initialisation runs on the standardised features of `images`.
+
+    Args:
+      rng: PRNG key.
+      images: (N, H, W, C) training images (N >= 2 for ActNorm's initialisation).
+      adapter: the fitted Adapter (its dim must be feature_dim).
+      feature_mean: (D,) mean of the raw training features.
+      feature_std: (D,) their std (floored at 1e-6 here).
+      autoencoder_params: trained stage-1 autoencoder params; fresh ones when None.
+    """
+    if adapter.dim != self.feature_dim:
+      raise ValueError(
+          f'flig_jax/model.py: adapter dim {adapter.dim} != feature_dim {self.feature_dim}')
+    ae_rng, flow_rng = jax.random.split(rng)
+    if autoencoder_params is None:
+      autoencoder_params = self.init(ae_rng, images, method=FLIG.reconstruct)['params'][
+          'autoencoder']
+    fixed = {
+        'stats': {'feature_mean': jnp.asarray(feature_mean, jnp.float32),
+                  'feature_std': jnp.maximum(jnp.asarray(feature_std, jnp.float32),
+                                             _STD_FLOOR)},
+        'adapter': adapter.arrays(),
+    }
+    start = {'params': {'autoencoder': autoencoder_params}, **fixed}
+    _, new = self.apply(start, images, rngs={'params': flow_rng}, mutable=['params'],
+                        method=FLIG.latent)
+    return {'params': new['params'], **fixed}
+
+
+def _pow2_bucket(n: int, chunk: int) -> int:
+  """Smallest power of two >= n, capped at chunk (so each method compiles a few shapes only)."""
+  return min(chunk, 1 << max(0, (n - 1).bit_length()))
+
+
+class Model:
+  """A trained FLIG for numpy users: `encode`, `decode`, `features`, `reconstruct`.
+
+  Each method is jit-compiled once per batch bucket and runs in chunks of `chunk` rows, so any N
+  works; inputs and outputs are numpy float32.
+
+  Attributes:
+    config: the run's ml_collections.ConfigDict.
+    variables: the FLIG variables.
+    meta: the checkpoint's meta dict (needs 'image_shape').
+    module: the FLIG Linen module.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, variables: Variables,
+               meta: Mapping[str, Any], chunk: int = CHUNK):
+    if 'image_shape' not in meta:
+      raise ValueError("flig_jax/model.py: Model needs meta['image_shape'] (H, W, C)")
+    self.config = config
+    self.variables = variables
+    self.meta = dict(meta)
+    self.chunk = int(chunk)
+    self.module = FLIG.from_config(config.model, tuple(meta['image_shape']))
+    self._fns: dict[str, Callable[..., Array]] = {}
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    """(H, W, C)."""
+    return tuple(self.module.image_shape)
+
+  @property
+  def num_units(self) -> int:
+    """U, the number of response units."""
+    return int(self.variables['adapter']['mean'].shape[0])
+
+  @property
+  def adapter(self) -> Adapter:
+    """The fitted Adapter."""
+    return Adapter.from_dict(self.variables['adapter'], dim=self.module.feature_dim)
+
+  def _fn(self, name: str, **kwargs: Any) -> Callable[..., Array]:
+    key = name + repr(sorted(kwargs.items()))
+    if key not in self._fns:
+      method = getattr(FLIG, name)
+      self._fns[key] = jax.jit(
+          lambda v, x: self.module.apply(v, x, method=method, **kwargs))
+    return self._fns[key]
+
+  def _run(self, name: str, x: np.ndarray, **kwargs: Any) -> np.ndarray:
+    fn = self._fn(name, **kwargs)
+    if x.shape[0] == 0:
+      out = jax.eval_shape(fn, self.variables, jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype))
+      return np.zeros((0,) + out.shape[1:], out.dtype)
+    outs = []
+    for start in range(0, x.shape[0], self.chunk):
+      part = x[start:start + self.chunk]
+      n = part.shape[0]
+      size = _pow2_bucket(n, self.chunk)
+      if size > n:
+        part = np.concatenate([part, np.repeat(part[-1:], size - n, axis=0)])
+      outs.append(np.asarray(fn(self.variables, part))[:n])
+    return np.concatenate(outs)
+
+  def _images(self, images: Any, where: str) -> np.ndarray:
+    x = np.asarray(images)
+    if x.ndim == 3 and self.image_shape[2] == 1:
+      x = x[..., None]
+    if x.ndim != 4 or x.shape[1:] != self.image_shape:
+      raise ValueError(
+          f'flig_jax/model.py: {where} expects images of shape (N, '
+          f'{", ".join(map(str, self.image_shape))}), got {np.shape(images)}')
+    if x.dtype == np.uint8:
+      return x.astype(np.float32) / 255.0
+    return x.astype(np.float32)
+
+  def _responses(self, responses: Any, where: str) -> np.ndarray:
+    r = np.asarray(responses, np.float32)
+    if r.ndim != 2 or r.shape[1] != self.num_units:
+      raise ValueError(
+          f'flig_jax/model.py: {where} expects responses of shape (N, {self.num_units}), '
+          f'got {np.shape(responses)}')
+    return r
+
+  def encode(self, images: Any) -> np.ndarray:
+    """Images (N, H, W, C) in [0, 1] (or uint8) -> predicted responses (N, U), data units."""
+    return self._run('encode', self._images(images, 'encode'))
+
+  def decode(self, responses: Any) -> np.ndarray:
+    """Responses (N, U) -> images (N, H, W, C) in [0, 1] (padding coordinates set to zero)."""
+    return self._run('decode', self._responses(responses, 'decode'))
+
+  def features(self, images: Any) -> np.ndarray:
+    """E(x), raw features (N, D)."""
+    return self._run('features', self._images(images, 'features'))
+
+  def reconstruct(self, images: Any) -> np.ndarray:
+    """G(E(x)), (N, H, W, C)."""
+    return self._run('reconstruct', self._images(images, 'reconstruct'))
+
+  def roundtrip(self, images: Any) -> np.ndarray:
+    """G(f^-1(f(E(x)))) through the standardisation; equals reconstruct up to float error."""
+    return self._run('roundtrip', self._images(images, 'roundtrip'))
+
+  def latent(self, images: Any) -> np.ndarray:
+    """f(standardise(E(x))), (N, D), in the adapter's space."""
+    return self._run('latent', self._images(images, 'latent'))
+
+  def decode_features(self, features: Any) -> np.ndarray:
+    """G(h) for raw features (N, D), e.g. features predicted by a baseline."""
+    h = np.asarray(features, np.float32)
+    d = self.module.feature_dim
+    if h.ndim != 2 or h.shape[1] != d:
+      raise ValueError(f'flig_jax/model.py: decode_features expects (N, {d}), got {h.shape}')
+    return self._run('decode_features', h)
+
+
+def abstract_variables(config: ml_collections.ConfigDict, meta: Mapping[str, Any]) -> Any:
+  """Shapes and dtypes of the FLIG variables for a config and meta ('image_shape', 'num_units',
+  'adapter_k'), from `jax.eval_shape`: the target to restore onto."""
+  for key in ('image_shape', 'num_units', 'adapter_k'):
+    if key not in meta:
+      raise ValueError(f"flig_jax/model.py: checkpoint meta lacks '{key}'")
+  module = FLIG.from_config(config.model, tuple(meta['image_shape']))
+  u, k, d = int(meta['num_units']), int(meta['adapter_k']), module.feature_dim
+
+  def build():
+    adapter = Adapter(mean=jnp.zeros((u,)), scale=jnp.ones((u,)), components=jnp.zeros((u, k)),
+                      sqrt_eig=jnp.ones((k,)), dim=d, k=k)
+    images = jnp.zeros((2,) + module.image_shape)
+    return module.init_variables(jax.random.key(0), images, adapter, jnp.zeros((d,)),
+                                 jnp.ones((d,)))
+
+  return jax.eval_shape(build)
+
+
+def model_meta(variables: Variables, image_shape: tuple[int, int, int],
+               **extra: Any) -> dict[str, Any]:
+  """The meta entries `load` needs (image_shape, num_units, adapter_k), plus `extra`."""
+  meta = {'image_shape': [int(s) for s in image_shape],
+          'num_units': int(variables['adapter']['mean'].shape[0]),
+          'adapter_k': int(variables['adapter']['sqrt_eig'].shape[0])}
+  meta.update(extra)
+  return meta
+
+
+def save(path: str | os.PathLike, config: ml_collections.ConfigDict, variables: Variables,
+         meta: Mapping[str, Any], step: int) -> None:
+  """Writes a checkpoint (items model, config, meta) at `<path>/checkpoints/<step>` and waits.
+
+  `meta` must hold 'image_shape'; 'num_units', 'adapter_k' and 'step' are filled in from the
+  variables when missing.
+  """
+  if 'image_shape' not in meta:
+    raise ValueError("flig_jax/model.py: save needs meta['image_shape'] (H, W, C)")
+  full = model_meta(variables, tuple(meta['image_shape']), step=int(step))
+  full.update({k: v for k, v in meta.items() if k != 'image_shape'})
+  mgr = checkpointing.manager(path)
+  try:
+    checkpointing.save(mgr, step, model=variables, config=config, meta=full, force=True)
+    mgr.wait_until_finished()
+  finally:
+    mgr.close()
+
+
+def load(path: str | os.PathLike, step: int | None = None) -> Model:
+  """Loads a `Model` from a workdir (or its `checkpoints/` directory).
+
+  Args:
+    path: the run's workdir or its checkpoints directory.
+    step: a saved step; the latest step holding a `model` item when None.
+
+  Raises:
+    FileNotFoundError: there is no checkpoint with a model at `path`.
+  """
+  mgr = checkpointing.manager(path, read_only=True)
+  try:
+    steps = checkpointing.steps_with(mgr, 'model')
+    if not steps:
+      raise FileNotFoundError(f'flig_jax/model.py: no checkpoint with a model under {path}')
+    if step is None:
+      step = steps[-1]
+    elif int(step) not in steps:
+      raise FileNotFoundError(
+          f'flig_jax/model.py: no model at step {step} under {path} (steps: {steps})')
+    config = checkpointing.read_config(mgr, step)
+    meta = checkpointing.read_meta(mgr, step)
+    variables = checkpointing.restore(mgr, step, 'model', abstract_variables(config, meta))
+  finally:
+    mgr.close()
+  return Model(config, variables, meta)
+
+
+__all__ = ['FLIG', 'Model', 'abstract_variables', 'feature_stats', 'load', 'model_meta', 'save']

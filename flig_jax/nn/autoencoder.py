@@ -1,0 +1,87 @@
+"""The convolutional autoencoder (CAE) of stage 1: encoder E to a feature vector h of size D and
+decoder G back to pixels in [0, 1], for images of any (H, W, C).
+"""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def _check_images(x: Array, image_shape: tuple[int, int, int], where: str) -> None:
+  if x.ndim != 4 or tuple(x.shape[1:]) != tuple(image_shape):
+    raise ValueError(
+        f'flig_jax/nn/autoencoder.py: {where} expects images of shape (N, '
+        f'{", ".join(map(str, image_shape))}), got {tuple(x.shape)}')
+
+
+class Encoder(nn.Module):
+  """E: (N, H, W, C) -> (N, D). One stride-2 3x3 conv stage (halving H and W, rounding up) per
+  entry of `widths`, each followed by a stride-1 conv, GELU activations, then a Dense to D."""
+  feature_dim: int
+  widths: tuple[int, ...]
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    for w in self.widths:
+      x = nn.gelu(nn.Conv(w, (3, 3), strides=(2, 2), padding='SAME')(x))
+      x = nn.gelu(nn.Conv(w, (3, 3), padding='SAME')(x))
+    x = x.reshape(x.shape[0], -1)
+    return nn.Dense(self.feature_dim)(x)
+
+
+class Decoder(nn.Module):
+  """G: (N, D) -> (N, H, W, C) in [0, 1]. A Dense to a (ceil(H/2^L), ceil(W/2^L), widths[-1])
+  grid, one stride-2 transposed conv stage per width (in reverse), a 3x3 conv to C channels, a crop
+  back to (H, W) and a sigmoid."""
+  image_shape: tuple[int, int, int]
+  widths: tuple[int, ...]
+
+  @nn.compact
+  def __call__(self, h: Array) -> Array:
+    height, width, channels = self.image_shape
+    factor = 2 ** len(self.widths)
+    gh, gw = math.ceil(height / factor), math.ceil(width / factor)
+    x = nn.gelu(nn.Dense(gh * gw * self.widths[-1])(h))
+    x = x.reshape(h.shape[0], gh, gw, self.widths[-1])
+    for w in reversed(self.widths):
+      x = nn.gelu(nn.ConvTranspose(w, (3, 3), strides=(2, 2), padding='SAME')(x))
+      x = nn.gelu(nn.Conv(w, (3, 3), padding='SAME')(x))
+    x = nn.Conv(channels, (3, 3), padding='SAME')(x)
+    return nn.sigmoid(x[:, :height, :width, :])
+
+
+class Autoencoder(nn.Module):
+  """The CAE: `encode(x) -> h (N, D)`, `decode(h) -> (N, H, W, C)` in [0, 1], `__call__` = both."""
+  image_shape: tuple[int, int, int]
+  feature_dim: int
+  widths: tuple[int, ...] = (32, 64)
+
+  def setup(self):
+    if len(self.image_shape) != 3 or min(self.image_shape) < 1:
+      raise ValueError(
+          f'flig_jax/nn/autoencoder.py: image_shape must be (H, W, C), got {self.image_shape}')
+    if not self.widths:
+      raise ValueError('flig_jax/nn/autoencoder.py: widths must name at least one conv stage')
+    self.encoder = Encoder(self.feature_dim, tuple(self.widths))
+    self.decoder = Decoder(tuple(self.image_shape), tuple(self.widths))
+
+  def encode(self, x: Array) -> Array:
+    """E(x): images (N, H, W, C) -> features (N, D)."""
+    _check_images(x, self.image_shape, 'encode')
+    return self.encoder(x)
+
+  def decode(self, h: Array) -> Array:
+    """G(h): features (N, D) -> images (N, H, W, C) in [0, 1]."""
+    if h.ndim != 2 or h.shape[1] != self.feature_dim:
+      raise ValueError(
+          f'flig_jax/nn/autoencoder.py: decode expects features of shape (N, '
+          f'{self.feature_dim}), got {tuple(h.shape)}')
+    return self.decoder(h)
+
+  def __call__(self, x: Array) -> Array:
+    """G(E(x))."""
+    return self.decode(self.encode(x))

@@ -1,0 +1,277 @@
+"""The cross-modal normalizing flow f on R^D: distrax bijectors whose parameters and conditioners
+are Flax Linen modules, and the `Flow` that chains K blocks of ActNorm -> LU linear -> coupling.
+
+Every layer module has `__call__(x, inverse=False) -> (y, logdet)` with `x` of shape (..., D) and
+`logdet` of shape (...,). Parameters are created on the first (forward) call, so `init` through the
+forward direction runs ActNorm's data-dependent initialisation.
+"""
+
+from typing import Callable
+
+import distrax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.scipy.linalg import solve_triangular
+
+Array = jax.Array
+
+_AFFINE_SCALE_BOUND = 2.0   # log-scales of the affine coupling lie in (-c, c)
+_ACTNORM_EPS = 1e-6
+
+
+def _bounded(raw: Array, bound: float = _AFFINE_SCALE_BOUND) -> Array:
+  """Soft clamp to (-bound, bound): bound * tanh(raw / bound); the identity near zero."""
+  return bound * jnp.tanh(raw / bound)
+
+
+class LUAffineBijector(distrax.Bijector):
+  """Invertible linear map on vectors, W = L U (Glow's 1x1 convolution for vectors).
+
+  L is unit lower-triangular, U upper-triangular with diagonal exp(log_s) > 0, so W is invertible.
+
+  - forward:  y = W x = L U x
+  - inverse:  x = U^-1 L^-1 y (two triangular solves)
+  - log-det:  log|det W| = sum(log_s) (forward); -sum(log_s) (inverse); the same for every event.
+  """
+
+  def __init__(self, lower: Array, upper: Array, log_s: Array):
+    """Builds the bijector.
+
+    Args:
+      lower: (D, D); only the strictly lower part is used (the diagonal is one).
+      upper: (D, D); only the strictly upper part is used (the diagonal is exp(log_s)).
+      log_s: (D,), log of U's diagonal.
+    """
+    super().__init__(event_ndims_in=1)
+    d = log_s.shape[-1]
+    self._l = jnp.tril(lower, -1) + jnp.eye(d, dtype=lower.dtype)
+    self._u = jnp.triu(upper, 1) + jnp.diag(jnp.exp(log_s))
+    self._log_s = log_s
+
+  @property
+  def matrix(self) -> Array:
+    """W = L U, (D, D)."""
+    return self._l @ self._u
+
+  def _logdet(self, x: Array) -> Array:
+    return jnp.broadcast_to(jnp.sum(self._log_s), x.shape[:-1])
+
+  def forward_and_log_det(self, x: Array) -> tuple[Array, Array]:
+    """y = L U x, log|det| = sum(log_s)."""
+    y = (x @ self._u.T) @ self._l.T
+    return y, self._logdet(x)
+
+  def inverse_and_log_det(self, y: Array) -> tuple[Array, Array]:
+    """x = U^-1 L^-1 y, log|det| = -sum(log_s)."""
+    flat = y.reshape(-1, y.shape[-1]).T                       # (D, M)
+    t = solve_triangular(self._l, flat, lower=True, unit_diagonal=True)
+    x = solve_triangular(self._u, t, lower=False)
+    return x.T.reshape(y.shape), -self._logdet(y)
+
+
+def actnorm_bijector(shift: Array, log_scale: Array) -> distrax.Bijector:
+  """Elementwise affine map on vectors (event_ndims 1).
+
+  - forward:  y = x * exp(log_scale) + shift
+  - inverse:  x = (y - shift) * exp(-log_scale)
+  - log-det:  sum(log_scale) (forward); -sum(log_scale) (inverse).
+  """
+  return distrax.Block(distrax.ScalarAffine(shift=shift, log_scale=log_scale), ndims=1)
+
+
+class ActNorm(nn.Module):
+  """Activation normalisation: a per-coordinate affine bijector (see `actnorm_bijector`).
+
+  Its parameters `shift` and `log_scale` are initialised from the first batch seen (the batch
+  given to `init`) so that batch comes out with zero mean and unit variance per coordinate.
+  Initialise through the forward direction with a batch of at least two rows; otherwise the
+  layer starts as the identity.
+  """
+
+  @nn.compact
+  def __call__(self, x: Array, inverse: bool = False) -> tuple[Array, Array]:
+    flat = x.reshape(-1, x.shape[-1])
+
+    def init_log_scale(_, shape):
+      if flat.shape[0] < 2:
+        return jnp.zeros(shape, x.dtype)
+      std = jnp.std(flat, axis=0)
+      return -jnp.log(std + _ACTNORM_EPS)
+
+    log_scale = self.param('log_scale', init_log_scale, (x.shape[-1],))
+
+    def init_shift(_, shape):
+      if flat.shape[0] < 2:
+        return jnp.zeros(shape, x.dtype)
+      return -jnp.mean(flat, axis=0) * jnp.exp(log_scale)
+
+    shift = self.param('shift', init_shift, (x.shape[-1],))
+    bij = actnorm_bijector(shift, log_scale)
+    return bij.inverse_and_log_det(x) if inverse else bij.forward_and_log_det(x)
+
+
+def _random_lu_init(key: Array, d: int) -> tuple[Array, Array, Array]:
+  """L, U, log_s from the LU factors of a random orthogonal matrix, signs fixed so diag(U) > 0."""
+  q, _ = jnp.linalg.qr(jax.random.normal(key, (d, d)))
+  _, lower, upper = jax.scipy.linalg.lu(q)          # q = p @ lower @ upper
+  diag = jnp.diag(upper)
+  upper = upper * jnp.sign(diag)[None, :]           # U D: W0 = p^T q D = L (U D)
+  return lower, upper, jnp.log(jnp.abs(diag))
+
+
+class LULinear(nn.Module):
+  """Learned invertible linear layer, the `LUAffineBijector` with parameters lower/upper/log_s.
+
+  Initialised (from the `params` rng) at W0 = L U, the LU factors of a random orthogonal matrix
+  with signs fixed so U's diagonal is positive; there is no stored permutation.
+  """
+
+  @nn.compact
+  def __call__(self, x: Array, inverse: bool = False) -> tuple[Array, Array]:
+    d = x.shape[-1]
+
+    # One key for all three so they are the factors of the same orthogonal matrix. (Flax also
+    # calls an init function abstractly to check the shape of an existing parameter.)
+    factors = None
+    if not self.has_variable('params', 'log_s'):
+      factors = _random_lu_init(self.make_rng('params'), d)
+
+    def init(i):
+      return lambda key: (_random_lu_init(key, d) if factors is None else factors)[i]
+
+    lower = self.param('lower', init(0))
+    upper = self.param('upper', init(1))
+    log_s = self.param('log_s', init(2))
+    bij = LUAffineBijector(lower, upper, log_s)
+    return bij.inverse_and_log_det(x) if inverse else bij.forward_and_log_det(x)
+
+
+class MLP(nn.Module):
+  """Conditioner network: Dense-GELU layers, then a zero-initialised Dense to `out_shape`."""
+  hidden: int
+  out_shape: tuple[int, ...]
+  num_layers: int = 2
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    for _ in range(self.num_layers):
+      x = nn.gelu(nn.Dense(self.hidden)(x))
+    size = 1
+    for s in self.out_shape:
+      size *= s
+    x = nn.Dense(size, kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros)(x)
+    return x.reshape(x.shape[:-1] + tuple(self.out_shape))
+
+
+class Coupling(nn.Module):
+  """Split coupling (`distrax.SplitCoupling`): half the coordinates condition the other half.
+
+  With x = [x1, x2] (x1 the first D//2 coordinates; roles exchanged when `swap`), y1 = x1 and
+  y2 = g(x2; c(x1)) where c is an MLP whose last layer starts at zero, so the layer starts as the
+  identity. Transforms g, elementwise:
+
+  - 'affine': g(x2) = x2 * exp(s) + t, with s = 2 tanh(raw / 2); inverse (y2 - t) * exp(-s);
+    log-det sum(s) (forward), -sum(s) (inverse).
+  - 'spline': rational-quadratic spline (`distrax.RationalQuadraticSpline`) on
+    [-spline_range, spline_range] with `num_bins` bins, identity outside; log-det the sum of
+    log g'(x2) (forward) and its negative at x2 = g^-1(y2) (inverse).
+  """
+  hidden: int
+  transform: str = 'affine'
+  swap: bool = False
+  num_bins: int = 8
+  spline_range: float = 4.0
+
+  @nn.compact
+  def __call__(self, x: Array, inverse: bool = False) -> tuple[Array, Array]:
+    d = x.shape[-1]
+    if d < 2:
+      raise ValueError(f'flig_jax/nn/flow.py: coupling needs at least 2 features, got {d}')
+    split = d // 2
+    transformed = split if self.swap else d - split
+    if self.transform == 'affine':
+      conditioner = MLP(self.hidden, (transformed, 2))
+
+      def inner(params):
+        return distrax.ScalarAffine(shift=params[..., 0], log_scale=_bounded(params[..., 1]))
+    elif self.transform == 'spline':
+      conditioner = MLP(self.hidden, (transformed, 3 * self.num_bins + 1))
+
+      def inner(params):
+        return distrax.RationalQuadraticSpline(
+            params, range_min=-self.spline_range, range_max=self.spline_range,
+            boundary_slopes='identity')
+    else:
+      raise ValueError(
+          f"flig_jax/nn/flow.py: unknown coupling '{self.transform}' (use 'affine' or 'spline')")
+    bij = distrax.SplitCoupling(
+        split_index=split, event_ndims=1, conditioner=conditioner, bijector=inner,
+        swap=self.swap)
+    return bij.inverse_and_log_det(x) if inverse else bij.forward_and_log_det(x)
+
+
+# name -> builder(hidden, num_bins, spline_range, swap) -> layer module. The parametrised test in
+# tests/test_flow.py checks every entry for invertibility and log-det against the Jacobian.
+BIJECTORS: dict[str, Callable[..., nn.Module]] = {
+    'actnorm': lambda **_: ActNorm(),
+    'lu_linear': lambda **_: LULinear(),
+    'affine_coupling': lambda hidden=16, swap=False, **_: Coupling(
+        hidden, 'affine', swap=swap),
+    'spline_coupling': lambda hidden=16, swap=False, num_bins=8, spline_range=4.0, **_: Coupling(
+        hidden, 'spline', swap=swap, num_bins=num_bins, spline_range=spline_range),
+}
+
+
+class Flow(nn.Module):
+  """f: R^D -> R^D, K blocks of ActNorm -> LU linear -> coupling (couplings alternate halves).
+
+  forward(h) -> (z, log|det df/dh|) and inverse(z) -> (h, log|det df^-1/dz|), logdet (N,).
+  Initialise with `Flow(...).init(rng, h, method=Flow.forward)` on a batch of (standardised)
+  features so ActNorm's data-dependent initialisation sees them.
+  """
+  features: int
+  num_blocks: int
+  hidden: int
+  coupling: str = 'affine'
+  num_bins: int = 8
+  spline_range: float = 4.0
+
+  def setup(self):
+    if self.coupling not in ('affine', 'spline'):
+      raise ValueError(
+          f"flig_jax/nn/flow.py: unknown coupling '{self.coupling}' (use 'affine' or 'spline')")
+    layers = []
+    for k in range(self.num_blocks):
+      layers.append(ActNorm(name=f'actnorm_{k}'))
+      layers.append(LULinear(name=f'linear_{k}'))
+      layers.append(Coupling(
+          self.hidden, self.coupling, swap=bool(k % 2), num_bins=self.num_bins,
+          spline_range=self.spline_range, name=f'coupling_{k}'))
+    self.layers = layers
+
+  def _check(self, x: Array) -> None:
+    if x.shape[-1] != self.features:
+      raise ValueError(
+          f'flig_jax/nn/flow.py: Flow expects (..., {self.features}), got {tuple(x.shape)}')
+
+  def forward(self, h: Array) -> tuple[Array, Array]:
+    """z = f(h) and log|det df/dh| per row."""
+    self._check(h)
+    logdet = jnp.zeros(h.shape[:-1], h.dtype)
+    for layer in self.layers:
+      h, ld = layer(h)
+      logdet = logdet + ld
+    return h, logdet
+
+  def inverse(self, z: Array) -> tuple[Array, Array]:
+    """h = f^-1(z) and log|det df^-1/dz| per row."""
+    self._check(z)
+    logdet = jnp.zeros(z.shape[:-1], z.dtype)
+    for layer in reversed(self.layers):
+      z, ld = layer(z, inverse=True)
+      logdet = logdet + ld
+    return z, logdet
+
+  def __call__(self, h: Array) -> tuple[Array, Array]:
+    return self.forward(h)

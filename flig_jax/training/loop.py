@@ -1,0 +1,283 @@
+"""`train_and_evaluate`: both training stages, checkpointed and resumable, from a config and a workdir.
+
+Stage 1 fits the autoencoder on the training stimuli. Then the adapter is fitted on the training
+responses and the encoder's features are standardised. Stage 2 fits the flow (and the
+discriminator) with the encoder frozen. Checkpoints live in `<workdir>/checkpoints`; a restart with
+the same workdir continues from the latest one (stage, step, optimiser state, RNG and data position,
+which is the step itself).
+"""
+
+import dataclasses
+import functools
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from flig_jax import checkpointing, data
+from flig_jax import model as model_lib
+from flig_jax.evaluation import figures
+from flig_jax.nn import adapter as adapter_lib
+from flig_jax.nn import discriminator as disc_lib
+from flig_jax.training import parallel, progress, steps
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss became NaN or Inf; the message names the stage, the step and the last good checkpoint."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+  """What both stages share."""
+  config: ml_collections.ConfigDict
+  workdir: Path
+  dataset: data.Dataset
+  model: model_lib.FLIG
+  mesh: Any
+  mgr: Any
+  log: progress.RunLog
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
+  """Trains both stages (resuming from `workdir` if it holds checkpoints) and returns the workdir."""
+  parallel.maybe_initialize_distributed(config.distributed)
+  workdir = Path(workdir).absolute()
+  workdir.mkdir(parents=True, exist_ok=True)
+  mesh = parallel.make_mesh()
+  dataset = data.from_config(config)
+  model = model_lib.FLIG.from_config(config.model, dataset.image_shape)
+  mgr = checkpointing.manager(workdir, keep=config.checkpoint.keep)
+  log = progress.RunLog(workdir)
+  log.info(f'{dataset.name}: train {len(dataset.train)}, val {len(dataset.val)}, '
+           f'test {len(dataset.test)}, {dataset.num_units} units, images {dataset.image_shape}; '
+           f'{mesh.size} device(s) in {jax.process_count()} process(es)')
+  run = _Run(config, workdir, dataset, model, mesh, mgr, log)
+  try:
+    latest = checkpointing.latest_meta(mgr)
+    if latest is None or latest[1]['stage'] == 1:
+      ae_params = _stage1(run, latest)
+      latest = None
+    else:
+      ae_params = None
+    _stage2(run, latest, ae_params)
+  finally:
+    mgr.wait_until_finished()
+    log.close()
+  return workdir
+
+
+def _base_meta(config, dataset, stage: int, stage_step: int) -> dict[str, Any]:
+  return {'stage': stage, 'stage_step': stage_step, 'dataset': dataset.name,
+          'image_shape': list(dataset.image_shape), 'num_units': dataset.num_units,
+          'finished': stage == 2 and stage_step == config.stage2.steps}
+
+
+def _abstract(tree_fn: Callable[[], Any], mesh) -> Any:
+  """The shapes, dtypes and (replicated) shardings of what `tree_fn` returns, without computing it."""
+  sharding = parallel.replicated(mesh)
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                      jax.eval_shape(tree_fn))
+
+
+def _loop(run: _Run, stage: int, state: Any, step_fn: Callable, inputs: tuple, stream,
+          total: int, save: Callable[[Any], None]) -> Any:
+  """Runs steps state.step..total-1, logging, checking for divergence and saving as it goes."""
+  log, mesh, config = run.log, run.mesh, run.config
+  every, log_every = config.checkpoint.every_steps, config.log_every_steps
+  first = int(state.step)
+  log.start(stage, first, total)
+  sums, count = None, 0
+  step = first
+  try:
+    for step in range(first, total):
+      batch = parallel.global_batch(stream.batch(step), mesh)
+      state, metrics = step_fn(state, *inputs, batch)
+      sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+      count += 1
+      log.advance()
+      done = step + 1
+      at_log, at_save = done % log_every == 0 or done == total, done % every == 0 or done == total
+      if at_log or at_save:
+        _check_finite(stage, state, run.workdir)
+      if at_log:
+        log.write(done, {k: v / count for k, v in sums.items()})
+        sums, count = None, 0
+      if at_save:
+        save(state)
+  except KeyboardInterrupt:
+    log.info(f'interrupted at stage {stage} step {int(state.step)}: saving a checkpoint first')
+    _check_finite(stage, state, run.workdir)
+    save(state)
+    raise
+  log.close()
+  return state
+
+
+def _check_finite(stage: int, state: Any, workdir: Path) -> None:
+  bad = int(state.nonfinite_step)
+  if bad >= 0:
+    raise TrainingDiverged(
+        f'stage {stage}: the loss became non-finite (NaN or Inf) at step {bad + 1}; training '
+        f'stopped. The last good checkpoint in {workdir / checkpointing.CHECKPOINT_SUBDIR} is kept; lower '
+        f'--config.stage{stage}.learning_rate and restart with the same --workdir.')
+
+
+def _stage1(run: _Run, latest) -> Any:
+  config, dataset, model, mesh, mgr, log = (run.config, run.dataset, run.model, run.mesh, run.mgr,
+                                            run.log)
+  cfg = config.stage1
+  parallel.check_batch_size(cfg.batch_size, mesh, 'stage1')
+  tx = steps.optimizer(cfg.learning_rate, cfg.weight_decay, cfg.steps)
+  sample = jnp.asarray(dataset.train.images[:1])
+
+  def init(rng=jax.random.key(config.seed)):
+    params = model.init(rng, sample, method=model_lib.FLIG.reconstruct)['params']['autoencoder']
+    return steps.Stage1State(step=jnp.zeros((), jnp.int32), params=params,
+                             opt_state=tx.init(params), rng=jax.random.fold_in(rng, 1),
+                             nonfinite_step=jnp.full((), -1, jnp.int32))
+
+  if latest is not None:
+    state = checkpointing.restore(mgr, latest[0], 'state', _abstract(init, mesh))
+    log.info(f'resuming stage 1 at step {int(state.step)}')
+  else:
+    state = parallel.jit_init(init, mesh)()
+
+  def save(s):
+    stage_step = int(s.step)
+    checkpointing.save(mgr, stage_step, state=s, config=config,
+                       meta=_base_meta(config, dataset, 1, stage_step))
+
+  stream = data.BatchStream({'images': dataset.train.images}, cfg.batch_size, seed=config.seed,
+                            process_index=jax.process_index(),
+                            process_count=jax.process_count())
+  step_fn = parallel.jit_step(
+      functools.partial(steps.stage1_step, model=model, tx=tx, cfg=cfg), mesh, num_replicated=0)
+  state = _loop(run, 1, state, step_fn, (), stream, cfg.steps, save)
+  _stage1_figure(run, state.params)
+  return state.params
+
+
+def _features(model, ae_params, images: np.ndarray) -> np.ndarray:
+  """Raw features E(x) of a split, computed once (the encoder is frozen in stage 2)."""
+  encode = jax.jit(lambda p, x: model.apply({'params': {'autoencoder': p}}, x,
+                                            method=model_lib.FLIG.features))
+  return np.concatenate([np.asarray(encode(ae_params, images[i:i + 256]))
+                         for i in range(0, len(images), 256)])
+
+
+def _fixed_parts(run: _Run, latest, ae_params):
+  """The model's variables without a trained flow: frozen encoder, feature stats and adapter.
+
+  Fresh (fitted on the training split only) after stage 1, or read from the stage-2 checkpoint
+  when resuming (then with the step to resume from).
+  """
+  config, dataset, model, mesh, mgr = run.config, run.dataset, run.model, run.mesh, run.mgr
+  if latest is not None:
+    step, meta = latest
+    variables = checkpointing.restore(
+        mgr, step, 'model', checkpointing.with_sharding(
+            model_lib.abstract_variables(config, meta), parallel.replicated(mesh)))
+    return variables, step
+  train = dataset.train
+  adapter = adapter_lib.Adapter.fit(train.responses, config.model.feature_dim)
+  mean, std = model_lib.feature_stats(_features(model, ae_params, train.images))
+  return {'params': {'autoencoder': ae_params}, 'stats': {'feature_mean': mean,
+                                                          'feature_std': std},
+          'adapter': adapter.arrays()}, None
+
+
+def _stage2(run: _Run, latest, ae_params) -> None:
+  config, dataset, model, mesh, mgr, log = (run.config, run.dataset, run.model, run.mesh, run.mgr,
+                                            run.log)
+  cfg = config.stage2
+  parallel.check_batch_size(cfg.batch_size, mesh, 'stage2')
+  first_step = config.stage1.steps  # stage-2 checkpoints are numbered after stage 1's
+  fixed, resume_step = _fixed_parts(run, latest, ae_params)
+  ae_params = fixed['params']['autoencoder']
+  adapter = adapter_lib.Adapter.from_dict(fixed['adapter'], dim=config.model.feature_dim)
+  stats = fixed['stats']
+  train = dataset.train
+  arrays = {
+      'features': np.asarray(model.apply(fixed, _features(model, ae_params, train.images),
+                                         method=model_lib.FLIG.standardise)),
+      'adapted': np.asarray(adapter.forward(jnp.asarray(train.responses))),
+      'images': train.images,
+  }
+  stream = data.BatchStream(arrays, cfg.batch_size, seed=config.seed + 1,
+                            process_index=jax.process_index(),
+                            process_count=jax.process_count())
+  discriminator = disc_lib.Discriminator(config.model.disc_hidden)
+  flow_tx = steps.optimizer(cfg.learning_rate, cfg.weight_decay, cfg.steps)
+  disc_tx = steps.optimizer(cfg.disc_learning_rate, 0.0, cfg.steps)
+  # ActNorm's data-dependent initialisation sees the first global batch (identical everywhere).
+  init_images = jnp.asarray(data.BatchStream(arrays, cfg.batch_size, seed=config.seed + 1)
+                            .batch(0)['images'])
+
+  def init(rng=jax.random.key(config.seed + 2)):
+    k_flow, k_fwd, k_inv, k_state = jax.random.split(rng, 4)
+    variables = model.init_variables(k_flow, init_images, adapter, stats['feature_mean'],
+                                     stats['feature_std'], autoencoder_params=ae_params)
+    flow_params = variables['params']['flow']
+    probe = jnp.zeros((1, config.model.feature_dim))
+    disc_params = {'forward': discriminator.init(k_fwd, probe)['params'],
+                   'inverse': discriminator.init(k_inv, probe)['params']}
+    return steps.Stage2State(
+        step=jnp.zeros((), jnp.int32), flow_params=flow_params, disc_params=disc_params,
+        flow_opt_state=flow_tx.init(flow_params), disc_opt_state=disc_tx.init(disc_params),
+        rng=k_state, nonfinite_step=jnp.full((), -1, jnp.int32))
+
+  if resume_step is not None:
+    state = checkpointing.restore(mgr, resume_step, 'state', _abstract(init, mesh))
+    log.info(f'resuming stage 2 at step {int(state.step)}')
+  else:
+    state = parallel.jit_init(init, mesh)()
+
+  def variables_of(s):
+    return {**fixed, 'params': {'autoencoder': ae_params, 'flow': s.flow_params}}
+
+  def save(s):
+    stage_step = int(s.step)
+    variables = variables_of(s)
+    meta = {**_base_meta(config, dataset, 2, stage_step),
+            **model_lib.model_meta(variables, dataset.image_shape)}
+    checkpointing.save(mgr, first_step + stage_step, state=s, model=variables, config=config,
+                       meta=meta)
+
+  frozen = parallel.replicate({'signal_mask': adapter.signal_mask, 'autoencoder': ae_params,
+                               'stats': stats}, mesh)
+  step_fn = parallel.jit_step(
+      functools.partial(steps.stage2_step, model=model, discriminator=discriminator,
+                        flow_tx=flow_tx, disc_tx=disc_tx, cfg=cfg), mesh, num_replicated=1)
+  state = _loop(run, 2, state, step_fn, (frozen,), stream, cfg.steps, save)
+  _stage2_figure(run, variables_of(state))
+
+
+def _figure_split(dataset):
+  """Validation pairs when there are any, else training pairs: the test split stays unseen."""
+  return (dataset.val, 'val') if len(dataset.val) else (dataset.train, 'train')
+
+
+def _stage1_figure(run: _Run, ae_params) -> None:
+  if jax.process_index() != 0:
+    return
+  split, name = _figure_split(run.dataset)
+  x = split.images[:run.config.num_figure_images]
+  recon = run.model.apply({'params': {'autoencoder': ae_params}}, x, method=model_lib.FLIG.reconstruct)
+  figures.reconstruction_grid(x, {f'G(E(x)) [{name}]': np.asarray(recon)},
+                              str(run.workdir / 'stage1_reconstructions.png'), n=len(x))
+
+
+def _stage2_figure(run: _Run, variables) -> None:
+  if jax.process_index() != 0:
+    return
+  split, name = _figure_split(run.dataset)
+  x = split.images[:run.config.num_figure_images]
+  r = split.responses[:run.config.num_figure_images]
+  model = run.model
+  recons = {'G(E(x))': model.apply(variables, x, method=model_lib.FLIG.reconstruct),
+            f'decode(r) [{name}]': model.apply(variables, r, method=model_lib.FLIG.decode)}
+  figures.reconstruction_grid(x, {k: np.asarray(v) for k, v in recons.items()},
+                              str(run.workdir / 'stage2_decoding.png'), n=len(x))

@@ -1,0 +1,100 @@
+"""The training objectives of both stages, as pure functions of parameters and a batch.
+
+Stage 1 trains the autoencoder on pixels. Stage 2 trains the flow f between standardised features
+h = E(x) and adapted responses a = A(r) (DESIGN.md): local constraints pair by pair, a global
+likelihood term, an adversarial term against the discriminator, and an optional pixel term.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from flig_jax.evaluation import metrics
+from flig_jax.model import FLIG
+from flig_jax.nn import discriminator as disc_lib
+
+_LOG_2PI = jnp.log(2.0 * jnp.pi)
+
+
+def stage1_loss(ae_params: Any, model: Any, images: jax.Array, targets: jax.Array,
+                cfg: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Pixel MSE (plus an optional 1 - SSIM term) of G(E(images)) against `targets`."""
+  recon = model.apply({'params': {'autoencoder': ae_params}}, images, method=FLIG.reconstruct)
+  mse = jnp.mean((recon - targets) ** 2)
+  loss = mse
+  terms = {'mse': mse}
+  if cfg.ssim_weight:
+    ssim = jnp.mean(metrics.ssim_per_image(recon, targets))
+    loss = loss + cfg.ssim_weight * (1.0 - ssim)
+    terms['ssim'] = ssim
+  return loss, terms
+
+
+def flow_terms(flow_params: Any, frozen: dict[str, Any], model: Any, batch: dict[str, jax.Array],
+               noise: jax.Array) -> dict[str, jax.Array]:
+  """Runs f on the features and f^-1 on the (noise-padded) adapted responses of a batch."""
+  variables = {'params': {'flow': flow_params}}
+  h, a = batch['features'], batch['adapted']
+  mask = frozen['signal_mask']
+  a_padded = a * mask + noise * (1.0 - mask)
+  z, logdet = model.apply(variables, h, method=FLIG.flow_forward)
+  h_back, _ = model.apply(variables, a_padded, method=FLIG.flow_inverse)
+  return {'z': z, 'logdet': logdet, 'h_back': h_back, 'a_padded': a_padded}
+
+
+def flow_loss(flow_params: Any, disc_params: Any, frozen: dict[str, Any], model: Any,
+              discriminator: Any, batch: dict[str, jax.Array], noise: jax.Array,
+              cfg: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The flow's stage-2 objective; every weight comes from `cfg` (config.stage2)."""
+  out = flow_terms(flow_params, frozen, model, batch, noise)
+  h, a, mask = batch['features'], batch['adapted'], frozen['signal_mask']
+  z, h_back = out['z'], out['h_back']
+  dim = h.shape[-1]
+  k = jnp.sum(mask)
+
+  local_fwd = jnp.mean(jnp.sum(mask * (z - a) ** 2, axis=-1)) / k
+  local_inv = jnp.mean((h_back - h) ** 2)
+  nll = jnp.mean(0.5 * jnp.sum(z ** 2, axis=-1) + 0.5 * dim * _LOG_2PI - out['logdet']) / dim
+  # Non-saturating generator loss: f(h) should look like a real adapted response to Dis.
+  fake_logits = discriminator.apply({'params': disc_params['forward']}, z)
+  adv = jnp.mean(jax.nn.softplus(-fake_logits))
+  loss = (cfg.local_forward * local_fwd + cfg.local_inverse * local_inv
+          + cfg.likelihood * nll + cfg.adversarial * adv)
+  terms = {'local_fwd': local_fwd, 'local_inv': local_inv, 'nll': nll, 'adv': adv}
+
+  if cfg.adversarial_inverse:
+    inv_logits = discriminator.apply({'params': disc_params['inverse']}, h_back)
+    adv_inv = jnp.mean(jax.nn.softplus(-inv_logits))
+    loss = loss + cfg.adversarial_inverse * adv_inv
+    terms['adv_inv'] = adv_inv
+  if cfg.pixel:
+    pixels = model.apply({'params': {'autoencoder': frozen['autoencoder']},
+                          'stats': frozen['stats']}, h_back,
+                         method=lambda m, h: m.decode_features(m.unstandardise(h)))
+    pixel = jnp.mean((pixels - batch['images']) ** 2)
+    loss = loss + cfg.pixel * pixel
+    terms['pixel'] = pixel
+  return loss, terms
+
+
+def discriminator_loss(disc_params: Any, discriminator: Any, real: dict[str, jax.Array],
+                       fake: dict[str, jax.Array],
+                       cfg: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Logistic loss telling real from generated vectors, plus an R1 penalty on the real ones.
+
+  `real` and `fake` map a discriminator's name ('forward': a vs f(h); 'inverse': h vs f^-1(a))
+  to a batch of vectors; only the discriminators named in both are trained.
+  """
+  total, terms = 0.0, {}
+  for name in real:
+    params = disc_params[name]
+    apply = lambda p, x: discriminator.apply({'params': p}, x)
+    real_logits = apply(params, real[name])
+    fake_logits = apply(params, fake[name])
+    loss = jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits))
+    penalty = disc_lib.r1_penalty(apply, params, real[name])
+    total = total + loss + cfg.gradient_penalty * penalty
+    terms[f'disc_{name}'] = loss
+  return total, terms

@@ -1,0 +1,98 @@
+"""The one place where devices, shardings and `jax.jit` are applied: data parallel on a mesh axis `data`.
+
+Parameters and optimiser state are replicated; every batch is split along its first axis across all
+devices of all processes. Each process holds its own rows of the global batch and builds the global
+array with `jax.make_array_from_process_local_data`.
+"""
+
+import os
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = 'data'
+
+
+def maybe_initialize_distributed(requested: bool) -> None:
+  """Calls `jax.distributed.initialize()` when asked by the config or by FLIG_DISTRIBUTED=1.
+
+  The coordinator, process count and id come from JAX's usual environment variables
+  (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) or the cluster's own.
+  """
+  if not (requested or os.environ.get('FLIG_DISTRIBUTED') == '1'):
+    return
+  if jax.distributed.is_initialized():
+    return
+  jax.distributed.initialize()
+
+
+def make_mesh() -> Mesh:
+  """A 1-D mesh over every device of every process."""
+  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def check_batch_size(global_batch_size: int, mesh: Mesh, what: str) -> None:
+  """Stops with a clear message when a global batch cannot be split evenly over the devices."""
+  if global_batch_size % mesh.size:
+    raise ValueError(
+        f'{what}.batch_size={global_batch_size} must be a multiple of the number of devices '
+        f'({mesh.size}); set --config.{what}.batch_size to a multiple of {mesh.size}.')
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  """Places a pytree of host values (identical on every process) on every device."""
+  sharding = replicated(mesh)
+
+  def put(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  return jax.tree.map(put, tree)
+
+
+def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Builds the global batch from this process's rows (its contiguous shard, in process order)."""
+  sharding = batch_sharded(mesh)
+  count = jax.process_count()
+
+  def put(x):
+    shape = (x.shape[0] * count,) + x.shape[1:]
+    return jax.make_array_from_process_local_data(sharding, x, shape)
+
+  return {k: put(np.asarray(v)) for k, v in local.items()}
+
+
+def jit_init(init_fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
+  """Jits an initialiser so its output is created already replicated."""
+  return jax.jit(init_fn, out_shardings=replicated(mesh))
+
+
+def jit_step(step_fn: Callable[..., Any], mesh: Mesh, num_replicated: int) -> Callable[..., Any]:
+  """Jits `step_fn(state, *replicated_inputs, batch) -> (state, metrics)` for data parallelism.
+
+  The state (argument 0) is donated: its buffers are reused for the new state, so a step holds one
+  copy of the parameters and optimiser state. Replicated inputs (frozen parameters) are not donated.
+  """
+  repl, data = replicated(mesh), batch_sharded(mesh)
+  return jax.jit(
+      step_fn,
+      in_shardings=(repl,) * (1 + num_replicated) + (data,),
+      out_shardings=(repl, repl),
+      donate_argnums=(0,),
+  )
+
+
+def jit_apply(fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
+  """Jits an evaluation function `fn(replicated_params, batch)` whose output is per example."""
+  repl, data = replicated(mesh), batch_sharded(mesh)
+  return jax.jit(fn, in_shardings=(repl, data), out_shardings=data)

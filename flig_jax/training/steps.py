@@ -1,0 +1,102 @@
+"""Train states, optimisers and the pure train steps of both stages.
+
+`stage1_step(state, batch) -> (state, metrics)` and `stage2_step(state, frozen, batch) -> (state,
+metrics)` are plain functions; `parallel.jit_step` compiles them (the model, optimisers and config
+are bound with `functools.partial` first). The per-step RNG is `fold_in(state.rng, state.step)`, so a
+resumed run draws exactly what an uninterrupted one would.
+"""
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from flig_jax.training import augment as augment_lib
+from flig_jax.training import losses
+
+
+@flax.struct.dataclass
+class Stage1State:
+  step: jax.Array            # steps done in this stage
+  params: Any                # autoencoder parameters
+  opt_state: Any
+  rng: jax.Array             # base key; step keys are fold_in(rng, step)
+  nonfinite_step: jax.Array  # first step whose loss was NaN/Inf, or -1
+
+
+@flax.struct.dataclass
+class Stage2State:
+  step: jax.Array
+  flow_params: Any
+  disc_params: Any           # {'forward': ..., 'inverse': ...}
+  flow_opt_state: Any
+  disc_opt_state: Any
+  rng: jax.Array
+  nonfinite_step: jax.Array
+
+
+def optimizer(learning_rate: float, weight_decay: float, steps: int) -> optax.GradientTransformation:
+  """AdamW with a short warm-up and cosine decay, gradients clipped at norm 1."""
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, learning_rate, warmup_steps=max(1, min(100, steps // 10)), decay_steps=max(steps, 2),
+      end_value=learning_rate * 0.05)
+  return optax.chain(optax.clip_by_global_norm(1.0),
+                     optax.adamw(schedule, weight_decay=weight_decay))
+
+
+def _track_nonfinite(nonfinite_step: jax.Array, step: jax.Array, loss: jax.Array) -> jax.Array:
+  bad = jnp.logical_and(nonfinite_step < 0, ~jnp.isfinite(loss))
+  return jnp.where(bad, step, nonfinite_step)
+
+
+def stage1_step(state: Stage1State, batch: dict[str, jax.Array], *, model: Any,
+                tx: optax.GradientTransformation,
+                cfg: ml_collections.ConfigDict) -> tuple[Stage1State, dict[str, jax.Array]]:
+  """One autoencoder update on a batch of stimuli (augmented when cfg.augment)."""
+  images = batch['images']
+  rng = jax.random.fold_in(state.rng, state.step)
+  if cfg.augment:
+    images = augment_lib.augment(rng, images, max_shift=cfg.max_shift,
+                                 max_rotation=cfg.max_rotation,
+                                 elastic_strength=cfg.elastic_strength)
+  grad_fn = jax.value_and_grad(losses.stage1_loss, has_aux=True)
+  (loss, terms), grads = grad_fn(state.params, model, images, images, cfg)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  new_state = state.replace(
+      step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state,
+      nonfinite_step=_track_nonfinite(state.nonfinite_step, state.step, loss))
+  return new_state, {'loss': loss, **terms}
+
+
+def stage2_step(state: Stage2State, frozen: dict[str, Any], batch: dict[str, jax.Array], *,
+                model: Any, discriminator: Any, flow_tx: optax.GradientTransformation,
+                disc_tx: optax.GradientTransformation,
+                cfg: ml_collections.ConfigDict) -> tuple[Stage2State, dict[str, jax.Array]]:
+  """One discriminator update, then one flow update, on the same batch."""
+  rng = jax.random.fold_in(state.rng, state.step)
+  noise = jax.random.normal(rng, batch['adapted'].shape, batch['adapted'].dtype)
+
+  # Discriminator: real adapted responses vs f(h) (and features vs f^-1(a)), flow held fixed.
+  out = jax.lax.stop_gradient(losses.flow_terms(state.flow_params, frozen, model, batch, noise))
+  real, fake = {'forward': out['a_padded']}, {'forward': out['z']}
+  if cfg.adversarial_inverse:
+    real['inverse'], fake['inverse'] = batch['features'], out['h_back']
+  disc_grad_fn = jax.value_and_grad(losses.discriminator_loss, has_aux=True)
+  (_, disc_terms), disc_grads = disc_grad_fn(state.disc_params, discriminator, real, fake, cfg)
+  disc_updates, disc_opt_state = disc_tx.update(disc_grads, state.disc_opt_state,
+                                                state.disc_params)
+  disc_params = optax.apply_updates(state.disc_params, disc_updates)
+
+  # Flow: all constraints against the updated discriminator.
+  flow_grad_fn = jax.value_and_grad(losses.flow_loss, has_aux=True)
+  (loss, terms), grads = flow_grad_fn(state.flow_params, disc_params, frozen, model,
+                                      discriminator, batch, noise, cfg)
+  updates, flow_opt_state = flow_tx.update(grads, state.flow_opt_state, state.flow_params)
+  new_state = state.replace(
+      step=state.step + 1, flow_params=optax.apply_updates(state.flow_params, updates),
+      disc_params=disc_params, flow_opt_state=flow_opt_state, disc_opt_state=disc_opt_state,
+      nonfinite_step=_track_nonfinite(state.nonfinite_step, state.step, loss))
+  return new_state, {'loss': loss, **terms, **disc_terms}

@@ -1,0 +1,100 @@
+"""The neural adapter A: fitted on training responses only, whitening, exact inverse on its range,
+padding, guards and serialisation."""
+
+import jax
+import numpy as np
+import pytest
+
+from flig_jax.nn.adapter import Adapter
+
+
+def _responses(n: int, u: int, seed: int = 0, rank: int | None = None) -> np.ndarray:
+  rng = np.random.default_rng(seed)
+  rank = rank or u
+  latent = rng.normal(size=(n, rank)) @ rng.normal(size=(rank, u))
+  return (latent * rng.uniform(0.5, 3.0, size=u) + rng.normal(size=u) * 5).astype(np.float32)
+
+
+def test_fit_uses_only_the_given_responses_and_whitens_them():
+  train, test = _responses(60, 12, seed=0), _responses(20, 12, seed=1) + 100.0
+  ad = Adapter.fit(train, dim=8)
+  assert (ad.k, ad.dim, ad.num_units) == (8, 8, 12)
+  np.testing.assert_allclose(ad.mean, train.mean(axis=0), rtol=1e-5, atol=1e-4)
+  a = np.asarray(ad.forward(train))
+  assert a.shape == (60, 8) and a.dtype == np.float32
+  np.testing.assert_allclose(a.mean(axis=0), 0.0, atol=1e-4)
+  np.testing.assert_allclose(np.cov(a, rowvar=False), np.eye(8), atol=1e-4)
+  # The test responses are far from the training mean: whitened by train statistics only.
+  assert np.abs(np.asarray(ad.forward(test)).mean()) > 1.0
+
+
+def test_inverse_is_exact_on_the_range_with_k_equal_d():
+  ad = Adapter.fit(_responses(40, 12), dim=8)
+  a = np.random.default_rng(2).normal(size=(5, 8)).astype(np.float32)
+  r = ad.inverse(a)
+  assert r.shape == (5, 12)
+  np.testing.assert_allclose(ad.forward(r), a, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(ad.signal_mask), np.ones(8))
+
+
+def test_fewer_units_than_dim_pads_and_inverts_exactly():
+  train = _responses(50, 5)
+  ad = Adapter.fit(train, dim=8)
+  assert ad.k == 5
+  np.testing.assert_allclose(np.asarray(ad.signal_mask), [1, 1, 1, 1, 1, 0, 0, 0])
+  a = np.asarray(ad.forward(train))
+  assert a.shape == (50, 8)
+  np.testing.assert_array_equal(a[:, 5:], 0.0)
+  np.testing.assert_allclose(ad.inverse(a), train, rtol=1e-4, atol=1e-3)
+  noisy = np.asarray(ad.forward(train, pad='noise', rng=jax.random.key(0)))
+  np.testing.assert_allclose(noisy[:, :5], a[:, :5])
+  assert np.std(noisy[:, 5:]) > 0.5
+  np.testing.assert_allclose(ad.inverse(noisy), train, rtol=1e-4, atol=1e-3)
+  with pytest.raises(ValueError, match='rng'):
+    ad.forward(train, pad='noise')
+  with pytest.raises(ValueError, match='pad'):
+    ad.forward(train, pad='ones')
+
+
+def test_rank_deficient_and_constant_units_are_guarded():
+  train = _responses(30, 10, rank=3)
+  train[:, 4] = 7.0                                   # a dead unit
+  ad = Adapter.fit(train, dim=8)
+  assert ad.k == 3
+  assert np.all(np.isfinite(np.asarray(ad.components)))
+  assert float(ad.scale[4]) == 1.0
+  a = np.asarray(ad.forward(train))
+  assert np.all(np.isfinite(a))
+  np.testing.assert_allclose(np.cov(a[:, :3], rowvar=False), np.eye(3), atol=1e-3)
+  np.testing.assert_allclose(ad.inverse(a), train, rtol=1e-4, atol=1e-3)
+  few = _responses(4, 10)                            # N < U: rank N - 1 after centring
+  assert Adapter.fit(few, dim=8).k == 3
+
+
+def test_bad_input_raises_clear_errors():
+  with pytest.raises(ValueError, match='adapter.py.*shape'):
+    Adapter.fit(np.zeros(10), dim=4)
+  bad = _responses(10, 4)
+  bad[0, 0] = np.nan
+  with pytest.raises(ValueError, match='NaN'):
+    Adapter.fit(bad, dim=4)
+  with pytest.raises(ValueError, match='no variance'):
+    Adapter.fit(np.ones((10, 4)), dim=4)
+  ad = Adapter.fit(_responses(10, 4), dim=4)
+  with pytest.raises(ValueError, match=r'\(N, 4\)'):
+    ad.forward(np.zeros((3, 5)))
+
+
+def test_dict_round_trip_and_pytree():
+  ad = Adapter.fit(_responses(30, 6), dim=8)
+  d = ad.to_dict()
+  assert d['dim'] == 8 and d['k'] == ad.k and isinstance(d['mean'], np.ndarray)
+  back = Adapter.from_dict(d)
+  assert (back.dim, back.k) == (ad.dim, ad.k)
+  r = _responses(3, 6, seed=5)
+  np.testing.assert_array_equal(back.forward(r), ad.forward(r))
+  from_arrays = Adapter.from_dict(ad.arrays(), dim=8)
+  assert from_arrays.k == ad.k
+  assert len(jax.tree.leaves(ad)) == 4           # dim and k are static
+  out = jax.jit(lambda a, x: a.forward(x))(ad, r)
+  np.testing.assert_allclose(out, ad.forward(r), atol=1e-6)

@@ -1,0 +1,81 @@
+"""Tests for `data.load` / `data.from_config`: names, options, validation carving, light imports."""
+
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import default
+from flig_jax import data
+
+
+def test_from_default_config():
+  config = default.get_config()
+  ds = data.from_config(config)
+  d = config.data
+  assert ds.name == 'synthetic' and ds.image_shape == (d.image_size, d.image_size, 1)
+  assert len(ds.train) + len(ds.val) == d.num_train and len(ds.test) == d.num_test
+  assert len(ds.val) == round(d.val_fraction * d.num_train) and ds.num_units == d.num_units
+  assert ds.meta['seed'] == config.seed
+
+
+def test_from_config_spikes_and_seed():
+  config = default.get_config()
+  config.data.synthetic_mode = 'spikes'
+  config.data.num_train, config.data.num_test, config.data.image_size = 20, 5, 8
+  a = data.from_config(config)
+  config.seed = 1
+  b = data.from_config(config)
+  assert a.meta['response_kind'] == 'spikes' and a.image_shape == (8, 8, 1)
+  assert not np.array_equal(a.train.images, b.train.images)
+
+
+def test_from_config_digit69_keeps_its_size(data_root):
+  if not (data_root / 'digit69').is_dir():
+    pytest.skip('no digit69 in the shared data')
+  config = default.get_config()
+  config.data.name, config.data.dir = 'digit69', str(data_root / 'digit69')
+  ds = data.from_config(config)
+  assert ds.image_shape == (28, 28, 1) and (len(ds.train), len(ds.val)) == (81, 9)
+
+
+def test_val_split_empty_and_carved():
+  ds = data.load('synthetic', num_train=10, num_test=3, num_units=4, image_size=8)
+  assert ds.val.images.shape == (0, 8, 8, 1) and ds.val.responses.shape == (0, 4)
+  assert len(ds.val) == 0 and ds.meta['num_val'] == 0
+  carved = data.load('synthetic', num_train=10, num_test=3, num_units=4, image_size=8,
+                     val_fraction=0.3, seed=0)
+  assert (len(carved.train), len(carved.val)) == (7, 3)
+  both = np.concatenate([carved.train.responses, carved.val.responses])
+  assert sorted(map(bytes, both)) == sorted(map(bytes, ds.train.responses))
+  np.testing.assert_array_equal(carved.test.images, ds.test.images)
+
+
+@pytest.mark.parametrize('kwargs, fault', [
+    ({'name': 'mnist'}, "unknown dataset 'mnist'"),
+    ({'name': 'synthetic', 'val_fraction': 1.0}, r'val_fraction must be in \[0, 1\)'),
+    ({'name': 'synthetic', 'num_train': 1, 'val_fraction': 0.5}, 'leaves no training data'),
+    ({'name': 'npz', 'num_units': 3}, 'apply only to the synthetic dataset'),
+])
+def test_bad_arguments(kwargs, fault):
+  with pytest.raises(data.DataError, match=fault):
+    data.load(**kwargs)
+
+
+def test_data_error_is_a_value_error():
+  assert issubclass(data.DataError, ValueError)
+
+
+def test_split_rejects_mismatched_arrays():
+  with pytest.raises(data.DataError, match='3 images but 2 responses'):
+    data.Split(np.zeros((3, 2, 2, 1), np.float32), np.zeros((2, 5), np.float32))
+
+
+def test_import_is_light():
+  code = ('import sys, flig_jax.data; '
+          'heavy = [m for m in ("tensorflow", "tensorflow_datasets", "grain", "jax") '
+          'if m in sys.modules]; print(heavy); assert not heavy, heavy')
+  repo = pathlib.Path(__file__).parents[1]
+  subprocess.run([sys.executable, '-c', code], cwd=repo, check=True, capture_output=True)

@@ -1,0 +1,86 @@
+"""Tests for the .npz reader: pixel scaling, stored and seeded splits, labels, and bad files."""
+
+import numpy as np
+import pytest
+
+from flig_jax import data
+
+
+def write(tmp_path, **arrays):
+  path = tmp_path / 'pairs.npz'
+  np.savez(path, **arrays)
+  return str(path)
+
+
+def pairs(n=20, h=5, w=4, units=3, seed=0):
+  rng = np.random.default_rng(seed)
+  return rng.integers(0, 256, (n, h, w), dtype=np.uint8), rng.normal(size=(n, units))
+
+
+def test_uint8_grey_with_stored_split_and_labels(tmp_path):
+  stimuli, responses = pairs()
+  split = np.array(['train', 'test'] * 10)
+  labels = np.arange(20)
+  ds = data.load('npz', path=write(tmp_path, stimuli=stimuli, responses=responses, split=split,
+                                   labels=labels))
+  assert ds.train.images.shape == (10, 5, 4, 1) and ds.test.responses.shape == (10, 3)
+  np.testing.assert_allclose(ds.test.images[..., 0], stimuli[1::2] / 255.0, atol=1e-7)
+  np.testing.assert_array_equal(ds.train.labels, labels[::2])
+  assert ds.train.responses.dtype == np.float32 and ds.meta['split_from'] == 'file'
+
+
+def test_float_colour_with_seeded_split(tmp_path):
+  rng = np.random.default_rng(1)
+  stimuli = rng.random((30, 6, 6, 3)).astype(np.float32)
+  path = write(tmp_path, stimuli=stimuli, responses=rng.normal(size=(30, 2)))
+  a, b = data.load('npz', path=path, seed=5), data.load('npz', path=path, seed=5)
+  c = data.load('npz', path=path, seed=6)
+  assert (len(a.train), len(a.test)) == (24, 6) and a.image_shape == (6, 6, 3)
+  np.testing.assert_array_equal(a.test.images, b.test.images)
+  assert not np.array_equal(a.test.images, c.test.images)
+  joined = np.concatenate([a.train.images, a.test.images])
+  assert sorted(map(bytes, joined)) == sorted(map(bytes, stimuli))
+
+
+def test_resized_when_asked(tmp_path):
+  stimuli, responses = pairs(h=8, w=8)
+  ds = data.load('npz', path=write(tmp_path, stimuli=stimuli, responses=responses), image_size=4)
+  assert ds.image_shape == (4, 4, 1) and ds.meta['image_size'] == 4
+
+
+def _pairs_with(**extra):
+  return lambda s, r: {'stimuli': s, 'responses': r, **extra}
+
+
+def _with_nan(responses):
+  responses = responses.copy()
+  responses[2, 1] = np.nan
+  return responses
+
+
+@pytest.mark.parametrize('make, fault', [
+    (lambda s, r: {'stimuli': s}, r"missing key\(s\) \['responses'\]"),
+    (lambda s, r: {'stimuli': s[:, 0], 'responses': r}, r'"stimuli" has shape \(20, 4\)'),
+    (lambda s, r: {'stimuli': s, 'responses': r[:, 0]}, r'"responses" has shape \(20,\)'),
+    (lambda s, r: {'stimuli': s, 'responses': r[:15]}, '20 stimuli but 15 responses'),
+    (lambda s, r: {'stimuli': s, 'responses': _with_nan(r)}, 'NaN or Inf'),
+    (lambda s, r: {'stimuli': s * 2.0, 'responses': r}, 'want 0-1'),
+    (_pairs_with(split=np.array(['train'] * 20)), 'test split .*empty'),
+    (_pairs_with(split=np.array(['val'] * 20)), '"train" or "test"'),
+    (_pairs_with(labels=np.arange(3)), r'"labels" has shape \(3,\)'),
+])
+def test_bad_files_raise_clear_errors(tmp_path, make, fault):
+  path = write(tmp_path, **make(*pairs()))
+  with pytest.raises(data.DataError, match=fault) as info:
+    data.load('npz', path=path)
+  assert 'pairs.npz' in str(info.value)
+
+
+def test_missing_path(tmp_path):
+  with pytest.raises(data.DataError, match='no file given'):
+    data.load('npz')
+  with pytest.raises(data.DataError, match='absent.npz: no such file'):
+    data.load('npz', path=str(tmp_path / 'absent.npz'))
+  (tmp_path / 'junk.npz').write_bytes(b'junk')
+  with pytest.raises(data.DataError, match='junk.npz: cannot read'):
+    data.load('npz', path=str(tmp_path / 'junk.npz'))
