@@ -4,7 +4,8 @@ trainer's `state`.
 """
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import ml_collections
@@ -21,9 +22,9 @@ def checkpoint_dir(path: str | os.PathLike, must_exist: bool = False) -> str:
     FileNotFoundError: `must_exist` and there is no such directory.
   """
   path = os.path.abspath(os.fspath(path))
-  if os.path.basename(path.rstrip(os.sep)) == CHECKPOINT_SUBDIR and os.path.isdir(path):
-    if not os.path.isdir(os.path.join(path, CHECKPOINT_SUBDIR)):
-      return path
+  if (os.path.basename(path) == CHECKPOINT_SUBDIR and os.path.isdir(path)
+      and not os.path.isdir(os.path.join(path, CHECKPOINT_SUBDIR))):
+    return path
   directory = os.path.join(path, CHECKPOINT_SUBDIR)
   if must_exist and not os.path.isdir(directory):
     raise FileNotFoundError(

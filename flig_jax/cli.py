@@ -30,3 +30,10 @@ def guarded(job: Callable[[], object]) -> int:
 def run_training(config: ml_collections.ConfigDict, workdir: str) -> int:
   from flig_jax.training import loop
   return guarded(lambda: loop.train_and_evaluate(config, Path(workdir)))
+
+
+def run_evaluation(ckpt: str, split: str = 'test', out: str | None = None,
+                   data_dir: str | None = None) -> int:
+  """Runs `evaluation.run.evaluate` under `guarded`; returns the exit status."""
+  from flig_jax.evaluation import run
+  return guarded(lambda: run.evaluate(ckpt, split=split, out=out, data_dir=data_dir))

@@ -5,8 +5,10 @@ numpy-friendly `Model` that notebooks and tools use, and `save` / `load` of chec
   decode: x_hat = G(f^-1(A(r)) * std + mean)
 """
 
+import functools
 import os
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -166,6 +168,19 @@ class FLIG(nn.Module):
     return {'params': new['params'], **fixed}
 
 
+_FLIG_FIELDS = ('image_shape', 'feature_dim', 'cae_widths', 'flow_blocks', 'flow_hidden',
+                'coupling', 'spline_bins', 'spline_range')
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_method(fields: tuple[tuple[str, Any], ...], name: str) -> Callable[..., Array]:
+  """jit(apply(variables, x, method=name)) for one architecture, shared by every Model of it (a
+  memo: models loaded from several checkpoints compile once)."""
+  module = FLIG(**dict(fields))
+  method = getattr(FLIG, name)
+  return jax.jit(lambda variables, x: module.apply(variables, x, method=method))
+
+
 def _pow2_bucket(n: int, chunk: int) -> int:
   """Smallest power of two >= n, capped at chunk (so each method compiles a few shapes only)."""
   return min(chunk, 1 << max(0, (n - 1).bit_length()))
@@ -193,7 +208,6 @@ class Model:
     self.meta = dict(meta)
     self.chunk = int(chunk)
     self.module = FLIG.from_config(config.model, tuple(meta['image_shape']))
-    self._fns: dict[str, Callable[..., Array]] = {}
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -210,16 +224,12 @@ class Model:
     """The fitted Adapter."""
     return Adapter.from_dict(self.variables['adapter'], dim=self.module.feature_dim)
 
-  def _fn(self, name: str, **kwargs: Any) -> Callable[..., Array]:
-    key = name + repr(sorted(kwargs.items()))
-    if key not in self._fns:
-      method = getattr(FLIG, name)
-      self._fns[key] = jax.jit(
-          lambda v, x: self.module.apply(v, x, method=method, **kwargs))
-    return self._fns[key]
+  def _fn(self, name: str) -> Callable[..., Array]:
+    fields = tuple((f, getattr(self.module, f)) for f in _FLIG_FIELDS)
+    return _jitted_method(fields, name)
 
-  def _run(self, name: str, x: np.ndarray, **kwargs: Any) -> np.ndarray:
-    fn = self._fn(name, **kwargs)
+  def _run(self, name: str, x: np.ndarray) -> np.ndarray:
+    fn = self._fn(name)
     if x.shape[0] == 0:
       out = jax.eval_shape(fn, self.variables, jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype))
       return np.zeros((0,) + out.shape[1:], out.dtype)

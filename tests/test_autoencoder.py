@@ -9,24 +9,36 @@ import pytest
 from flig_jax.nn.autoencoder import Autoencoder
 
 
+@pytest.fixture(autouse=True)
+def _fast_prng():
+  """Threefry's partitionable mode compiles very slowly on small CPUs; these tests do not need it
+  (scoped to each test, so no leak into other files)."""
+  with jax.threefry_partitionable(False):
+    yield
+
+
 @pytest.mark.parametrize('image_shape', [(28, 28, 1), (32, 32, 1), (64, 64, 3), (30, 20, 2)])
 def test_shapes_dtypes_and_range(image_shape):
   ae = Autoencoder(image_shape, feature_dim=6, widths=(4, 8))
   x = jax.random.uniform(jax.random.key(0), (3,) + image_shape)
-  variables = ae.init(jax.random.key(1), x)
-  h = ae.apply(variables, x, method=Autoencoder.encode)
+
+  def run(key, x):
+    variables = ae.init(key, x)
+    h = ae.apply(variables, x, method=Autoencoder.encode)
+    return variables, h, ae.apply(variables, h, method=Autoencoder.decode), ae.apply(variables, x)
+
+  variables, h, y, y_call = jax.jit(run)(jax.random.key(1), x)
   assert h.shape == (3, 6) and h.dtype == jnp.float32
-  y = ae.apply(variables, h, method=Autoencoder.decode)
   assert y.shape == (3,) + image_shape and y.dtype == jnp.float32
   assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
-  np.testing.assert_allclose(ae.apply(variables, x), y, atol=1e-6)
+  np.testing.assert_allclose(y_call, y, atol=1e-6)
   assert set(variables) == {'params'}                 # no mutable state (no BatchNorm)
 
 
 def test_wrong_shapes_raise():
   ae = Autoencoder((28, 28, 1), feature_dim=6, widths=(4,))
   x = jnp.zeros((2, 28, 28, 1))
-  variables = ae.init(jax.random.key(0), x)
+  variables = jax.jit(ae.init)(jax.random.key(0), x)
   with pytest.raises(ValueError, match=r'autoencoder.py.*\(N, 28, 28, 1\)'):
     ae.apply(variables, jnp.zeros((2, 32, 32, 1)), method=Autoencoder.encode)
   with pytest.raises(ValueError, match=r'\(N, 6\)'):

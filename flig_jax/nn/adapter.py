@@ -2,7 +2,8 @@
 responses only (z-score per unit, PCA to k = min(D, rank) whitened components, padding to D).
 """
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.struct
 import jax

@@ -6,7 +6,6 @@ import math
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 Array = jax.Array
 

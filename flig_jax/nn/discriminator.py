@@ -1,7 +1,8 @@
 """The stage-2 discriminator Dis (an MLP on R^D giving one logit per row) and its R1 gradient
 penalty."""
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax

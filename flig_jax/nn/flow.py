@@ -6,7 +6,7 @@ Every layer module has `__call__(x, inverse=False) -> (y, logdet)` with `x` of s
 forward direction runs ActNorm's data-dependent initialisation.
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import distrax
 import flax.linen as nn

@@ -95,7 +95,7 @@ def _loop(run: _Run, stage: int, state: Any, step_fn: Callable, inputs: tuple, s
     for step in range(first, total):
       batch = parallel.global_batch(stream.batch(step), mesh)
       state, metrics = step_fn(state, *inputs, batch)
-      sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+      sums = metrics if sums is None else _add(sums, metrics)
       count += 1
       log.advance()
       done = step + 1
@@ -103,7 +103,7 @@ def _loop(run: _Run, stage: int, state: Any, step_fn: Callable, inputs: tuple, s
       if at_log or at_save:
         _check_finite(stage, state, run.workdir)
       if at_log:
-        log.write(done, {k: v / count for k, v in sums.items()})
+        log.write(done, {k: float(v) / count for k, v in jax.device_get(sums).items()})
         sums, count = None, 0
       if at_save:
         save(state)
@@ -114,6 +114,14 @@ def _loop(run: _Run, stage: int, state: Any, step_fn: Callable, inputs: tuple, s
     raise
   log.close()
   return state
+
+
+_add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
+
+
+def _apply(model: model_lib.FLIG, method: Callable) -> Callable:
+  """`model.apply(variables, x, method=method)`, compiled (eager ops each compile on their own)."""
+  return jax.jit(functools.partial(model.apply, method=method))
 
 
 def _check_finite(stage: int, state: Any, workdir: Path) -> None:
@@ -162,9 +170,8 @@ def _stage1(run: _Run, latest) -> Any:
 
 def _features(model, ae_params, images: np.ndarray) -> np.ndarray:
   """Raw features E(x) of a split, computed once (the encoder is frozen in stage 2)."""
-  encode = jax.jit(lambda p, x: model.apply({'params': {'autoencoder': p}}, x,
-                                            method=model_lib.FLIG.features))
-  return np.concatenate([np.asarray(encode(ae_params, images[i:i + 256]))
+  encode, variables = _apply(model, model_lib.FLIG.features), {'params': {'autoencoder': ae_params}}
+  return np.concatenate([np.asarray(encode(variables, images[i:i + 256]))
                          for i in range(0, len(images), 256)])
 
 
@@ -172,7 +179,7 @@ def _fixed_parts(run: _Run, latest, ae_params):
   """The model's variables without a trained flow: frozen encoder, feature stats and adapter.
 
   Fresh (fitted on the training split only) after stage 1, or read from the stage-2 checkpoint
-  when resuming (then with the step to resume from).
+  when resuming (then with the step to resume from); also the raw training features E(x).
   """
   config, dataset, model, mesh, mgr = run.config, run.dataset, run.model, run.mesh, run.mgr
   if latest is not None:
@@ -180,13 +187,15 @@ def _fixed_parts(run: _Run, latest, ae_params):
     variables = checkpointing.restore(
         mgr, step, 'model', checkpointing.with_sharding(
             model_lib.abstract_variables(config, meta), parallel.replicated(mesh)))
-    return variables, step
+    features = _features(model, variables['params']['autoencoder'], dataset.train.images)
+    return variables, step, features
   train = dataset.train
   adapter = adapter_lib.Adapter.fit(train.responses, config.model.feature_dim)
-  mean, std = model_lib.feature_stats(_features(model, ae_params, train.images))
+  features = _features(model, ae_params, train.images)
+  mean, std = jax.jit(model_lib.feature_stats)(features)
   return {'params': {'autoencoder': ae_params}, 'stats': {'feature_mean': mean,
                                                           'feature_std': std},
-          'adapter': adapter.arrays()}, None
+          'adapter': adapter.arrays()}, None, features
 
 
 def _stage2(run: _Run, latest, ae_params) -> None:
@@ -195,15 +204,14 @@ def _stage2(run: _Run, latest, ae_params) -> None:
   cfg = config.stage2
   parallel.check_batch_size(cfg.batch_size, mesh, 'stage2')
   first_step = config.stage1.steps  # stage-2 checkpoints are numbered after stage 1's
-  fixed, resume_step = _fixed_parts(run, latest, ae_params)
+  fixed, resume_step, raw_features = _fixed_parts(run, latest, ae_params)
   ae_params = fixed['params']['autoencoder']
   adapter = adapter_lib.Adapter.from_dict(fixed['adapter'], dim=config.model.feature_dim)
   stats = fixed['stats']
   train = dataset.train
   arrays = {
-      'features': np.asarray(model.apply(fixed, _features(model, ae_params, train.images),
-                                         method=model_lib.FLIG.standardise)),
-      'adapted': np.asarray(adapter.forward(jnp.asarray(train.responses))),
+      'features': np.asarray(_apply(model, model_lib.FLIG.standardise)(fixed, raw_features)),
+      'adapted': np.asarray(jax.jit(lambda ad, r: ad.forward(r))(adapter, train.responses)),
       'images': train.images,
   }
   stream = data.BatchStream(arrays, cfg.batch_size, seed=config.seed + 1,
@@ -265,7 +273,7 @@ def _stage1_figure(run: _Run, ae_params) -> None:
     return
   split, name = _figure_split(run.dataset)
   x = split.images[:run.config.num_figure_images]
-  recon = run.model.apply({'params': {'autoencoder': ae_params}}, x, method=model_lib.FLIG.reconstruct)
+  recon = _apply(run.model, model_lib.FLIG.reconstruct)({'params': {'autoencoder': ae_params}}, x)
   figures.reconstruction_grid(x, {f'G(E(x)) [{name}]': np.asarray(recon)},
                               str(run.workdir / 'stage1_reconstructions.png'), n=len(x))
 
@@ -277,7 +285,7 @@ def _stage2_figure(run: _Run, variables) -> None:
   x = split.images[:run.config.num_figure_images]
   r = split.responses[:run.config.num_figure_images]
   model = run.model
-  recons = {'G(E(x))': model.apply(variables, x, method=model_lib.FLIG.reconstruct),
-            f'decode(r) [{name}]': model.apply(variables, r, method=model_lib.FLIG.decode)}
+  recons = {'G(E(x))': _apply(model, model_lib.FLIG.reconstruct)(variables, x),
+            f'decode(r) [{name}]': _apply(model, model_lib.FLIG.decode)(variables, r)}
   figures.reconstruction_grid(x, {k: np.asarray(v) for k, v in recons.items()},
                               str(run.workdir / 'stage2_decoding.png'), n=len(x))

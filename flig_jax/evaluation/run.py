@@ -1,0 +1,294 @@
+"""`evaluate`: scores a trained FLIG checkpoint and its baselines (ridge, MLP, CAE + ridge) on one
+split, and writes metrics.json, a reconstruction grid and an encoding figure."""
+
+import concurrent.futures
+import functools
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from flig_jax import checkpointing, data
+from flig_jax import model as model_lib
+from flig_jax.evaluation import baselines, figures, metrics, report
+
+SPLITS = ('test', 'val')
+CHUNK = 256  # rows per call of a jitted network
+MLP_STEPS = 300  # bounded so the MLP fits (the slowest phase) stay within seconds on a CPU
+GRID_COLUMNS = 10
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+
+def _progress(enabled: bool) -> Callable[[str], None]:
+  """A logger that prints '[evaluate  1.2s] message' to stderr, or does nothing."""
+  start = time.perf_counter()
+
+  def log(message: str) -> None:
+    if enabled:
+      print(f'[evaluate {time.perf_counter() - start:5.1f}s] {message}', file=sys.stderr,
+            flush=True)
+  return log
+
+
+def _data_config(config: ml_collections.ConfigDict,
+                 data_dir: str | None) -> ml_collections.ConfigDict:
+  """A copy of the run's config whose data.dir is `data_dir` when given."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  if data_dir:
+    config.data.dir = str(data_dir)
+  return config
+
+
+def _latest_model_step(ckpt: str | os.PathLike) -> int:
+  """The step `model.load` restores: the latest one holding a model."""
+  mgr = checkpointing.manager(ckpt, read_only=True)
+  try:
+    return int(checkpointing.steps_with(mgr, 'model')[-1])
+  finally:
+    mgr.close()
+
+
+def _check_match(m: model_lib.Model, ds: data.Dataset, ckpt: str) -> None:
+  """Raises ValueError when the dataset is not the one the checkpoint was trained on."""
+  if ds.num_units != m.num_units or ds.image_shape != m.image_shape:
+    raise ValueError(
+        f'flig_jax/evaluation/run.py: the checkpoint at {ckpt} expects {m.num_units} units and '
+        f'images {m.image_shape}; the dataset {ds.name!r} has {ds.num_units} units and images '
+        f'{ds.image_shape} (wrong --data_dir?)')
+
+
+def _hparam_split(ds: data.Dataset, split: str) -> tuple[Any, Any, str]:
+  """The (responses, images) pair that picks hyper-parameters, and where it comes from.
+
+  The validation split, unless it is empty or is the split being scored: then None, and the
+  baselines fall back to cross-validation / a held-out part of the training split.
+  """
+  if split == 'val' or len(ds.val) == 0:
+    return None, None, 'train (cross-validation / held-out part)'
+  return ds.val.responses, ds.val.images, 'val'
+
+
+def _in_chunks(fn: Callable[[np.ndarray], Any], x: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
+  """`fn` over the rows of `x` in chunks of one size (so a jitted `fn` compiles once); the last
+  chunk is padded by repeating its last row."""
+  n = x.shape[0]
+  size = min(chunk, 1 << max(0, (n - 1).bit_length()))
+  padded = np.concatenate([x, np.repeat(x[-1:], (-n) % size, axis=0)])
+  return np.concatenate([np.asarray(fn(padded[i:i + size]))
+                         for i in range(0, padded.shape[0], size)])[:n]
+
+
+def _latent(module: model_lib.FLIG, h: jax.Array) -> jax.Array:
+  """f(standardise(h)) for raw features h."""
+  return module.flow_forward(module.standardise(h))[0]
+
+
+def _unlatent(module: model_lib.FLIG, a: jax.Array) -> jax.Array:
+  """unstandardise(f^-1(a)), raw features."""
+  return module.unstandardise(module.flow_inverse(a)[0])
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _apply(module: model_lib.FLIG, method: Callable[..., Any], variables: Any,
+           x: jax.Array) -> jax.Array:
+  """`module.apply` of `method`, compiled once per module, method and input shape."""
+  return module.apply(variables, x, method=method)
+
+
+class FligParts:
+  """FLIG's pieces as jitted numpy functions, so an evaluation compiles each network once.
+
+  `features` is E, `images` is G, `latent` is f(standardise(h)) on raw features and `unlatent`
+  is unstandardise(f^-1(a)); with the adapter, decode(r) = images(unlatent(A(r))) and
+  encode(x) = A^-1(latent(features(x))), as in `model.Model`.
+  """
+
+  def __init__(self, m: model_lib.Model):
+    self.adapter = m.adapter
+
+    def batched(method: Callable[..., Any]) -> Callable[[np.ndarray], np.ndarray]:
+      run = lambda part: _apply(m.module, method, m.variables, part)
+      return lambda x: _in_chunks(run, np.asarray(x, np.float32))
+
+    self.features = batched(model_lib.FLIG.features)
+    self.images = batched(model_lib.FLIG.decode_features)
+    self.latent = batched(_latent)
+    self.unlatent = batched(_unlatent)
+
+  def signal(self, responses: np.ndarray) -> np.ndarray:
+    """A(r)[:, :k], the adapter's signal coordinates of responses (N, U)."""
+    return np.asarray(self.adapter.forward(np.asarray(responses, np.float32)))[:, :self.adapter.k]
+
+  def adapted(self, responses: np.ndarray) -> np.ndarray:
+    """A(r) with zero padding, (N, D)."""
+    return np.asarray(self.adapter.forward(np.asarray(responses, np.float32)))
+
+  def unadapted(self, a: np.ndarray) -> np.ndarray:
+    """A^-1(a) for (N, D), or for (N, k) signal coordinates (zero-padded to D first)."""
+    a = np.asarray(a, np.float32)
+    a = np.concatenate([a, np.zeros((a.shape[0], self.adapter.dim - a.shape[1]), a.dtype)], 1)
+    return np.asarray(self.adapter.inverse(a))
+
+
+def _features(parts: FligParts, ds: data.Dataset, split: str) -> dict[str, np.ndarray]:
+  """E(x) of the train, val and scored splits, computed in one pass."""
+  names = ['train', 'val'] + ([split] if split not in ('train', 'val') else [])
+  splits = [getattr(ds, k) for k in names]
+  h = parts.features(np.concatenate([s.images for s in splits]))
+  bounds = np.cumsum([0] + [len(s) for s in splits])
+  return {k: h[a:b] for k, a, b in zip(names, bounds[:-1], bounds[1:])}
+
+
+def fit_baselines(parts: FligParts, ds: data.Dataset, split: str, features: dict[str, np.ndarray],
+                  mlp_steps: int = MLP_STEPS, seed: int = 0,
+                  log: Callable[[str], None] = lambda _: None
+                  ) -> tuple[dict[str, Predictor], dict[str, Predictor], dict[str, Any]]:
+  """Fits every baseline on the training split, choosing hyper-parameters on validation.
+
+  `cae_ridge` is the ablation: FLIG's frozen autoencoder and adapter with ridge maps in place of
+  the flow; its decoder predicts raw features, ridge(A(r)[:, :k]) (to be decoded by G), and its
+  encoder A^-1([ridge(E(x)), 0]).
+
+  Args:
+    parts: the trained FLIG's pieces (its autoencoder and adapter serve `cae_ridge`).
+    ds: the dataset; fits use `ds.train` only, hyper-parameters `ds.val` (unless `split` is 'val').
+    split: the split that will be scored (never used here).
+    features: E(x) of 'train' and 'val'.
+    mlp_steps: most optimisation steps of each MLP.
+    seed: seed of the MLPs.
+    log: progress logger.
+
+  Returns:
+    (decoders, encoders, hparams): model name -> predictor (decoders: responses -> images, except
+    `cae_ridge`: responses -> features; encoders: images, or for `cae_ridge` features, ->
+    responses), and the chosen hyper-parameters of each baseline.
+  """
+  tr = ds.train
+  val_r, val_x, source = _hparam_split(ds, split)
+  hparams: dict[str, Any] = {'chosen_on': source}
+
+  # The MLP fits are bound by XLA compilation, which runs outside the GIL: they train in two
+  # threads while the ridge maps are fitted here.
+  log(f'fitting mlp (at most {mlp_steps} steps each) beside ridge and cae_ridge')
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    mlp_dec_job = pool.submit(baselines.fit_mlp, tr.responses, tr.images, val_r, val_x,
+                              kind='decoder', steps=mlp_steps, seed=seed)
+    mlp_enc_job = pool.submit(baselines.fit_mlp, tr.images, tr.responses, val_x, val_r,
+                              kind='encoder', steps=mlp_steps, seed=seed)
+    ridge_dec = baselines.fit_ridge(tr.responses, tr.images, val_r, val_x, refit_on_val=False)
+    ridge_enc = baselines.fit_ridge(tr.images, tr.responses, val_x, val_r, refit_on_val=False)
+    a_tr, h_tr = parts.signal(tr.responses), features['train']
+    a_va, h_va = (None, None) if val_r is None else (parts.signal(val_r), features['val'])
+    cae_dec = baselines.fit_ridge(a_tr, h_tr, a_va, h_va, refit_on_val=False)
+    cae_enc = baselines.fit_ridge(h_tr, a_tr, h_va, a_va, refit_on_val=False)
+    mlp_dec, mlp_enc = mlp_dec_job.result(), mlp_enc_job.result()
+  hparams['ridge'] = {'decoding_alpha': ridge_dec.alpha, 'encoding_alpha': ridge_enc.alpha}
+  hparams['cae_ridge'] = {'decoding_alpha': cae_dec.alpha, 'encoding_alpha': cae_enc.alpha}
+  hparams['mlp'] = {'decoding_best_step': mlp_dec.best_step,
+                    'encoding_best_step': mlp_enc.best_step}
+
+  decoders = {'ridge': ridge_dec.predict, 'mlp': mlp_dec.predict,
+              'cae_ridge': lambda r: cae_dec.predict(parts.signal(r))}
+  encoders = {'ridge': ridge_enc.predict, 'mlp': mlp_enc.predict,
+              'cae_ridge': lambda h: parts.unadapted(cae_enc.predict(h))}
+  return decoders, encoders, hparams
+
+
+def evaluate(ckpt: str | os.PathLike, split: str = 'test', out: str | os.PathLike | None = None,
+             data_dir: str | None = None, *, mlp_steps: int = MLP_STEPS,
+             verbose: bool = True) -> dict[str, Any]:
+  """Evaluates the checkpoint at `ckpt` on `split`, beside the baselines, and writes the results.
+
+  Writes `<out>/metrics.json` (DESIGN.md's shape, plus `session`, `checkpoint_step`,
+  `baseline_hparams`), `<out>/reconstructions.png` and `<out>/encoding.png`, and prints the tables
+  to stdout.
+
+  Args:
+    ckpt: the run's workdir (or its checkpoints/ directory).
+    split: 'test' or 'val'.
+    out: output directory; default `<ckpt>/eval_<split>`.
+    data_dir: the dataset's own folder, overriding the checkpoint's config.data.dir.
+    mlp_steps: most optimisation steps of each MLP baseline.
+    verbose: print a progress line per phase to stderr.
+
+  Returns:
+    the metrics dict written to metrics.json.
+
+  Raises:
+    ValueError: a bad split name, an empty split, or data that do not fit the checkpoint.
+    FileNotFoundError: no checkpoint at `ckpt`.
+    data.DataError: the dataset cannot be read.
+  """
+  if split not in SPLITS:
+    raise ValueError(f'flig_jax/evaluation/run.py: unknown split {split!r}; choose one of '
+                     f'{SPLITS}')
+  log = _progress(verbose)
+  log(f'loading the checkpoint at {ckpt}')
+  m = model_lib.load(ckpt)
+  ds = data.from_config(_data_config(m.config, data_dir))
+  _check_match(m, ds, str(ckpt))
+  scored = getattr(ds, split)
+  if len(scored) < 2:
+    raise ValueError(f'flig_jax/evaluation/run.py: the {split} split of {ds.name!r} has '
+                     f'{len(scored)} pairs; evaluation needs at least 2')
+  log(f'{ds.name}: {split} split of {len(scored)} pairs; train {len(ds.train)}, '
+      f'val {len(ds.val)}')
+
+  parts = FligParts(m)
+  log('computing features E(x)')
+  features = _features(parts, ds, split)
+  h = features[split]
+  decoders, encoders, hparams = fit_baselines(parts, ds, split, features, mlp_steps=mlp_steps,
+                                              seed=int(m.config.get('seed', 0)), log=log)
+
+  log('flig and the baselines on the split')
+  latent = parts.latent(h)
+  encoded = {'flig': parts.unadapted(latent)}
+  encoded.update({k: (fn(h) if k == 'cae_ridge' else fn(scored.images))
+                  for k, fn in encoders.items()})
+  # One pass of the decoder G over every feature vector: FLIG's decoding f^-1(A(r)), the round
+  # trip f^-1(f(h)), the reconstruction h = E(x) itself, and cae_ridge's predicted features.
+  n = len(scored)
+  h_decode = parts.unlatent(parts.adapted(scored.responses))
+  g = parts.images(np.concatenate([h_decode, parts.unlatent(latent), h,
+                                   decoders['cae_ridge'](scored.responses)]))
+  decoded = {'flig': g[:n]}
+  roundtrip_err = float(np.max(np.abs(g[n:2 * n] - g[2 * n:3 * n])))
+  decoded.update({k: fn(scored.responses) for k, fn in decoders.items() if k != 'cae_ridge'})
+  decoded['cae_ridge'] = g[3 * n:]
+
+  log('scoring')
+  train_mean = ds.train.responses.mean(axis=0)
+  train_std = ds.train.responses.std(axis=0)
+  result = {
+      'dataset': ds.name,
+      'split': split,
+      'n': len(scored),
+      'decoding': {k: metrics.decoding_metrics(v, scored.images) for k, v in decoded.items()},
+      'encoding': {k: metrics.encoding_metrics(v, scored.responses, train_mean, train_std)
+                   for k, v in encoded.items()},
+      'roundtrip_max_abs_err': roundtrip_err,
+      'session': str(ds.meta.get('session') or ''),
+      'checkpoint_step': _latest_model_step(ckpt),
+      'baseline_hparams': hparams,
+  }
+
+  out = os.fspath(out) if out is not None else os.path.join(os.fspath(ckpt), f'eval_{split}')
+  log(f'writing {out}')
+  report.write_metrics(os.path.join(out, 'metrics.json'), result)
+  figures.reconstruction_grid(scored.images, decoded, os.path.join(out, 'reconstructions.png'),
+                              n=GRID_COLUMNS)
+  per_unit = {k: metrics.per_unit_pcc(v, scored.responses) for k, v in encoded.items()}
+  figures.encoding_figure(per_unit, encoded['flig'], scored.responses,
+                          os.path.join(out, 'encoding.png'))
+  print(report.format_table(result), flush=True)
+  log('done')
+  return result
+
+
+__all__ = ['MLP_STEPS', 'SPLITS', 'FligParts', 'evaluate', 'fit_baselines']

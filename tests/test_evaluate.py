@@ -1,0 +1,129 @@
+"""evaluate.py and `flig_jax.evaluation.run`: metrics.json's shape, figures, the round trip, the
+baselines' validation discipline and the command line's one-line errors, on a smoke-trained model."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from configs import synthetic
+from flig_jax import data, model
+from flig_jax.evaluation import report, run
+from flig_jax.training import loop
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ('flig', 'ridge', 'mlp', 'cae_ridge')
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory) -> Path:
+  """A synthetic smoke model, trained once for the module (smaller data than the smoke config)."""
+  config = synthetic.get_config('smoke')
+  config.data.num_train = 96
+  config.data.num_test = 24
+  return loop.train_and_evaluate(config, tmp_path_factory.mktemp('smoke'))
+
+
+def _evaluate_cli(*args: str) -> subprocess.CompletedProcess:
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS='cpu')
+  return subprocess.run([sys.executable, str(ROOT / 'evaluate.py'), *args], env=env, cwd=ROOT,
+                        capture_output=True, text=True, timeout=180, check=False)
+
+
+def _assert_one_error_line(proc: subprocess.CompletedProcess, fragment: str) -> None:
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+  errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1, proc.stderr[-2000:]
+  assert fragment in errors[0], errors[0]
+  assert 'decoding' not in proc.stdout
+
+
+@pytest.mark.slow
+def test_cli_writes_metrics_of_design_shape_and_figures(workdir):
+  proc = _evaluate_cli(f'--ckpt={workdir}')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = workdir / 'eval_test'
+  metrics = json.loads((out / 'metrics.json').read_text())
+  report.validate_metrics(metrics)
+  assert (metrics['dataset'], metrics['split'], metrics['n']) == ('synthetic', 'test', 24)
+  for section, keys in (('decoding', report.DECODING_KEYS), ('encoding', report.ENCODING_KEYS)):
+    assert set(metrics[section]) == set(MODELS), section
+    for name in MODELS:
+      row = metrics[section][name]
+      assert set(row) == set(keys)
+      assert all(isinstance(v, float) and math.isfinite(v) for v in row.values()), row
+  for name in MODELS:
+    assert 0.0 <= metrics['decoding'][name]['identification'] <= 1.0
+    assert -1.0 <= metrics['decoding'][name]['pcc'] <= 1.0
+  assert isinstance(metrics['roundtrip_max_abs_err'], float)
+  assert metrics['roundtrip_max_abs_err'] < 1e-3
+  assert metrics['checkpoint_step'] > 0
+  assert metrics['baseline_hparams']['chosen_on'] == 'val'
+  assert metrics['baseline_hparams']['ridge']['decoding_alpha'] > 0
+  for png in ('reconstructions.png', 'encoding.png'):
+    assert (out / png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n', png
+  assert 'decoding (response -> image)' in proc.stdout
+  assert 'cae_ridge' in proc.stdout
+  assert 'Traceback' not in proc.stderr
+
+
+@pytest.mark.slow
+def test_cli_errors_without_a_checkpoint(tmp_path):
+  _assert_one_error_line(_evaluate_cli(f'--ckpt={tmp_path / "nowhere"}'), 'no checkpoint')
+
+
+@pytest.mark.slow
+def test_cli_errors_on_a_bad_split(workdir, tmp_path):
+  proc = _evaluate_cli(f'--ckpt={workdir}', '--split=train', f'--out={tmp_path}')
+  _assert_one_error_line(proc, "'train'")
+  assert not (tmp_path / 'metrics.json').exists()
+
+
+@pytest.mark.slow
+def test_cli_errors_on_missing_data(workdir, tmp_path):
+  m = model.load(workdir)
+  config = m.config.copy_and_resolve_references()
+  config.data.name = 'digit69'
+  config.data.dir = ''
+  model.save(tmp_path / 'ckpt', config, m.variables, m.meta, step=1)
+  missing = tmp_path / 'no_such_folder'
+  proc = _evaluate_cli(f'--ckpt={tmp_path / "ckpt"}', f'--data_dir={missing}')
+  _assert_one_error_line(proc, str(missing))
+
+
+def test_evaluate_on_val_keeps_val_out_of_the_baselines(workdir, tmp_path):
+  metrics = run.evaluate(workdir, split='val', out=tmp_path, mlp_steps=10, verbose=False)
+  assert metrics['split'] == 'val'
+  assert metrics['n'] == len(data.from_config(model.load(workdir).config).val) > 1
+  # The scored split must not choose the baselines' hyper-parameters.
+  assert metrics['baseline_hparams']['chosen_on'] != 'val'
+  assert set(metrics['decoding']) == set(MODELS) == set(metrics['encoding'])
+  assert metrics['roundtrip_max_abs_err'] < 1e-3
+  written = json.loads((tmp_path / 'metrics.json').read_text())
+  for name in MODELS:
+    assert written['decoding'][name] == pytest.approx(metrics['decoding'][name])
+    assert written['encoding'][name] == pytest.approx(metrics['encoding'][name])
+  assert (tmp_path / 'reconstructions.png').is_file() and (tmp_path / 'encoding.png').is_file()
+
+
+def test_flig_parts_match_the_model(workdir):
+  m = model.load(workdir)
+  ds = data.from_config(m.config)
+  images, responses = ds.test.images[:3], ds.test.responses[:3]
+  parts = run.FligParts(m)
+  h = parts.features(images)
+  decoded = parts.images(parts.unlatent(parts.adapted(responses)))
+  encoded = parts.unadapted(parts.latent(h))
+  np.testing.assert_allclose(decoded, m.decode(responses), atol=1e-5)
+  np.testing.assert_allclose(encoded, m.encode(images), rtol=1e-4, atol=1e-4)
+
+
+def test_evaluate_rejects_a_bad_split_before_loading(tmp_path):
+  with pytest.raises(ValueError, match='run.py: unknown split'):
+    run.evaluate(tmp_path / 'nowhere', split='train', verbose=False)

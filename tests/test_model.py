@@ -1,0 +1,225 @@
+"""The FLIG module and Model: shapes of every public function, decode(encode(x)) == G(E(x)) when
+the adapter keeps all D coordinates, save -> load round trips, the checkpoint API and the
+discriminator."""
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from flig_jax import checkpointing, model
+from flig_jax.model import FLIG
+from flig_jax.nn.adapter import Adapter
+from flig_jax.nn.discriminator import Discriminator, r1_penalty
+
+D = 6
+N_TRAIN = 12
+
+
+@pytest.fixture(autouse=True)
+def _fast_prng():
+  """Threefry's partitionable mode compiles very slowly on small CPUs (scoped to each test)."""
+  with jax.threefry_partitionable(False):
+    yield
+
+
+def _config(coupling: str = 'affine'):
+  c = default.get_config()
+  c.model.feature_dim = D
+  c.model.cae_widths = (4, 8)
+  c.model.flow_blocks = 2
+  c.model.flow_hidden = 8
+  c.model.coupling = coupling
+  c.model.spline_bins = 4
+  return c
+
+
+@functools.cache
+def _build(image_shape, num_units, coupling='affine', seed=0):
+  """(config, module, variables, images, responses), flow parameters randomly perturbed (cached:
+  the arrays are never modified)."""
+  config = _config(coupling)
+  module = FLIG.from_config(config.model, image_shape)
+  rng = np.random.default_rng(seed)
+  images = rng.uniform(size=(N_TRAIN,) + image_shape).astype(np.float32)
+  responses = rng.normal(size=(N_TRAIN, num_units)) * rng.uniform(0.5, 2, num_units) + 3.0
+  adapter = Adapter.fit(responses, D)
+  feature_mean = rng.normal(size=D).astype(np.float32) * 0.1
+  feature_std = rng.uniform(0.5, 2.0, size=D).astype(np.float32)
+
+  def build(key, images, adapter):
+    init_key, noise_key = jax.random.split(key)
+    variables = module.init_variables(init_key, images, adapter, feature_mean, feature_std)
+    leaves, tree = jax.tree.flatten(variables['params']['flow'])
+    keys = jax.random.split(noise_key, len(leaves))
+    flow = jax.tree.unflatten(
+        tree, [p + 0.2 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+    return {**variables, 'params': {**variables['params'], 'flow': flow}}
+
+  variables = jax.jit(build)(jax.random.key(seed), images, adapter)
+  return config, module, variables, images, responses.astype(np.float32)
+
+
+@functools.cache
+def _outputs(image_shape, num_units, coupling):
+  """Every FLIG method on the cached build's images and responses, in one compiled call."""
+  _, module, variables, x, r = _build(image_shape, num_units, coupling)
+
+  def run(v, x, r):
+    ap = lambda method, *args, **kw: module.apply(v, *args, method=method, **kw)
+    h = ap(FLIG.features, x)
+    h_std = ap(FLIG.standardise, h)
+    z, ld = ap(FLIG.flow_forward, h_std)
+    h_back, ld_inv = ap(FLIG.flow_inverse, z)
+    encoded = ap(FLIG.encode, x)
+    return {
+        'features': h, 'reconstruct': ap(FLIG.reconstruct, x), 'latent': ap(FLIG.latent, x),
+        'z': z, 'ld': ld, 'h_std': h_std, 'h_back': h_back, 'ld_inv': ld_inv,
+        'encode': encoded, 'decode': ap(FLIG.decode, r),
+        'decode_noise': ap(FLIG.decode, r, pad='noise', rng=jax.random.key(1)),
+        'roundtrip': ap(FLIG.roundtrip, x), 'decode_features': ap(FLIG.decode_features, h),
+        'unstandardised': ap(FLIG.unstandardise, h_std),
+        'decode_encode': ap(FLIG.decode, encoded)}
+  return jax.jit(run)(variables, x, r)
+
+
+# Two image sizes, two unit counts (U > D: k = D; U < D: padding) and both couplings.
+@pytest.mark.parametrize('image_shape, num_units, coupling',
+                         [((28, 28, 1), 10, 'affine'), ((64, 64, 3), 4, 'spline')])
+def test_shapes_and_dtypes(image_shape, num_units, coupling):
+  _, _, variables, _, _ = _build(image_shape, num_units, coupling)
+  assert set(variables) == {'params', 'stats', 'adapter'}
+  assert set(variables['params']) == {'autoencoder', 'flow'}
+  k = min(num_units, D)
+  assert variables['adapter']['components'].shape == (num_units, k)
+  out = _outputs(image_shape, num_units, coupling)
+  n = N_TRAIN
+  image = (n,) + image_shape
+  expect = {'features': (n, D), 'reconstruct': image, 'latent': (n, D), 'z': (n, D),
+            'ld': (n,), 'h_back': (n, D), 'ld_inv': (n,), 'encode': (n, num_units),
+            'decode': image, 'decode_noise': image, 'roundtrip': image, 'decode_features': image}
+  for name, shape in expect.items():
+    assert out[name].shape == shape, name
+    assert out[name].dtype == jnp.float32, name
+  for name in ('reconstruct', 'decode', 'roundtrip'):
+    assert 0.0 <= float(out[name].min()) and float(out[name].max()) <= 1.0, name
+  np.testing.assert_allclose(out['latent'], out['z'], atol=1e-6)
+  np.testing.assert_allclose(out['h_back'], out['h_std'], atol=1e-4)
+  np.testing.assert_allclose(out['ld'], -out['ld_inv'], rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(out['unstandardised'], out['features'], atol=1e-4)
+  np.testing.assert_allclose(out['decode_features'], out['reconstruct'], atol=1e-6)
+  if num_units < D:                    # the noise fills padding coordinates only
+    assert float(jnp.max(jnp.abs(out['decode_noise'] - out['decode']))) > 0
+  else:
+    np.testing.assert_allclose(out['decode_noise'], out['decode'], atol=1e-6)
+
+
+def test_decode_of_encode_is_the_reconstruction_when_k_equals_d():
+  _, _, variables, _, _ = _build((28, 28, 1), 10, 'affine')
+  assert variables['adapter']['sqrt_eig'].shape == (D,)          # k = D: no padding
+  out = _outputs((28, 28, 1), 10, 'affine')
+  assert float(jnp.max(jnp.abs(out['latent'] - out['h_std']))) > 0.1   # the flow does something
+  np.testing.assert_allclose(out['decode_encode'], out['reconstruct'], atol=1e-4)
+
+
+def test_roundtrip_is_the_reconstruction_with_padding():
+  _, _, variables, _, _ = _build((64, 64, 3), 4, 'spline')
+  assert variables['adapter']['sqrt_eig'].shape == (4,)          # k < D: padding
+  out = _outputs((64, 64, 3), 4, 'spline')
+  np.testing.assert_allclose(out['roundtrip'], out['reconstruct'], atol=1e-4)
+  # The response space cannot hold the padded coordinates: that path loses something.
+  assert float(jnp.max(jnp.abs(out['decode_encode'] - out['reconstruct']))) > 1e-4
+
+
+def _save_and_load(tmp_path, config, variables, image_shape, step=7, **meta):
+  """The test helper: save a model at `step` and load it back from the workdir."""
+  model.save(tmp_path, config, variables, {'image_shape': image_shape, **meta}, step)
+  return model.load(tmp_path)
+
+
+def test_save_load_round_trip_and_numpy_model(tmp_path):
+  image_shape = (28, 28, 1)
+  config, _, variables, x, r = _build(image_shape, 10, 'affine')
+  m = model.Model(config, variables, model.model_meta(variables, image_shape))
+  loaded = _save_and_load(tmp_path, config, variables, image_shape, stage=2, dataset='synthetic')
+  assert loaded.meta['step'] == 7 and loaded.meta['stage'] == 2
+  assert loaded.meta['num_units'] == 10 and loaded.meta['adapter_k'] == D
+  assert loaded.config.model.cae_widths == (4, 8)
+  assert jax.tree.structure(loaded.variables) == jax.tree.structure(variables)
+  encoded = m.encode(x)
+  assert isinstance(encoded, np.ndarray) and encoded.shape == (N_TRAIN, 10)
+  np.testing.assert_array_equal(loaded.encode(x), encoded)
+  decoded = m.decode(r)
+  assert decoded.shape == (N_TRAIN,) + image_shape and decoded.dtype == np.float32
+  np.testing.assert_array_equal(loaded.decode(r), decoded)
+  np.testing.assert_allclose(m.decode(encoded), m.reconstruct(x), atol=1e-4)
+  assert m.features(x).shape == (N_TRAIN, D) and m.latent(x).shape == (N_TRAIN, D)
+  # Chunking: any N gives the same rows as one batch.
+  small = model.Model(config, variables, m.meta, chunk=4)
+  np.testing.assert_allclose(small.encode(x), encoded, atol=1e-5)
+  assert m.encode(x[:0]).shape == (0, 10)
+  np.testing.assert_array_equal(model.load(tmp_path / 'checkpoints').decode(r), decoded)
+  msg = r'decode expects responses of shape \(N, 10\), got \(5, 3\)'
+  with pytest.raises(ValueError, match=msg):
+    m.decode(np.zeros((5, 3)))
+  with pytest.raises(ValueError, match=r'encode expects images of shape \(N, 28, 28, 1\)'):
+    m.encode(np.zeros((2, 32, 32, 1)))
+
+
+def test_load_picks_the_latest_model_and_errors_without_one(tmp_path):
+  with pytest.raises(FileNotFoundError, match='no checkpoint'):
+    model.load(tmp_path / 'nothing_here')
+  config, _, variables, _, _ = _build((28, 28, 1), 10, 'affine')
+  other = jax.tree.map(lambda a: a + 1.0, variables)
+  meta = model.model_meta(variables, (28, 28, 1))
+  model.save(tmp_path, config, variables, meta, step=1)
+  model.save(tmp_path, config, other, meta, step=2)
+  mgr = checkpointing.manager(tmp_path)
+  checkpointing.save(mgr, 3, meta={'stage': 2}, force=True)   # no model item at step 3
+  checkpointing.wait(mgr)
+  mgr.close()
+  loaded = model.load(tmp_path)
+  assert loaded.meta['step'] == 2
+  np.testing.assert_array_equal(loaded.variables['adapter']['mean'], other['adapter']['mean'])
+  assert model.load(tmp_path, step=1).meta['step'] == 1
+  with pytest.raises(FileNotFoundError, match='step 5'):
+    model.load(tmp_path, step=5)
+
+
+def test_checkpointing_api_for_the_trainer(tmp_path):
+  mgr = checkpointing.manager(tmp_path, keep=2, every_steps=2)
+  assert os.path.isdir(tmp_path / 'checkpoints')
+  assert checkpointing.latest_meta(mgr) is None
+  state = {'step': jnp.array(4), 'w': jnp.arange(6.0).reshape(2, 3)}
+  config = default.smoke(default.get_config())
+  for step in (2, 4, 6):
+    assert checkpointing.save(mgr, step, state=state, config=config, meta={'step': step})
+  assert not checkpointing.save(mgr, 7, state=state, meta={'step': 7})   # not a multiple of 2
+  checkpointing.wait(mgr)
+  assert checkpointing.steps_with(mgr, 'state') == [4, 6]                # keep=2
+  step, meta = checkpointing.latest_meta(mgr)
+  assert step == 6 and meta == {'step': 6}
+  assert checkpointing.read_config(mgr, 6) == config
+  target = jax.eval_shape(lambda: state)
+  restored = checkpointing.restore(mgr, 6, 'state', target)
+  np.testing.assert_array_equal(restored['w'], state['w'])
+  with pytest.raises(FileNotFoundError, match="'model'"):
+    checkpointing.restore(mgr, 6, 'model', target)
+  with pytest.raises(ValueError, match='no item'):
+    checkpointing.save(mgr, 8)
+  mgr.close()
+
+
+def test_discriminator_and_r1_penalty():
+  disc = Discriminator(hidden=8)
+  x = jax.random.normal(jax.random.key(0), (5, D))
+  params = jax.jit(disc.init)(jax.random.key(1), x)
+  logits = jax.jit(disc.apply)(params, x)
+  assert logits.shape == (5,) and logits.dtype == jnp.float32
+  assert float(r1_penalty(disc.apply, params, x)) > 0
+  w = jnp.arange(1.0, D + 1.0)                      # a linear critic: grad = w for every row
+  np.testing.assert_allclose(r1_penalty(lambda p, v: v @ p, w, x), jnp.sum(w ** 2), rtol=1e-6)
