@@ -17,13 +17,12 @@ def get_config(arg: str = ''):
   config.data.name = 'digit69'
   config.data.val_fraction = 0.1
   config.model.feature_dim = 32
-  config.stage1.steps = 1500
-  config.stage1.batch_size = 30
+  config.model.cae_widths = (16, 32)
+  config.stage1.steps = 1000
+  config.stage1.batch_size = 32
   config.stage2.steps = 1500
-  config.stage2.batch_size = 27
+  config.stage2.batch_size = 32
   config.checkpoint.every_steps = 500
   if arg == 'smoke':
     config = default.smoke(config)
-    config.stage1.batch_size = 9
-    config.stage2.batch_size = 9
   return config

@@ -193,9 +193,9 @@ def _fixed_parts(run: _Run, latest, ae_params):
   adapter = adapter_lib.Adapter.fit(train.responses, config.model.feature_dim)
   features = _features(model, ae_params, train.images)
   mean, std = jax.jit(model_lib.feature_stats)(features)
-  return {'params': {'autoencoder': ae_params}, 'stats': {'feature_mean': mean,
-                                                          'feature_std': std},
-          'adapter': adapter.arrays()}, None, features
+  fixed = {'params': {'autoencoder': ae_params},
+           'stats': {'feature_mean': mean, 'feature_std': std}, 'adapter': adapter.arrays()}
+  return parallel.replicate(fixed, mesh), None, features
 
 
 def _stage2(run: _Run, latest, ae_params) -> None:

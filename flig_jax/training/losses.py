@@ -5,6 +5,7 @@ h = E(x) and adapted responses a = A(r) (DESIGN.md): local constraints pair by p
 likelihood term, an adversarial term against the discriminator, and an optional pixel term.
 """
 
+import math
 from typing import Any
 
 import jax
@@ -15,7 +16,7 @@ from flig_jax.evaluation import metrics
 from flig_jax.model import FLIG
 from flig_jax.nn import discriminator as disc_lib
 
-_LOG_2PI = jnp.log(2.0 * jnp.pi)
+_LOG_2PI = math.log(2.0 * math.pi)
 
 
 def stage1_loss(ae_params: Any, model: Any, images: jax.Array, targets: jax.Array,

@@ -18,14 +18,23 @@ DATA_AXIS = 'data'
 def maybe_initialize_distributed(requested: bool) -> None:
   """Calls `jax.distributed.initialize()` when asked by the config or by FLIG_DISTRIBUTED=1.
 
-  The coordinator, process count and id come from JAX's usual environment variables
-  (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) or the cluster's own.
+  The coordinator address, process count and process id come from JAX_COORDINATOR_ADDRESS,
+  JAX_NUM_PROCESSES and JAX_PROCESS_ID when set, else from the cluster JAX detects (SLURM, TPU pods,
+  ...). Must run before anything touches a JAX device.
   """
   if not (requested or os.environ.get('FLIG_DISTRIBUTED') == '1'):
     return
   if jax.distributed.is_initialized():
     return
-  jax.distributed.initialize()
+  env = os.environ
+  kwargs = {}
+  if 'JAX_COORDINATOR_ADDRESS' in env:
+    kwargs['coordinator_address'] = env['JAX_COORDINATOR_ADDRESS']
+  if 'JAX_NUM_PROCESSES' in env:
+    kwargs['num_processes'] = int(env['JAX_NUM_PROCESSES'])
+  if 'JAX_PROCESS_ID' in env:
+    kwargs['process_id'] = int(env['JAX_PROCESS_ID'])
+  jax.distributed.initialize(**kwargs)
 
 
 def make_mesh() -> Mesh:
@@ -54,6 +63,8 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   sharding = replicated(mesh)
 
   def put(x):
+    if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
+      return x
     x = np.asarray(x)
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
