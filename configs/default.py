@@ -56,6 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.stage2.likelihood = 0.01     # -log N(f(h); 0, I) - log|det df/dh|, per dimension
   c.stage2.adversarial = 0.01    # f fools Dis on f(h) vs a
   c.stage2.adversarial_inverse = 0.0  # and on f^-1(a) vs h
+  c.stage2.response_noise = 0.0  # std of Gaussian noise added to the whitened responses in training
   c.stage2.pixel = 0.0           # ||G(f^-1(a)) - x||^2 through the frozen decoder
   c.stage2.gradient_penalty = 1.0  # R1 penalty on the discriminator's real inputs
 

@@ -1,8 +1,8 @@
 """What the command-line tools share: run a job, turn a user's mistake into one clear message and exit 1."""
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import ml_collections
 

@@ -11,22 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from configs import synthetic
 from flig_jax import data, model
 from flig_jax.evaluation import report, run
-from flig_jax.training import loop
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ('flig', 'ridge', 'mlp', 'cae_ridge')
 
 
-@pytest.fixture(scope='module')
-def workdir(tmp_path_factory) -> Path:
-  """A synthetic smoke model, trained once for the module (smaller data than the smoke config)."""
-  config = synthetic.get_config('smoke')
-  config.data.num_train = 96
-  config.data.num_test = 24
-  return loop.train_and_evaluate(config, tmp_path_factory.mktemp('smoke'))
+@pytest.fixture
+def workdir(smoke_workdir) -> Path:
+  """The session's synthetic smoke run (conftest.py)."""
+  return smoke_workdir
 
 
 def _evaluate_cli(*args: str) -> subprocess.CompletedProcess:
@@ -51,7 +46,7 @@ def test_cli_writes_metrics_of_design_shape_and_figures(workdir):
   out = workdir / 'eval_test'
   metrics = json.loads((out / 'metrics.json').read_text())
   report.validate_metrics(metrics)
-  assert (metrics['dataset'], metrics['split'], metrics['n']) == ('synthetic', 'test', 24)
+  assert (metrics['dataset'], metrics['split'], metrics['n']) == ('synthetic', 'test', 64)
   for section, keys in (('decoding', report.DECODING_KEYS), ('encoding', report.ENCODING_KEYS)):
     assert set(metrics[section]) == set(MODELS), section
     for name in MODELS:

@@ -11,8 +11,8 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-
 from conftest import ROOT, subprocess_env, train, train_command
+
 from flig_jax import checkpointing, model
 
 
@@ -31,8 +31,8 @@ def _assert_same_run(a: Path, b: Path, tol: float) -> None:
   la = {(r['stage'], r['step']): r['loss'] for r in _losses(a)}
   lb = {(r['stage'], r['step']): r['loss'] for r in _losses(b)}
   assert la.keys() == lb.keys()
-  for key in la:
-    np.testing.assert_allclose(la[key], lb[key], rtol=tol, atol=tol, err_msg=str(key))
+  for key, value in la.items():
+    np.testing.assert_allclose(value, lb[key], rtol=tol, atol=tol, err_msg=str(key))
   for x, y in zip(_final_params(a), _final_params(b), strict=True):
     np.testing.assert_allclose(x, y, rtol=tol, atol=tol)
 
@@ -110,7 +110,7 @@ def test_divergence_stops_with_message_and_keeps_last_checkpoint(tmp_path):
   assert message.startswith('error: stage 2: the loss became non-finite'), proc.stderr[-2000:]
   assert 'Traceback' not in proc.stderr
   mgr = checkpointing.manager(workdir)
-  step, meta = checkpointing.latest_meta(mgr)
+  _step, meta = checkpointing.latest_meta(mgr)
   assert meta['stage'] in (1, 2) and not meta['finished']
   # The last good checkpoint restores: the same command with a sane learning rate finishes from it.
   train(workdir)

@@ -9,8 +9,9 @@ which is the step itself).
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +31,7 @@ class TrainingDiverged(RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True)
-class _Run:
+class Run:
   """What both stages share."""
   config: ml_collections.ConfigDict
   workdir: Path
@@ -41,8 +42,20 @@ class _Run:
   log: progress.RunLog
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
-  """Trains both stages (resuming from `workdir` if it holds checkpoints) and returns the workdir."""
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """A stage ready to run: `state, metrics = step_fn(state, *inputs, batch)` for each step."""
+  number: int
+  state: Any
+  step_fn: Callable
+  inputs: tuple
+  stream: data.BatchStream
+  total_steps: int
+  save: Callable[[Any], None]
+
+
+def make_run(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
+  """Loads the data and builds the model, mesh, checkpoint manager and log of a run."""
   parallel.maybe_initialize_distributed(config.distributed)
   workdir = Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
@@ -54,19 +67,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   log.info(f'{dataset.name}: train {len(dataset.train)}, val {len(dataset.val)}, '
            f'test {len(dataset.test)}, {dataset.num_units} units, images {dataset.image_shape}; '
            f'{mesh.size} device(s) in {jax.process_count()} process(es)')
-  run = _Run(config, workdir, dataset, model, mesh, mgr, log)
+  return Run(config, workdir, dataset, model, mesh, mgr, log)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
+  """Trains both stages (resuming from `workdir` if it holds checkpoints) and returns the workdir."""
+  run = make_run(config, workdir)
   try:
-    latest = checkpointing.latest_meta(mgr)
+    latest = checkpointing.latest_meta(run.mgr)
     if latest is None or latest[1]['stage'] == 1:
-      ae_params = _stage1(run, latest)
+      stage1 = prepare_stage1(run, latest)
+      ae_params = _loop(run, stage1).params
+      _stage1_figure(run, ae_params)
       latest = None
     else:
       ae_params = None
-    _stage2(run, latest, ae_params)
+    stage2, variables_of = prepare_stage2(run, latest, ae_params)
+    _stage2_figure(run, variables_of(_loop(run, stage2)))
   finally:
-    mgr.wait_until_finished()
-    log.close()
-  return workdir
+    run.mgr.wait_until_finished()
+    run.log.close()
+  return run.workdir
 
 
 def _base_meta(config, dataset, stage: int, stage_step: int) -> dict[str, Any]:
@@ -82,10 +103,12 @@ def _abstract(tree_fn: Callable[[], Any], mesh) -> Any:
                       jax.eval_shape(tree_fn))
 
 
-def _loop(run: _Run, stage: int, state: Any, step_fn: Callable, inputs: tuple, stream,
-          total: int, save: Callable[[Any], None]) -> Any:
+def _loop(run: Run, stage: Stage) -> Any:
   """Runs steps state.step..total-1, logging, checking for divergence and saving as it goes."""
   log, mesh, config = run.log, run.mesh, run.config
+  state, step_fn, inputs, stream, total, save = (stage.state, stage.step_fn, stage.inputs,
+                                                 stage.stream, stage.total_steps, stage.save)
+  stage = stage.number
   every, log_every = config.checkpoint.every_steps, config.log_every_steps
   first = int(state.step)
   log.start(stage, first, total)
@@ -133,7 +156,8 @@ def _check_finite(stage: int, state: Any, workdir: Path) -> None:
         f'--config.stage{stage}.learning_rate and restart with the same --workdir.')
 
 
-def _stage1(run: _Run, latest) -> Any:
+def prepare_stage1(run: Run, latest: tuple[int, dict] | None) -> Stage:
+  """Stage 1 (the autoencoder), fresh or restored from the stage-1 checkpoint `latest`."""
   config, dataset, model, mesh, mgr, log = (run.config, run.dataset, run.model, run.mesh, run.mgr,
                                             run.log)
   cfg = config.stage1
@@ -141,7 +165,8 @@ def _stage1(run: _Run, latest) -> Any:
   tx = steps.optimizer(cfg.learning_rate, cfg.weight_decay, cfg.steps)
   sample = jnp.asarray(dataset.train.images[:1])
 
-  def init(rng=jax.random.key(config.seed)):
+  def init():
+    rng = jax.random.key(config.seed)
     params = model.init(rng, sample, method=model_lib.FLIG.reconstruct)['params']['autoencoder']
     return steps.Stage1State(step=jnp.zeros((), jnp.int32), params=params,
                              opt_state=tx.init(params), rng=jax.random.fold_in(rng, 1),
@@ -163,9 +188,7 @@ def _stage1(run: _Run, latest) -> Any:
                             process_count=jax.process_count())
   step_fn = parallel.jit_step(
       functools.partial(steps.stage1_step, model=model, tx=tx, cfg=cfg), mesh, num_replicated=0)
-  state = _loop(run, 1, state, step_fn, (), stream, cfg.steps, save)
-  _stage1_figure(run, state.params)
-  return state.params
+  return Stage(1, state, step_fn, (), stream, cfg.steps, save)
 
 
 def _features(model, ae_params, images: np.ndarray) -> np.ndarray:
@@ -175,7 +198,7 @@ def _features(model, ae_params, images: np.ndarray) -> np.ndarray:
                          for i in range(0, len(images), 256)])
 
 
-def _fixed_parts(run: _Run, latest, ae_params):
+def _fixed_parts(run: Run, latest, ae_params):
   """The model's variables without a trained flow: frozen encoder, feature stats and adapter.
 
   Fresh (fitted on the training split only) after stage 1, or read from the stage-2 checkpoint
@@ -198,7 +221,12 @@ def _fixed_parts(run: _Run, latest, ae_params):
   return parallel.replicate(fixed, mesh), None, features
 
 
-def _stage2(run: _Run, latest, ae_params) -> None:
+def prepare_stage2(run: Run, latest: tuple[int, dict] | None,
+                   ae_params: Any) -> tuple[Stage, Callable[[Any], Any]]:
+  """Stage 2 (flow and discriminator) after stage 1's `ae_params`, or restored from `latest`.
+
+  Also returns `variables_of(state)`: the full FLIG variables for a stage-2 state.
+  """
   config, dataset, model, mesh, mgr, log = (run.config, run.dataset, run.model, run.mesh, run.mgr,
                                             run.log)
   cfg = config.stage2
@@ -224,8 +252,8 @@ def _stage2(run: _Run, latest, ae_params) -> None:
   init_images = jnp.asarray(data.BatchStream(arrays, cfg.batch_size, seed=config.seed + 1)
                             .batch(0)['images'])
 
-  def init(rng=jax.random.key(config.seed + 2)):
-    k_flow, k_fwd, k_inv, k_state = jax.random.split(rng, 4)
+  def init():
+    k_flow, k_fwd, k_inv, k_state = jax.random.split(jax.random.key(config.seed + 2), 4)
     variables = model.init_variables(k_flow, init_images, adapter, stats['feature_mean'],
                                      stats['feature_std'], autoencoder_params=ae_params)
     flow_params = variables['params']['flow']
@@ -259,8 +287,7 @@ def _stage2(run: _Run, latest, ae_params) -> None:
   step_fn = parallel.jit_step(
       functools.partial(steps.stage2_step, model=model, discriminator=discriminator,
                         flow_tx=flow_tx, disc_tx=disc_tx, cfg=cfg), mesh, num_replicated=1)
-  state = _loop(run, 2, state, step_fn, (frozen,), stream, cfg.steps, save)
-  _stage2_figure(run, variables_of(state))
+  return Stage(2, state, step_fn, (frozen,), stream, cfg.steps, save), variables_of
 
 
 def _figure_split(dataset):
@@ -268,7 +295,7 @@ def _figure_split(dataset):
   return (dataset.val, 'val') if len(dataset.val) else (dataset.train, 'train')
 
 
-def _stage1_figure(run: _Run, ae_params) -> None:
+def _stage1_figure(run: Run, ae_params) -> None:
   if jax.process_index() != 0:
     return
   split, name = _figure_split(run.dataset)
@@ -278,7 +305,7 @@ def _stage1_figure(run: _Run, ae_params) -> None:
                               str(run.workdir / 'stage1_reconstructions.png'), n=len(x))
 
 
-def _stage2_figure(run: _Run, variables) -> None:
+def _stage2_figure(run: Run, variables) -> None:
   if jax.process_index() != 0:
     return
   split, name = _figure_split(run.dataset)

@@ -33,13 +33,16 @@ def stage1_loss(ae_params: Any, model: Any, images: jax.Array, targets: jax.Arra
   return loss, terms
 
 
-def flow_terms(flow_params: Any, frozen: dict[str, Any], model: Any, batch: dict[str, jax.Array],
+def flow_terms(flow_params: Any, model: Any, batch: dict[str, jax.Array],
                noise: jax.Array) -> dict[str, jax.Array]:
-  """Runs f on the features and f^-1 on the (noise-padded) adapted responses of a batch."""
+  """Runs f on the features and f^-1 on the adapted responses of a batch plus `noise`.
+
+  The adapted responses are zero on the padding coordinates, so `noise` fills the padding (N(0, 1)
+  there) and, where `config.stage2.response_noise` > 0, perturbs the signal coordinates too.
+  """
   variables = {'params': {'flow': flow_params}}
-  h, a = batch['features'], batch['adapted']
-  mask = frozen['signal_mask']
-  a_padded = a * mask + noise * (1.0 - mask)
+  h = batch['features']
+  a_padded = batch['adapted'] + noise
   z, logdet = model.apply(variables, h, method=FLIG.flow_forward)
   h_back, _ = model.apply(variables, a_padded, method=FLIG.flow_inverse)
   return {'z': z, 'logdet': logdet, 'h_back': h_back, 'a_padded': a_padded}
@@ -49,7 +52,7 @@ def flow_loss(flow_params: Any, disc_params: Any, frozen: dict[str, Any], model:
               discriminator: Any, batch: dict[str, jax.Array], noise: jax.Array,
               cfg: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The flow's stage-2 objective; every weight comes from `cfg` (config.stage2)."""
-  out = flow_terms(flow_params, frozen, model, batch, noise)
+  out = flow_terms(flow_params, model, batch, noise)
   h, a, mask = batch['features'], batch['adapted'], frozen['signal_mask']
   z, h_back = out['z'], out['h_back']
   dim = h.shape[-1]
@@ -89,13 +92,13 @@ def discriminator_loss(disc_params: Any, discriminator: Any, real: dict[str, jax
   to a batch of vectors; only the discriminators named in both are trained.
   """
   total, terms = 0.0, {}
-  for name in real:
+  for name, real_x in real.items():
     params = disc_params[name]
     apply = lambda p, x: discriminator.apply({'params': p}, x)
-    real_logits = apply(params, real[name])
+    real_logits = apply(params, real_x)
     fake_logits = apply(params, fake[name])
     loss = jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits))
-    penalty = disc_lib.r1_penalty(apply, params, real[name])
+    penalty = disc_lib.r1_penalty(apply, params, real_x)
     total = total + loss + cfg.gradient_penalty * penalty
     terms[f'disc_{name}'] = loss
   return total, terms

@@ -6,7 +6,8 @@ array with `jax.make_array_from_process_local_data`.
 """
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np

@@ -77,10 +77,13 @@ def stage2_step(state: Stage2State, frozen: dict[str, Any], batch: dict[str, jax
                 cfg: ml_collections.ConfigDict) -> tuple[Stage2State, dict[str, jax.Array]]:
   """One discriminator update, then one flow update, on the same batch."""
   rng = jax.random.fold_in(state.rng, state.step)
+  # N(0, 1) on the padding coordinates, N(0, response_noise^2) on the signal ones.
+  mask = frozen['signal_mask']
   noise = jax.random.normal(rng, batch['adapted'].shape, batch['adapted'].dtype)
+  noise = noise * (1.0 - mask + cfg.response_noise * mask)
 
   # Discriminator: real adapted responses vs f(h) (and features vs f^-1(a)), flow held fixed.
-  out = jax.lax.stop_gradient(losses.flow_terms(state.flow_params, frozen, model, batch, noise))
+  out = jax.lax.stop_gradient(losses.flow_terms(state.flow_params, model, batch, noise))
   real, fake = {'forward': out['a_padded']}, {'forward': out['z']}
   if cfg.adversarial_inverse:
     real['inverse'], fake['inverse'] = batch['features'], out['h_back']

@@ -1,0 +1,1 @@
+"""flig_jax benchmarks: `python benchmarks/bench.py` (see bench.py)."""

@@ -1,0 +1,149 @@
+"""What one benchmark child process measures, on the devices it was started with: the training
+steps of both stages, evaluation, and the decode/encode throughput of a loaded model.
+
+Each function returns a JSON-ready dict; bench.py runs them in fresh processes (so compile times are
+cold, peak memory is per config, and the fake device count can differ) and prints the tables.
+"""
+
+import importlib
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from benchmarks import timing
+from flig_jax import model as model_lib
+from flig_jax.training import loop, parallel
+
+WARMUP = 2
+
+
+def load_config(spec: str) -> Any:
+  """`fmri`, `spikes`, `synthetic` or `name:arg` (e.g. `fmri:smoke`) -> configs/<name>.py's config."""
+  name, _, arg = spec.partition(':')
+  try:
+    module = importlib.import_module(f'configs.{name}')
+  except ModuleNotFoundError as e:
+    raise ValueError(f'benchmarks/measure.py: no config configs/{name}.py') from e
+  return module.get_config(arg)
+
+
+def _device_batches(stage: Any, mesh: Any, count: int) -> list[dict[str, jax.Array]]:
+  return [parallel.global_batch(stage.stream.batch(i), mesh) for i in range(count)]
+
+
+def bench_stage(stage: Any, mesh: Any, steps: int, machine_flops: float) -> tuple[Any, dict]:
+  """Compiles a stage's step once (AOT) and times it; returns the final state and the figures.
+
+  Figures: compile seconds; XLA FLOPs per step and their rate as a fraction of `machine_flops`;
+  the median of `steps` steps each waited on (`step_s`); the mean step of a run that builds each
+  batch on the host and waits only at the end, as the training loop does (`loop_step_s`); the time
+  to build one batch (`batch_s`); samples/s from `step_s`; the losses of the waited steps.
+  """
+  inputs, batch_size = stage.inputs, stage.stream.global_batch_size
+  batches = _device_batches(stage, mesh, WARMUP + steps)
+  compiled, compile_s = timing.compile_timed(stage.step_fn, stage.state, *inputs, batches[0])
+  state = stage.state
+  for batch in batches[:WARMUP]:
+    state, metrics = compiled(state, *inputs, batch)
+  jax.block_until_ready(state)
+  times, losses = [], []
+  for batch in batches[WARMUP:]:
+    start = time.perf_counter()
+    state, metrics = compiled(state, *inputs, batch)
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - start)
+    losses.append(float(metrics['loss']))
+  start = time.perf_counter()
+  for i in range(steps):
+    state, metrics = compiled(state, *inputs,
+                              parallel.global_batch(stage.stream.batch(WARMUP + steps + i), mesh))
+  jax.block_until_ready((state, metrics))
+  loop_step_s = (time.perf_counter() - start) / steps
+  batch_s = timing.median_seconds(
+      lambda: parallel.global_batch(stage.stream.batch(0), mesh), 5)
+  step_s = float(np.median(times))
+  step_flops = timing.flops(compiled)
+  return state, {
+      'compile_s': compile_s, 'step_s': step_s, 'loop_step_s': loop_step_s, 'batch_s': batch_s,
+      'samples_per_s': batch_size / step_s, 'batch_size': batch_size, 'flops': step_flops,
+      'flop_per_s': step_flops / step_s, 'flop_fraction': step_flops / step_s / machine_flops,
+      'losses': losses}
+
+
+def _time_method(fn: Any, x: np.ndarray, repeats: int) -> tuple[float, float]:
+  """(seconds of the first call minus a steady one, steady seconds) of a Model method on `x`."""
+  start = time.perf_counter()
+  fn(x)
+  first = time.perf_counter() - start
+  steady = timing.median_seconds(lambda: fn(x), repeats)
+  return max(0.0, first - steady), steady
+
+
+def bench_evaluation(run: Any, variables: Any) -> dict:
+  """Decode and encode of the test split by a `Model` holding `variables`."""
+  test = run.dataset.test
+  m = model_lib.Model(run.config, variables, model_lib.model_meta(variables,
+                                                                   run.dataset.image_shape))
+  decode_compile, decode_s = _time_method(m.decode, test.responses, 5)
+  encode_compile, encode_s = _time_method(m.encode, test.images, 5)
+  n = len(test)
+  return {'n': n, 'decode_compile_s': decode_compile, 'encode_compile_s': encode_compile,
+          'decode_s': decode_s, 'encode_s': encode_s, 'step_s': decode_s + encode_s,
+          'samples_per_s': n / (decode_s + encode_s)}
+
+
+def bench_config(spec: str, steps: int, evaluation: bool = True) -> dict:
+  """Stage 1, stage 2 and (when `evaluation`) evaluation of one config on the visible devices."""
+  config = load_config(spec)
+  machine_flops = timing.matmul_flops_per_second()
+  with tempfile.TemporaryDirectory() as workdir:
+    start = time.perf_counter()
+    run = loop.make_run(config, workdir)
+    setup_s = time.perf_counter() - start
+    try:
+      state1, stage1 = bench_stage(loop.prepare_stage1(run, None), run.mesh, steps, machine_flops)
+      start = time.perf_counter()
+      stage, variables_of = loop.prepare_stage2(run, None, state1.params)
+      stage2_setup_s = time.perf_counter() - start
+      state2, stage2 = bench_stage(stage, run.mesh, steps, machine_flops)
+      result = {'config': spec, 'devices': jax.device_count(), 'data_setup_s': setup_s,
+                'stage2_setup_s': stage2_setup_s, 'matmul_flop_per_s': machine_flops,
+                'stage1': stage1, 'stage2': stage2}
+      if evaluation:
+        result['evaluation'] = bench_evaluation(run, variables_of(state2))
+    finally:
+      run.mgr.wait_until_finished()
+      run.log.close()
+  result['peak_host_mib'] = timing.peak_host_memory_mib()
+  return result
+
+
+def bench_throughput(spec: str, ckpt: str | None, batch_sizes: tuple[int, ...]) -> dict:
+  """Decode and encode samples/s of `model.load(ckpt)` (else of a model trained on `spec` into a
+  temporary workdir) at each batch size, after one warm-up call per size."""
+  with tempfile.TemporaryDirectory() as tmp:
+    train_s = 0.0
+    if not ckpt:
+      config = load_config(spec)
+      start = time.perf_counter()
+      ckpt = str(loop.train_and_evaluate(config, Path(tmp) / 'run'))
+      train_s = time.perf_counter() - start
+    m = model_lib.load(ckpt)
+  rng = np.random.default_rng(0)
+  rows = {}
+  for size in batch_sizes:
+    responses = rng.standard_normal((size, m.num_units)).astype(np.float32)
+    images = rng.uniform(size=(size,) + m.image_shape).astype(np.float32)
+    repeats = 20 if size <= 64 else 3
+    row = {}
+    for name, fn, x in (('decode', m.decode, responses), ('encode', m.encode, images)):
+      compile_s, steady = _time_method(fn, x, repeats)
+      row[name] = {'compile_s': compile_s, 'step_s': steady, 'samples_per_s': size / steady}
+    rows[str(size)] = row
+  return {'config': spec, 'ckpt': ckpt, 'train_s': train_s, 'devices': jax.device_count(),
+          'image_shape': list(m.image_shape), 'num_units': m.num_units, 'batches': rows,
+          'peak_host_mib': timing.peak_host_memory_mib()}
