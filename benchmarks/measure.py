@@ -5,6 +5,7 @@ Each function returns a JSON-ready dict; bench.py runs them in fresh processes (
 cold, peak memory is per config, and the fake device count can differ) and prints the tables.
 """
 
+import dataclasses
 import importlib
 import tempfile
 import time
@@ -22,7 +23,7 @@ WARMUP = 2
 
 
 def load_config(spec: str) -> Any:
-  """`fmri`, `spikes`, `synthetic` or `name:arg` (e.g. `fmri:smoke`) -> configs/<name>.py's config."""
+  """The config of configs/<name>.py for `name` or `name:arg` (e.g. `fmri`, `fmri:smoke`)."""
   name, _, arg = spec.partition(':')
   try:
     module = importlib.import_module(f'configs.{name}')
@@ -35,13 +36,15 @@ def _device_batches(stage: Any, mesh: Any, count: int) -> list[dict[str, jax.Arr
   return [parallel.global_batch(stage.stream.batch(i), mesh) for i in range(count)]
 
 
-def bench_stage(stage: Any, mesh: Any, steps: int, machine_flops: float) -> tuple[Any, dict]:
+def bench_stage(stage: Any, mesh: Any, steps: int, machine_flops: float,
+                fused: int = 0) -> tuple[Any, dict]:
   """Compiles a stage's step once (AOT) and times it; returns the final state and the figures.
 
   Figures: compile seconds; XLA FLOPs per step and their rate as a fraction of `machine_flops`;
   the median of `steps` steps each waited on (`step_s`); the mean step of a run that builds each
   batch on the host and waits only at the end, as the training loop does (`loop_step_s`); the time
-  to build one batch (`batch_s`); samples/s from `step_s`; the losses of the waited steps.
+  to build one batch (`batch_s`); samples/s from `step_s`; the losses of the waited steps; and,
+  when `fused` > 1, the per-step time of `fused` steps run in one `lax.scan` (`fused_step_s`).
   """
   inputs, batch_size = stage.inputs, stage.stream.global_batch_size
   batches = _device_batches(stage, mesh, WARMUP + steps)
@@ -67,11 +70,41 @@ def bench_stage(stage: Any, mesh: Any, steps: int, machine_flops: float) -> tupl
       lambda: parallel.global_batch(stage.stream.batch(0), mesh), 5)
   step_s = float(np.median(times))
   step_flops = timing.flops(compiled)
-  return state, {
+  extra = {}
+  if fused > 1:
+    state, extra['fused_step_s'], extra['fused_compile_s'] = _fused(stage, state, mesh, fused)
+  return state, {**extra,
       'compile_s': compile_s, 'step_s': step_s, 'loop_step_s': loop_step_s, 'batch_s': batch_s,
       'samples_per_s': batch_size / step_s, 'batch_size': batch_size, 'flops': step_flops,
       'flop_per_s': step_flops / step_s, 'flop_fraction': step_flops / step_s / machine_flops,
       'losses': losses}
+
+
+def _fused(stage: Any, state: Any, mesh: Any, count: int) -> tuple[Any, float, float]:
+  """Runs `count` steps in one jitted `lax.scan` over stacked batches.
+
+  Returns:
+    The state after the runs, the median seconds per step and the compile seconds.
+  """
+  batches = [stage.stream.batch(i) for i in range(count)]
+  stacked = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, parallel.DATA_AXIS))
+  stacked = jax.device_put(stacked, sharding)
+
+  def many(state, *args):
+    *inputs, batches = args
+    return jax.lax.scan(lambda s, b: stage.step_fn(s, *inputs, b), state, batches)
+
+  compiled, compile_s = timing.compile_timed(jax.jit(many, donate_argnums=0), state,
+                                             *stage.inputs, stacked)
+  state, _ = compiled(state, *stage.inputs, stacked)
+  times = []
+  for _ in range(3):
+    start = time.perf_counter()
+    state, metrics = compiled(state, *stage.inputs, stacked)
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - start)
+  return state, float(np.median(times)) / count, compile_s
 
 
 def _time_method(fn: Any, x: np.ndarray, repeats: int) -> tuple[float, float]:
@@ -96,8 +129,19 @@ def bench_evaluation(run: Any, variables: Any) -> dict:
           'samples_per_s': n / (decode_s + encode_s)}
 
 
-def bench_config(spec: str, steps: int, evaluation: bool = True) -> dict:
-  """Stage 1, stage 2 and (when `evaluation`) evaluation of one config on the visible devices."""
+def _with_stage2_batch(config: Any, batch_size: int) -> Any:
+  config = config.copy_and_resolve_references()
+  config.stage2.batch_size = batch_size
+  return config
+
+
+def bench_config(spec: str, steps: int, evaluation: bool = True, fused: int = 0,
+                 wide_batch: int = 0) -> dict:
+  """Stage 1, stage 2 and (when `evaluation`) evaluation of one config on the visible devices.
+
+  `fused` > 1 also times stage 2 run `fused` steps per `lax.scan`; `wide_batch` > 0 also times
+  stage 2 at that batch size (`stage2_wide`), which shows whether the step is bound by its size.
+  """
   config = load_config(spec)
   machine_flops = timing.matmul_flops_per_second()
   with tempfile.TemporaryDirectory() as workdir:
@@ -109,12 +153,16 @@ def bench_config(spec: str, steps: int, evaluation: bool = True) -> dict:
       start = time.perf_counter()
       stage, variables_of = loop.prepare_stage2(run, None, state1.params)
       stage2_setup_s = time.perf_counter() - start
-      state2, stage2 = bench_stage(stage, run.mesh, steps, machine_flops)
+      state2, stage2 = bench_stage(stage, run.mesh, steps, machine_flops, fused)
       result = {'config': spec, 'devices': jax.device_count(), 'data_setup_s': setup_s,
                 'stage2_setup_s': stage2_setup_s, 'matmul_flop_per_s': machine_flops,
                 'stage1': stage1, 'stage2': stage2}
       if evaluation:
         result['evaluation'] = bench_evaluation(run, variables_of(state2))
+      if wide_batch:
+        wide = dataclasses.replace(run, config=_with_stage2_batch(config, wide_batch))
+        stage, _ = loop.prepare_stage2(wide, None, state1.params)
+        result['stage2_wide'] = bench_stage(stage, run.mesh, steps, machine_flops)[1]
     finally:
       run.mgr.wait_until_finished()
       run.log.close()
@@ -125,6 +173,7 @@ def bench_config(spec: str, steps: int, evaluation: bool = True) -> dict:
 def bench_throughput(spec: str, ckpt: str | None, batch_sizes: tuple[int, ...]) -> dict:
   """Decode and encode samples/s of `model.load(ckpt)` (else of a model trained on `spec` into a
   temporary workdir) at each batch size, after one warm-up call per size."""
+  given = ckpt
   with tempfile.TemporaryDirectory() as tmp:
     train_s = 0.0
     if not ckpt:
@@ -144,6 +193,6 @@ def bench_throughput(spec: str, ckpt: str | None, batch_sizes: tuple[int, ...]) 
       compile_s, steady = _time_method(fn, x, repeats)
       row[name] = {'compile_s': compile_s, 'step_s': steady, 'samples_per_s': size / steady}
     rows[str(size)] = row
-  return {'config': spec, 'ckpt': ckpt, 'train_s': train_s, 'devices': jax.device_count(),
+  return {'config': spec, 'ckpt': given or '', 'train_s': train_s, 'devices': jax.device_count(),
           'image_shape': list(m.image_shape), 'num_units': m.num_units, 'batches': rows,
           'peak_host_mib': timing.peak_host_memory_mib()}

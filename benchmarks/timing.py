@@ -1,5 +1,5 @@
-"""Timing helpers of the benchmarks: compile time, steady-state medians, the machine's matmul FLOP/s,
-XLA's FLOP count of a compiled program and the peak host memory of this process."""
+"""Timing helpers of the benchmarks: compile time, steady-state medians, the machine's matmul
+FLOP/s, XLA's FLOP count of a compiled program and the peak host memory of this process."""
 
 import resource
 import statistics
@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 
 def compile_timed(jitted: Any, *args: Any) -> tuple[Any, float]:
-  """Lowers and compiles `jitted` for `args`; returns the compiled program and the seconds it took."""
+  """Lowers and compiles `jitted` for `args`; returns the compiled program and the seconds taken."""
   start = time.perf_counter()
   compiled = jitted.lower(*args).compile()
   return compiled, time.perf_counter() - start

@@ -1,0 +1,105 @@
+"""Each jitted training step compiles once per run, across many steps and batches, and donates its
+state; `Model.decode` compiles once per batch-size bucket, not once per batch size."""
+
+import contextlib
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from configs import synthetic
+from flig_jax import model as model_lib
+from flig_jax.training import loop, parallel
+
+# Fired once per program lowered to MLIR: every compilation, whether XLA then builds it or loads it
+# from the persistent compilation cache.
+_LOWERING_EVENT = '/jax/core/compile/jaxpr_to_mlir_module_duration'
+
+
+@contextlib.contextmanager
+def count_compilations():
+  """Yields a list that grows by one entry for each program jax compiles inside the block."""
+  events = []
+
+  def listener(event, duration, **kwargs):
+    del duration, kwargs
+    if event == _LOWERING_EVENT:
+      events.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield events
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  config = synthetic.get_config('smoke')
+  config.data.num_train, config.data.num_test, config.data.image_size = 40, 8, 16
+  config.stage1.augment = False  # its warp adds compile time, not shapes
+  config.model.flow_hidden = 12  # an architecture no other test compiles (Model's jit memo)
+  r = loop.make_run(config, tmp_path_factory.mktemp('compile_once'))
+  yield r
+  r.mgr.wait_until_finished()
+  r.log.close()
+
+
+def _run_steps(stage, mesh, first: int, count: int):
+  state = stage.state
+  for step in range(first, first + count):
+    old = state
+    state, metrics = stage.step_fn(state, *stage.inputs,
+                                   parallel.global_batch(stage.stream.batch(step), mesh))
+    assert all(leaf.is_deleted() for leaf in jax.tree.leaves(old)), 'state was not donated'
+  jax.block_until_ready(metrics)
+  return state
+
+
+def _check_stage_compiles_once(stage, mesh):
+  state = _run_steps(stage, mesh, 0, 1)
+  assert stage.step_fn._cache_size() == 1  # pylint: disable=protected-access
+  with count_compilations() as compiled:
+    # 7 more steps: past an epoch of the 36 training rows at batch 8; every batch differs.
+    state = _run_steps(dataclasses.replace(stage, state=state), mesh, 1, 7)
+  assert compiled == [], f'{len(compiled)} compilation(s) after the first step'
+  assert stage.step_fn._cache_size() == 1  # pylint: disable=protected-access
+  assert int(state.step) == 8
+  return state
+
+
+def test_listener_counts_compilations():
+  with count_compilations() as compiled:
+    jax.jit(lambda x: x * 3 + 1)(np.arange(7.0))
+  assert len(compiled) == 1
+
+
+def test_training_steps_compile_once(run):
+  state1 = _check_stage_compiles_once(loop.prepare_stage1(run, None), run.mesh)
+  stage2, _ = loop.prepare_stage2(run, None, state1.params)
+  _check_stage_compiles_once(stage2, run.mesh)
+
+
+def test_model_decode_compiles_once_per_bucket(run):
+  stage1 = loop.prepare_stage1(run, None)
+  stage2, variables_of = loop.prepare_stage2(run, None, stage1.state.params)
+  variables = variables_of(stage2.state)
+  m = model_lib.Model(run.config, variables,
+                      model_lib.model_meta(variables, run.dataset.image_shape), chunk=64)
+  rng = np.random.default_rng(0)
+  responses = lambda n: rng.standard_normal((n, m.num_units)).astype(np.float32)
+  with count_compilations() as compiled:
+    out = m.decode(responses(5))
+  assert out.shape == (5,) + m.image_shape
+  assert len(compiled) >= 1  # the first decode compiles (this architecture is new)
+  first = len(compiled)
+  with count_compilations() as compiled:
+    for n in (6, 7, 8, 5):  # the same bucket of 8 rows
+      assert m.decode(responses(n)).shape == (n,) + m.image_shape
+  assert compiled == [], 'decode recompiled within one batch-size bucket'
+  with count_compilations() as compiled:
+    for n in (1, 2, 3, 9, 17, 33, 64, 65, 200, 1000):
+      m.decode(responses(n))
+  # Buckets are the powers of two up to the chunk (1, 2, 4, ..., 64): six besides the 8 above.
+  assert len(compiled) <= 6 * first, f'{len(compiled)} compilations for 6 new buckets'
