@@ -27,6 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.feature_dim = 32      # D: size of the CAE feature vector and of the flow
   c.model.cae_widths = (32, 64)  # channels of the stride-2 conv stages (one halving of H, W each)
+  c.model.adapter_components = 0  # cap on k, the adapter's signal coordinates (0: min(D, rank))
   c.model.flow_blocks = 4       # K
   c.model.flow_hidden = 128     # conditioner MLP width
   c.model.coupling = 'affine'   # affine | spline
@@ -56,6 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.stage2.likelihood = 0.01     # -log N(f(h); 0, I) - log|det df/dh|, per dimension
   c.stage2.adversarial = 0.01    # f fools Dis on f(h) vs a
   c.stage2.adversarial_inverse = 0.0  # and on f^-1(a) vs h
+  c.stage2.mixup = 0.0           # > 0: train on convex mixtures of pairs, weight ~ Beta(mixup, mixup)
   c.stage2.response_noise = 0.0  # std of Gaussian noise added to the whitened responses in training
   c.stage2.pixel = 0.0           # ||G(f^-1(a)) - x||^2 through the frozen decoder
   c.stage2.gradient_penalty = 1.0  # R1 penalty on the discriminator's real inputs

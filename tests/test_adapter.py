@@ -2,6 +2,7 @@
 padding, guards and serialisation."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -98,3 +99,14 @@ def test_dict_round_trip_and_pytree():
   assert len(jax.tree.leaves(ad)) == 4           # dim and k are static
   out = jax.jit(lambda a, x: a.forward(x))(ad, r)
   np.testing.assert_allclose(out, ad.forward(r), atol=1e-6)
+
+
+def test_max_components_caps_k_and_pads_the_rest():
+  rng = np.random.default_rng(3)
+  responses = rng.normal(size=(40, 12)).astype(np.float32)
+  adapter = Adapter.fit(responses, dim=8, max_components=3)
+  assert (adapter.k, adapter.dim) == (3, 8)
+  np.testing.assert_array_equal(np.asarray(adapter.signal_mask), [1, 1, 1, 0, 0, 0, 0, 0])
+  a = np.asarray(adapter.forward(jnp.asarray(responses)))
+  np.testing.assert_array_equal(a[:, 3:], 0.0)
+  assert Adapter.fit(responses, dim=8).k == 8

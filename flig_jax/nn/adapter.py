@@ -45,11 +45,12 @@ class Adapter:
     return int(self.mean.shape[0])
 
   @classmethod
-  def fit(cls, responses: Any, dim: int) -> 'Adapter':
+  def fit(cls, responses: Any, dim: int, max_components: int = 0) -> 'Adapter':
     """Fits the adapter on training responses (N, U); never pass validation or test responses.
 
     Units with zero variance get scale 1 (they carry no signal). k = min(dim, numerical rank of
-    the centred, z-scored responses), the rank at float32 precision.
+    the centred, z-scored responses), the rank at float32 precision; `max_components` > 0 caps
+    k further, so that the flow routes what the responses cannot predict into the padding.
 
     Raises:
       ValueError: responses are not a finite (N, U) array with N >= 2, or carry no variance.
@@ -74,7 +75,7 @@ class Adapter:
     rank = int(np.sum(s > tol))
     if rank == 0:
       raise ValueError('flig_jax/nn/adapter.py: Adapter.fit got responses with no variance')
-    k = min(dim, rank)
+    k = min(dim, rank, max_components or dim)
     f32 = lambda a: jnp.asarray(a, jnp.float32)
     return cls(mean=f32(mean), scale=f32(scale), components=f32(vt[:k].T),
                sqrt_eig=f32(s[:k] / np.sqrt(n - 1)), dim=int(dim), k=k)

@@ -213,7 +213,8 @@ def _fixed_parts(run: Run, latest, ae_params):
     features = _features(model, variables['params']['autoencoder'], dataset.train.images)
     return variables, step, features
   train = dataset.train
-  adapter = adapter_lib.Adapter.fit(train.responses, config.model.feature_dim)
+  adapter = adapter_lib.Adapter.fit(train.responses, config.model.feature_dim,
+                                    config.model.adapter_components)
   features = _features(model, ae_params, train.images)
   mean, std = jax.jit(model_lib.feature_stats)(features)
   fixed = {'params': {'autoencoder': ae_params},

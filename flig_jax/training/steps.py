@@ -71,12 +71,29 @@ def stage1_step(state: Stage1State, batch: dict[str, jax.Array], *, model: Any,
   return new_state, {'loss': loss, **terms}
 
 
+def _mixup(rng: jax.Array, batch: dict[str, jax.Array], alpha: float) -> dict[str, jax.Array]:
+  """Replaces each pair by a convex combination with another pair of the batch (same weight for
+  image, features and responses), the weight drawn from Beta(alpha, alpha)."""
+  k_perm, k_lam = jax.random.split(rng)
+  n = batch['features'].shape[0]
+  perm = jax.random.permutation(k_perm, n)
+  lam = jax.random.beta(k_lam, alpha, alpha, (n,))
+
+  def mix(x):
+    w = lam.reshape((n,) + (1,) * (x.ndim - 1))
+    return w * x + (1.0 - w) * x[perm]
+
+  return {k: mix(v) for k, v in batch.items()}
+
+
 def stage2_step(state: Stage2State, frozen: dict[str, Any], batch: dict[str, jax.Array], *,
                 model: Any, discriminator: Any, flow_tx: optax.GradientTransformation,
                 disc_tx: optax.GradientTransformation,
                 cfg: ml_collections.ConfigDict) -> tuple[Stage2State, dict[str, jax.Array]]:
   """One discriminator update, then one flow update, on the same batch."""
-  rng = jax.random.fold_in(state.rng, state.step)
+  rng, mix_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
+  if cfg.mixup:
+    batch = _mixup(mix_rng, batch, cfg.mixup)
   # N(0, 1) on the padding coordinates, N(0, response_noise^2) on the signal ones.
   mask = frozen['signal_mask']
   noise = jax.random.normal(rng, batch['adapted'].shape, batch['adapted'].dtype)
