@@ -32,9 +32,21 @@ class Encoder(nn.Module):
     return nn.Dense(self.feature_dim)(x)
 
 
+def _upsample(x: Array, features: int) -> Array:
+  """Doubles H and W: a 3x3 conv to 4 * features channels, then depth-to-space (sub-pixel conv).
+
+  It spans what a stride-2 transposed conv does, and its gradients avoid the dilated convolutions
+  that XLA's CPU backend runs slowly (stage 1 about 2x faster).
+  """
+  y = nn.Conv(4 * features, (3, 3), padding='SAME')(x)
+  n, h, w, _ = y.shape
+  y = y.reshape(n, h, w, 2, 2, features).transpose(0, 1, 3, 2, 4, 5)
+  return y.reshape(n, 2 * h, 2 * w, features)
+
+
 class Decoder(nn.Module):
   """G: (N, D) -> (N, H, W, C) in [0, 1]. A Dense to a (ceil(H/2^L), ceil(W/2^L), widths[-1])
-  grid, one stride-2 transposed conv stage per width (in reverse), a 3x3 conv to C channels, a crop
+  grid, one sub-pixel (x2) upsampling stage per width (in reverse), a 3x3 conv to C channels, a crop
   back to (H, W) and a sigmoid."""
   image_shape: tuple[int, int, int]
   widths: tuple[int, ...]
@@ -47,7 +59,7 @@ class Decoder(nn.Module):
     x = nn.gelu(nn.Dense(gh * gw * self.widths[-1])(h))
     x = x.reshape(h.shape[0], gh, gw, self.widths[-1])
     for w in reversed(self.widths):
-      x = nn.gelu(nn.ConvTranspose(w, (3, 3), strides=(2, 2), padding='SAME')(x))
+      x = nn.gelu(_upsample(x, w))
       x = nn.gelu(nn.Conv(w, (3, 3), padding='SAME')(x))
     x = nn.Conv(channels, (3, 3), padding='SAME')(x)
     return nn.sigmoid(x[:, :height, :width, :])

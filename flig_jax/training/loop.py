@@ -106,34 +106,34 @@ def _abstract(tree_fn: Callable[[], Any], mesh) -> Any:
 def _loop(run: Run, stage: Stage) -> Any:
   """Runs steps state.step..total-1, logging, checking for divergence and saving as it goes."""
   log, mesh, config = run.log, run.mesh, run.config
-  state, step_fn, inputs, stream, total, save = (stage.state, stage.step_fn, stage.inputs,
-                                                 stage.stream, stage.total_steps, stage.save)
-  stage = stage.number
+  state, number, total = stage.state, stage.number, stage.total_steps
   every, log_every = config.checkpoint.every_steps, config.log_every_steps
-  first = int(state.step)
-  log.start(stage, first, total)
+  first = saved = int(state.step)
+  log.start(number, first, total)
   sums, count = None, 0
-  step = first
   try:
     for step in range(first, total):
-      batch = parallel.global_batch(stream.batch(step), mesh)
-      state, metrics = step_fn(state, *inputs, batch)
+      batch = parallel.global_batch(stage.stream.batch(step), mesh)
+      state, metrics = stage.step_fn(state, *stage.inputs, batch)
       sums = metrics if sums is None else _add(sums, metrics)
       count += 1
       log.advance()
       done = step + 1
       at_log, at_save = done % log_every == 0 or done == total, done % every == 0 or done == total
       if at_log or at_save:
-        _check_finite(stage, state, run.workdir)
+        _check_finite(number, state, run.workdir)
       if at_log:
         log.write(done, {k: float(v) / count for k, v in jax.device_get(sums).items()})
         sums, count = None, 0
       if at_save:
-        save(state)
+        stage.save(state)
+        saved = done
   except KeyboardInterrupt:
-    log.info(f'interrupted at stage {stage} step {int(state.step)}: saving a checkpoint first')
-    _check_finite(stage, state, run.workdir)
-    save(state)
+    # Ctrl-C between steps leaves a complete state; one inside a step may have consumed it.
+    if not jax.tree.leaves(state)[0].is_deleted() and int(state.step) != saved:
+      _check_finite(number, state, run.workdir)
+      log.info(f'interrupted: saving stage {number} at step {int(state.step)} first')
+      stage.save(state)
     raise
   log.close()
   return state
