@@ -159,6 +159,11 @@ def per_image_pcc(recon: Any, target: Any) -> np.ndarray:
   return np.asarray(_per_image_pcc(*_decoding_inputs(recon, target)))
 
 
+def per_image_ssim_traced(recon: jax.Array, target: jax.Array) -> jax.Array:
+  """Per-image SSIM as a traceable, differentiable JAX function (for losses); no input checks."""
+  return _per_image_ssim(recon, target)
+
+
 def per_image_ssim(recon: Any, target: Any) -> np.ndarray:
   """Gaussian-window SSIM of each image (data range 1), averaged over channels: (N,).
 

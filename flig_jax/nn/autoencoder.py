@@ -47,7 +47,7 @@ def _upsample(x: Array, features: int) -> Array:
 class Decoder(nn.Module):
   """G: (N, D) -> (N, H, W, C) in [0, 1]. A Dense to a (ceil(H/2^L), ceil(W/2^L), widths[-1])
   grid, one sub-pixel (x2) upsampling stage per width (in reverse), a 3x3 conv to C channels, a crop
-  back to (H, W) and a sigmoid."""
+  back to (H, W). Returns logits; `Autoencoder.decode` applies the sigmoid."""
   image_shape: tuple[int, int, int]
   widths: tuple[int, ...]
 
@@ -62,7 +62,7 @@ class Decoder(nn.Module):
       x = nn.gelu(_upsample(x, w))
       x = nn.gelu(nn.Conv(w, (3, 3), padding='SAME')(x))
     x = nn.Conv(channels, (3, 3), padding='SAME')(x)
-    return nn.sigmoid(x[:, :height, :width, :])
+    return x[:, :height, :width, :]
 
 
 class Autoencoder(nn.Module):
@@ -85,13 +85,22 @@ class Autoencoder(nn.Module):
     _check_images(x, self.image_shape, 'encode')
     return self.encoder(x)
 
-  def decode(self, h: Array) -> Array:
-    """G(h): features (N, D) -> images (N, H, W, C) in [0, 1]."""
+  def decode_logits(self, h: Array) -> Array:
+    """G(h) before its sigmoid: features (N, D) -> logits (N, H, W, C)."""
     if h.ndim != 2 or h.shape[1] != self.feature_dim:
       raise ValueError(
           f'flig_jax/nn/autoencoder.py: decode expects features of shape (N, '
           f'{self.feature_dim}), got {tuple(h.shape)}')
     return self.decoder(h)
+
+  def decode(self, h: Array) -> Array:
+    """G(h): features (N, D) -> images (N, H, W, C) in [0, 1]."""
+    return nn.sigmoid(self.decode_logits(h))
+
+  def reconstruct_logits(self, x: Array) -> Array:
+    """G(E(x)) before its sigmoid (stage 1 trains on these: the loss stays alive where the
+    sigmoid saturates)."""
+    return self.decode_logits(self.encode(x))
 
   def __call__(self, x: Array) -> Array:
     """G(E(x))."""
