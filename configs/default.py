@@ -26,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.feature_dim = 32      # D: size of the CAE feature vector and of the flow
-  c.model.cae_widths = (32, 64)  # channels of the stride-2 conv stages (one halving of H, W each)
+  c.model.cae_widths = (16, 32)  # channels of the stride-2 conv stages (one halving of H, W each)
   c.model.adapter_components = 0  # cap on k, the adapter's signal coordinates (0: min(D, rank))
   c.model.flow_blocks = 4       # K
   c.model.flow_hidden = 128     # conditioner MLP width

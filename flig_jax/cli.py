@@ -9,8 +9,8 @@ import ml_collections
 
 def _user_errors() -> tuple[type[BaseException], ...]:
   from flig_jax import data
-  from flig_jax.training import loop
-  return (data.DataError, loop.TrainingDiverged, ValueError, FileNotFoundError)
+  from flig_jax.training import TrainingDiverged
+  return (data.DataError, TrainingDiverged, ValueError, FileNotFoundError)
 
 
 def guarded(job: Callable[[], object]) -> int:

@@ -23,11 +23,7 @@ from flig_jax import model as model_lib
 from flig_jax.evaluation import figures
 from flig_jax.nn import adapter as adapter_lib
 from flig_jax.nn import discriminator as disc_lib
-from flig_jax.training import parallel, progress, steps
-
-
-class TrainingDiverged(RuntimeError):
-  """The loss became NaN or Inf; the message names the stage, the step and the last good checkpoint."""
+from flig_jax.training import TrainingDiverged, parallel, progress, steps
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,5 @@
+"""Two-stage FLIG training: `loop.train_and_evaluate(config, workdir)` (imported on use)."""
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss became NaN or Inf; the message names the stage, the step and the last good checkpoint."""
