@@ -4,8 +4,9 @@
   python train.py --config configs/synthetic.py:smoke --workdir /tmp/smoke   # seconds
   python train.py --config configs/synthetic.py:spikes   # the LNP spiking variant
 
-Trains in about a minute on a laptop CPU; `evaluate.py --ckpt runs/synthetic` then shows FLIG
-decoding the procedural images from the simulated population.
+Trains in about a minute on a 2-core CPU; `evaluate.py --ckpt runs/synthetic` then scores FLIG
+against the baselines on the simulated population (seed 0 here: FLIG decoding PCC 0.66, encoding
+mean PCC 0.59; ridge 0.76 and 0.88: the synthetic population is linear, which suits ridge).
 """
 
 from configs import default
