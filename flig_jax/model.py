@@ -365,7 +365,7 @@ def load(path: str | os.PathLike, step: int | None = None) -> Model:
       raise FileNotFoundError(
           f'flig_jax/model.py: no model at step {step} under {path} (steps: {steps})')
     config = checkpointing.read_config(mgr, step)
-    meta = checkpointing.read_meta(mgr, step)
+    meta = {**checkpointing.read_meta(mgr, step), 'step': int(step)}
     variables = checkpointing.restore(mgr, step, 'model', abstract_variables(config, meta))
   finally:
     mgr.close()

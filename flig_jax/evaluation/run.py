@@ -13,7 +13,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from flig_jax import checkpointing, data
+from flig_jax import data
 from flig_jax import model as model_lib
 from flig_jax.evaluation import baselines, figures, metrics, report
 
@@ -42,15 +42,6 @@ def _data_config(config: ml_collections.ConfigDict,
   if data_dir:
     config.data.dir = str(data_dir)
   return config
-
-
-def _latest_model_step(ckpt: str | os.PathLike) -> int:
-  """The step `model.load` restores: the latest one holding a model."""
-  mgr = checkpointing.manager(ckpt, read_only=True)
-  try:
-    return int(checkpointing.steps_with(mgr, 'model')[-1])
-  finally:
-    mgr.close()
 
 
 def _check_match(m: model_lib.Model, ds: data.Dataset, ckpt: str) -> None:
@@ -274,7 +265,7 @@ def evaluate(ckpt: str | os.PathLike, split: str = 'test', out: str | os.PathLik
                    for k, v in encoded.items()},
       'roundtrip_max_abs_err': roundtrip_err,
       'session': str(ds.meta.get('session') or ''),
-      'checkpoint_step': _latest_model_step(ckpt),
+      'checkpoint_step': int(m.meta['step']),
       'baseline_hparams': hparams,
   }
 

@@ -87,7 +87,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
 
 def _base_meta(config, dataset, stage: int, stage_step: int) -> dict[str, Any]:
-  return {'stage': stage, 'stage_step': stage_step, 'dataset': dataset.name,
+  """What a checkpoint says about itself; `step` is its number in the manager (stage-2
+  checkpoints are numbered after stage 1's)."""
+  step = stage_step + (config.stage1.steps if stage == 2 else 0)
+  return {'stage': stage, 'stage_step': stage_step, 'step': step, 'dataset': dataset.name,
           'image_shape': list(dataset.image_shape), 'num_units': dataset.num_units,
           'finished': stage == 2 and stage_step == config.stage2.steps}
 
@@ -176,8 +179,8 @@ def prepare_stage1(run: Run, latest: tuple[int, dict] | None) -> Stage:
 
   def save(s):
     stage_step = int(s.step)
-    checkpointing.save(mgr, stage_step, state=s, config=config,
-                       meta=_base_meta(config, dataset, 1, stage_step))
+    meta = _base_meta(config, dataset, 1, stage_step)
+    checkpointing.save(mgr, meta['step'], state=s, config=config, meta=meta)
 
   stream = data.BatchStream({'images': dataset.train.images}, cfg.batch_size, seed=config.seed,
                             process_index=jax.process_index(),
@@ -228,7 +231,6 @@ def prepare_stage2(run: Run, latest: tuple[int, dict] | None,
                                             run.log)
   cfg = config.stage2
   parallel.check_batch_size(cfg.batch_size, mesh, 'stage2')
-  first_step = config.stage1.steps  # stage-2 checkpoints are numbered after stage 1's
   fixed, resume_step, raw_features = _fixed_parts(run, latest, ae_params)
   ae_params = fixed['params']['autoencoder']
   adapter = adapter_lib.Adapter.from_dict(fixed['adapter'], dim=config.model.feature_dim)
@@ -276,8 +278,7 @@ def prepare_stage2(run: Run, latest: tuple[int, dict] | None,
     variables = variables_of(s)
     meta = {**_base_meta(config, dataset, 2, stage_step),
             **model_lib.model_meta(variables, dataset.image_shape)}
-    checkpointing.save(mgr, first_step + stage_step, state=s, model=variables, config=config,
-                       meta=meta)
+    checkpointing.save(mgr, meta['step'], state=s, model=variables, config=config, meta=meta)
 
   frozen = parallel.replicate({'signal_mask': adapter.signal_mask, 'autoencoder': ae_params,
                                'stats': stats}, mesh)
