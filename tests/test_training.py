@@ -101,6 +101,29 @@ def test_sigkill_then_resume_matches_uninterrupted_run(stage, uninterrupted, tmp
   _assert_same_run(uninterrupted, workdir, tol=1e-6)
 
 
+def test_ctrl_c_saves_then_resume_matches_uninterrupted_run(uninterrupted, tmp_path):
+  workdir = tmp_path / 'interrupted'
+  proc = subprocess.Popen(train_command(workdir, 'configs/synthetic.py:smoke', *_KILL_RUN),
+                          env=subprocess_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + 120
+    while not (workdir / 'checkpoints' / '30').exists():
+      assert proc.poll() is None, 'run ended before it could be interrupted'
+      assert time.time() < deadline
+      time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+  finally:
+    proc.kill()
+  assert proc.returncode == 130, err[-2000:]
+  assert 'Traceback' not in err
+  step, meta = checkpointing.latest_meta(checkpointing.manager(workdir))
+  assert step >= 30 and not meta['finished']
+  train(workdir, *_KILL_RUN)
+  _assert_same_run(uninterrupted, workdir, tol=1e-6)
+
+
 def test_divergence_stops_with_message_and_keeps_last_checkpoint(tmp_path):
   workdir = tmp_path / 'run'
   proc = train(workdir, '--config.stage2.learning_rate=1e30', '--config.stage2.likelihood=1e30',

@@ -9,6 +9,8 @@ which is the step itself).
 
 import dataclasses
 import functools
+import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -102,15 +104,41 @@ def _abstract(tree_fn: Callable[[], Any], mesh) -> Any:
                       jax.eval_shape(tree_fn))
 
 
+class _InterruptRequest:
+  """While active, Ctrl-C (SIGINT) only sets `requested`; the loop stops at the next step boundary,
+  where the state is whole and no checkpoint is being written. A second Ctrl-C interrupts at once."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGINT, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+    signal.signal(signal.SIGINT, self._previous)
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
+
+
 def _loop(run: Run, stage: Stage) -> Any:
-  """Runs steps state.step..total-1, logging, checking for divergence and saving as it goes."""
+  """Runs steps state.step..total-1, logging, checking for divergence and saving as it goes.
+
+  Ctrl-C saves the state at the step reached, then raises KeyboardInterrupt.
+  """
   log, mesh, config = run.log, run.mesh, run.config
   state, number, total = stage.state, stage.number, stage.total_steps
   every, log_every = config.checkpoint.every_steps, config.log_every_steps
   first = saved = int(state.step)
   log.start(number, first, total)
   sums, count = None, 0
-  try:
+  with _InterruptRequest() as interrupt:
     for step in range(first, total):
       batch = parallel.global_batch(stage.stream.batch(step), mesh)
       state, metrics = stage.step_fn(state, *stage.inputs, batch)
@@ -119,21 +147,17 @@ def _loop(run: Run, stage: Stage) -> Any:
       log.advance()
       done = step + 1
       at_log, at_save = done % log_every == 0 or done == total, done % every == 0 or done == total
-      if at_log or at_save:
+      if at_log or at_save or interrupt.requested:
         _check_finite(number, state, run.workdir)
       if at_log:
         log.write(done, {k: float(v) / count for k, v in jax.device_get(sums).items()})
         sums, count = None, 0
-      if at_save:
+      if (at_save or interrupt.requested) and done != saved:
         stage.save(state)
         saved = done
-  except KeyboardInterrupt:
-    # Ctrl-C between steps leaves a complete state; one inside a step may have consumed it.
-    if not jax.tree.leaves(state)[0].is_deleted() and int(state.step) != saved:
-      _check_finite(number, state, run.workdir)
-      log.info(f'interrupted: saving stage {number} at step {int(state.step)} first')
-      stage.save(state)
-    raise
+      if interrupt.requested:
+        log.info(f'interrupted: stage {number} saved at step {done}')
+        raise KeyboardInterrupt
   log.close()
   return state
 
