@@ -181,9 +181,19 @@ def _jitted_method(fields: tuple[tuple[str, Any], ...], name: str) -> Callable[.
   return jax.jit(lambda variables, x: module.apply(variables, x, method=method))
 
 
-def _pow2_bucket(n: int, chunk: int) -> int:
-  """Smallest power of two >= n, capped at chunk (so each method compiles a few shapes only)."""
-  return min(chunk, 1 << max(0, (n - 1).bit_length()))
+def map_in_chunks(fn: Callable[[np.ndarray], Any], x: np.ndarray,
+                  chunk: int = CHUNK) -> np.ndarray:
+  """`fn` over the rows of `x` (N >= 1) in chunks of at most `chunk` rows, each padded to a power
+  of two by repeating its last row, so a jitted `fn` compiles for a few shapes only."""
+  outs = []
+  for start in range(0, x.shape[0], chunk):
+    part = x[start:start + chunk]
+    n = part.shape[0]
+    size = min(chunk, 1 << max(0, (n - 1).bit_length()))
+    if size > n:
+      part = np.concatenate([part, np.repeat(part[-1:], size - n, axis=0)])
+    outs.append(np.asarray(fn(part))[:n])
+  return np.concatenate(outs)
 
 
 class Model:
@@ -233,15 +243,7 @@ class Model:
     if x.shape[0] == 0:
       out = jax.eval_shape(fn, self.variables, jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype))
       return np.zeros((0,) + out.shape[1:], out.dtype)
-    outs = []
-    for start in range(0, x.shape[0], self.chunk):
-      part = x[start:start + self.chunk]
-      n = part.shape[0]
-      size = _pow2_bucket(n, self.chunk)
-      if size > n:
-        part = np.concatenate([part, np.repeat(part[-1:], size - n, axis=0)])
-      outs.append(np.asarray(fn(self.variables, part))[:n])
-    return np.concatenate(outs)
+    return map_in_chunks(lambda part: fn(self.variables, part), x, self.chunk)
 
   def _images(self, images: Any, where: str) -> np.ndarray:
     x = np.asarray(images)
@@ -372,4 +374,5 @@ def load(path: str | os.PathLike, step: int | None = None) -> Model:
   return Model(config, variables, meta)
 
 
-__all__ = ['FLIG', 'Model', 'abstract_variables', 'feature_stats', 'load', 'model_meta', 'save']
+__all__ = ['FLIG', 'Model', 'abstract_variables', 'feature_stats', 'load', 'map_in_chunks',
+           'model_meta', 'save']

@@ -18,7 +18,6 @@ from flig_jax import model as model_lib
 from flig_jax.evaluation import baselines, figures, metrics, report
 
 SPLITS = ('test', 'val')
-CHUNK = 256  # rows per call of a jitted network
 MLP_STEPS = 300  # bounded so the MLP fits (the slowest phase) stay within seconds on a CPU
 GRID_COLUMNS = 10
 Predictor = Callable[[np.ndarray], np.ndarray]
@@ -64,16 +63,6 @@ def _hparam_split(ds: data.Dataset, split: str) -> tuple[Any, Any, str]:
   return ds.val.responses, ds.val.images, 'val'
 
 
-def _in_chunks(fn: Callable[[np.ndarray], Any], x: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
-  """`fn` over the rows of `x` in chunks of one size (so a jitted `fn` compiles once); the last
-  chunk is padded by repeating its last row."""
-  n = x.shape[0]
-  size = min(chunk, 1 << max(0, (n - 1).bit_length()))
-  padded = np.concatenate([x, np.repeat(x[-1:], (-n) % size, axis=0)])
-  return np.concatenate([np.asarray(fn(padded[i:i + size]))
-                         for i in range(0, padded.shape[0], size)])[:n]
-
-
 def _latent(module: model_lib.FLIG, h: jax.Array) -> jax.Array:
   """f(standardise(h)) for raw features h."""
   return module.flow_forward(module.standardise(h))[0]
@@ -104,7 +93,7 @@ class FligParts:
 
     def batched(method: Callable[..., Any]) -> Callable[[np.ndarray], np.ndarray]:
       run = lambda part: _apply(m.module, method, m.variables, part)
-      return lambda x: _in_chunks(run, np.asarray(x, np.float32))
+      return lambda x: model_lib.map_in_chunks(run, np.asarray(x, np.float32))
 
     self.features = batched(model_lib.FLIG.features)
     self.images = batched(model_lib.FLIG.decode_features)
