@@ -20,6 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.grayscale = True       # cowley_v4: convert colour images to one channel
   c.data.val_fraction = 0.1     # validation split carved from train (seeded); never the test split
   c.data.synthetic_mode = 'fmri'  # synthetic: fmri (Gaussian RFs + noise) | spikes (LNP, Poisson)
+  #                               | patterns (random binary 10x10 patterns, small Gaussian RFs)
   c.data.num_train = 256        # synthetic: number of training pairs
   c.data.num_test = 64          # synthetic: number of test pairs
   c.data.num_units = 48         # synthetic: voxels or neurons

@@ -1,5 +1,6 @@
-"""An embedded, seeded dataset: procedural images (bars and blobs) and responses simulated from a
-known population model (fMRI-like Gaussian receptive fields, or linear-nonlinear-Poisson spikes)."""
+"""An embedded, seeded dataset: procedural images (bars and blobs, or random binary patterns) and
+responses simulated from a known population model (fMRI-like Gaussian receptive fields, or
+linear-nonlinear-Poisson spikes)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import numpy as np
 
 from flig_jax.data.dataset import DataError, Split, check_split
 
-MODES = ('fmri', 'spikes')
+MODES = ('fmri', 'spikes', 'patterns')
 NONLINEARITIES = ('softplus', 'exp')
 DEFAULT_IMAGE_SIZE = 16
+PATTERN_CELLS = 10  # 'patterns': a PATTERN_CELLS x PATTERN_CELLS grid of random binary cells
 _REFERENCE_IMAGES = 256  # Fixes each unit's response scale, independent of the split sizes.
 # Independent random streams, so that e.g. changing num_test leaves the training pairs unchanged.
 _TRAIN_IMAGES, _TEST_IMAGES, _MODEL, _REFERENCE, _TRAIN_NOISE, _TEST_NOISE = range(10, 16)
@@ -52,18 +54,37 @@ def make_images(n: int, size: int, rng: np.random.Generator, max_shapes: int = 3
   return np.clip(images, 0.0, 1.0)[..., None].astype(np.float32)
 
 
+def make_patterns(n: int, size: int, rng: np.random.Generator,
+                  cells: int = PATTERN_CELLS) -> np.ndarray:
+  """Draws n random binary patterns, (n, size, size, 1) in {0, 1}.
+
+  Each of the cells x cells grid cells is on with probability 1/2, independently, and the grid is
+  upsampled to size x size by nearest neighbour (cells of size // cells or one pixel more): an
+  image with cells**2 degrees of freedom, which no smooth low-dimensional code captures.
+  """
+  grid = rng.random((n, cells, cells)) < 0.5
+  index = np.arange(size) * cells // size  # the cell each pixel row (and column) falls in
+  return grid[:, index][:, :, index][..., None].astype(np.float32)
+
+
 def make_filters(mode: str, num_units: int, size: int, rng: np.random.Generator) -> np.ndarray:
   """The population's linear filters, (num_units, size*size).
 
   'fmri': Gaussian receptive fields (positive weights summing to one per unit).
+  'patterns': the same, smaller (sigma 0.04-0.1 of the image, about one pattern cell) and spread
+  over the whole image, so that a large population resolves every cell.
   'spikes': Gabor filters (an oriented grating under a Gaussian envelope).
   """
   y, x = _grid(size)
   shape = (num_units, 1)
-  cy, cx = rng.uniform(0.15, 0.85, shape), rng.uniform(0.15, 0.85, shape)
-  sigma = rng.uniform(0.08, 0.2, shape)
+  if mode == 'patterns':
+    cy, cx = rng.uniform(0.05, 0.95, shape), rng.uniform(0.05, 0.95, shape)
+    sigma = rng.uniform(0.04, 0.1, shape)
+  else:
+    cy, cx = rng.uniform(0.15, 0.85, shape), rng.uniform(0.15, 0.85, shape)
+    sigma = rng.uniform(0.08, 0.2, shape)
   envelope = np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * sigma ** 2))
-  if mode == 'fmri':
+  if mode in ('fmri', 'patterns'):
     return envelope / envelope.sum(axis=1, keepdims=True)
   angle = rng.uniform(0.0, np.pi, shape)
   cycles = rng.uniform(0.5, 1.5, shape) / (2 * sigma)  # half to one and a half cycles per 2 sigma
@@ -84,6 +105,9 @@ def _check_options(mode, num_train, num_test, num_units, image_size, noise_std, 
                              ('num_units', num_units, 1), ('image_size', image_size, 4)):
     if not isinstance(value, (int, np.integer)) or value < least:
       raise DataError(f'synthetic: {name} must be an integer >= {least}, got {value!r}')
+  if mode == 'patterns' and image_size < PATTERN_CELLS:
+    raise DataError(f'synthetic: patterns need image_size >= {PATTERN_CELLS} (one pixel per '
+                    f'cell), got {image_size}')
   if not noise_std >= 0:
     raise DataError(f'synthetic: noise_std must be >= 0, got {noise_std!r}')
 
@@ -97,17 +121,20 @@ def generate(*, synthetic_mode: str = 'fmri', num_train: int = 256, num_test: in
   Each unit's drive is its filter applied to the image, standardized by the drive's mean and
   standard deviation over a fixed set of reference images. Then
   'fmri': response = drive + noise_std * N(0, 1) (a Gaussian-weighted sum of pixels plus noise);
+  'patterns': the same linear-Gaussian population, on random binary 10x10 patterns (see
+  `make_patterns`) with small receptive fields: pixel ridge decodes it well, while an autoencoder
+  must keep 100 degrees of freedom per image;
   'spikes': counts ~ Poisson(base_rate * g(drive)) with g(d) = softplus(gain * d) or
   exp(clip(gain * d / 2, -3, 3)) (a linear-nonlinear-Poisson neuron), returned as float32.
 
   Args:
-    synthetic_mode: 'fmri' or 'spikes'.
+    synthetic_mode: 'fmri', 'spikes' or 'patterns'.
     num_train: number of training pairs.
     num_test: number of test pairs.
     num_units: voxels or neurons.
     image_size: square side in pixels (default 16).
     seed: everything is a pure function of the options and this seed.
-    noise_std: 'fmri' noise relative to the unit-variance signal.
+    noise_std: 'fmri' and 'patterns' noise relative to the unit-variance signal.
     nonlinearity: 'spikes' nonlinearity, 'softplus' or 'exp'.
 
   Returns:
@@ -119,19 +146,20 @@ def generate(*, synthetic_mode: str = 'fmri', num_train: int = 256, num_test: in
   def stream(key: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), key])
 
+  make = make_patterns if synthetic_mode == 'patterns' else make_images
   model_rng = stream(_MODEL)
   filters = make_filters(synthetic_mode, num_units, size, model_rng)
-  reference = make_images(_REFERENCE_IMAGES, size, stream(_REFERENCE))
+  reference = make(_REFERENCE_IMAGES, size, stream(_REFERENCE))
   ref_drive = reference.reshape(_REFERENCE_IMAGES, -1) @ filters.T
   mean, std = ref_drive.mean(axis=0), ref_drive.std(axis=0) + 1e-8
   gain = model_rng.uniform(0.8, 1.5, num_units)
   base_rate = model_rng.uniform(2.0, 6.0, num_units)
 
   def simulate(n: int, image_key: int, noise_key: int) -> tuple[np.ndarray, np.ndarray]:
-    images = make_images(n, size, stream(image_key))
+    images = make(n, size, stream(image_key))
     drive = (images.reshape(n, -1) @ filters.T - mean) / std
     noise_rng = stream(noise_key)
-    if synthetic_mode == 'fmri':
+    if synthetic_mode != 'spikes':
       return images, drive + noise_std * noise_rng.standard_normal(drive.shape)
     if nonlinearity == 'softplus':
       rate = base_rate * np.logaddexp(0.0, gain * drive)
@@ -141,7 +169,8 @@ def generate(*, synthetic_mode: str = 'fmri', num_train: int = 256, num_test: in
 
   train = check_split('synthetic', 'train', *simulate(num_train, _TRAIN_IMAGES, _TRAIN_NOISE))
   test = check_split('synthetic', 'test', *simulate(num_test, _TEST_IMAGES, _TEST_NOISE))
-  meta = {'source': 'embedded', 'response_kind': synthetic_mode, 'image_size': int(size),
+  kind = 'spikes' if synthetic_mode == 'spikes' else 'fmri'
+  meta = {'source': 'embedded', 'response_kind': kind, 'image_size': int(size),
           'synthetic_mode': synthetic_mode, 'noise_std': float(noise_std),
           'nonlinearity': nonlinearity}
   return train, test, meta
