@@ -28,4 +28,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  from flig_jax import cli
+  app.run(main, flags_parser=cli.parse_flags)

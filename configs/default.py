@@ -3,6 +3,8 @@
 Every field can be overridden from the command line, e.g. `--config.stage2.steps=2000`.
 """
 
+from collections.abc import Sequence
+
 import ml_collections
 
 
@@ -88,3 +90,17 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.log_every_steps = 2
   config.num_figure_images = 4
   return config
+
+
+def variants(arg: str, known: Sequence[str], config_file: str) -> set[str]:
+  """The comma-separated variants of `--config <file>:<arg>`, e.g. 'smoke,spikes'.
+
+  Raises:
+    ValueError: a variant that `config_file` does not know.
+  """
+  chosen = set(filter(None, (a.strip() for a in arg.split(','))))
+  unknown = sorted(chosen - set(known))
+  if unknown:
+    raise ValueError(f'{config_file}: unknown variant {unknown[0]!r}; choose from '
+                     f'{", ".join(known)} (or none), e.g. --config {config_file}:{known[0]}')
+  return chosen

@@ -28,6 +28,6 @@ def get_config(arg: str = ''):
   config.stage2.mixup = 0.4  # chosen on digit69's validation split (see README)
   config.stage2.batch_size = 32
   config.checkpoint.every_steps = 500
-  if arg == 'smoke':
+  if 'smoke' in default.variants(arg, ('smoke',), 'configs/spikes.py'):
     config = default.smoke(config)
   return config

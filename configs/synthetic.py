@@ -23,10 +23,7 @@ OPTIONS = ('smoke', 'spikes', 'patterns')
 def get_config(arg: str = ''):
   config = default.get_config()
   config.data.name = 'synthetic'
-  options = set(filter(None, arg.split(',')))
-  unknown = sorted(options - set(OPTIONS))
-  if unknown:
-    raise ValueError(f'configs/synthetic.py: unknown option(s) {unknown}; choose from {OPTIONS}')
+  options = default.variants(arg, OPTIONS, 'configs/synthetic.py')
   if {'spikes', 'patterns'} <= options:
     raise ValueError('configs/synthetic.py: choose one of spikes and patterns')
   if 'spikes' in options:

@@ -1,10 +1,58 @@
 """What the command-line tools share: run a job, turn a user's mistake into one clear message and exit 1."""
 
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import ml_collections
+
+
+def _unknown_field(error: BaseException, argv: Sequence[str]) -> str | None:
+  """'--config.a.b=v: unknown field ...' for ml_collections' "Did you mean" lookup error, or None."""
+  while error.args and isinstance(error.args[0], BaseException):
+    error = error.args[0]
+  text = str(error.args[0]) if error.args else str(error)
+  match = re.match(r"""^'?(\w+)'?\n?(?:Did you mean "(\w+)")?""", text.strip('\'"'))
+  if match is None:
+    return None
+  key, hint = match.groups()
+  arg = next((a for a in argv if a.startswith('--config.') and
+              key in re.split(r'[.=]', a.split('=')[0])), f'--config.{key}')
+  where = arg.split('=')[0][2:].rsplit('.', 1)[0]
+  return (f'{arg}: unknown field {key!r} in {where}' +
+          (f'; did you mean {hint!r}?' if hint else ''))
+
+
+def _last_line(text: str) -> str:
+  """The last line of an error text that says something (absl wraps errors of a config file in a
+  traceback text)."""
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  line = lines[-1] if lines else text
+  return re.sub(r'^\w+(Error|Exception): ', '', line)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing (pass as `app.run(main, flags_parser=cli.parse_flags)`), but a bad
+  --config (unknown file, variant or field; a value of the wrong type) is one line on stderr,
+  'error: ...', and exit status 1, instead of a traceback."""
+  from absl import flags
+  try:
+    rest = flags.FLAGS(argv)
+    if 'config' in flags.FLAGS and flags.FLAGS['config'].value is not None:
+      try:  # ml_collections reports a config file it could not load on first use
+        flags.FLAGS['config'].value.keys()
+      except OSError as e:
+        raise ValueError(f'--config: {_last_line(str(e))}') from e
+    return rest
+  except (AttributeError, KeyError) as e:
+    message = _unknown_field(e, argv) or _last_line(str(e))
+  except flags.Error as e:
+    message = _last_line(str(e))
+  except Exception as e:  # noqa: BLE001 -- a config file's own error, e.g. an unknown variant
+    message = _last_line(str(e))
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(1)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -22,14 +70,23 @@ def guarded(job: Callable[[], object]) -> int:
           file=sys.stderr)
     return 130
   except _user_errors() as e:
-    print(f'error: {e}', file=sys.stderr)
+    for line in getattr(e, 'faults', None) or [str(e)]:
+      print(f'error: {line}', file=sys.stderr)
     return 1
   return 0
 
 
 def run_training(config: ml_collections.ConfigDict, workdir: str) -> int:
-  from flig_jax.training import loop
-  return guarded(lambda: loop.train_and_evaluate(config, Path(workdir)))
+  """Checks `config`, then runs `training.loop.train_and_evaluate` under `guarded`; returns the exit
+  status."""
+
+  def job():
+    from flig_jax import config_checks
+    config_checks.validate(config)  # before any data or JAX work
+    from flig_jax.training import loop
+    loop.train_and_evaluate(config, Path(workdir))
+
+  return guarded(job)
 
 
 def run_evaluation(ckpt: str, split: str = 'test', out: str | None = None,
