@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flig_jax.nn import adapter as adapter_lib
 from flig_jax.nn.adapter import Adapter
 
 
@@ -26,7 +27,7 @@ def test_fit_uses_only_the_given_responses_and_whitens_them():
   np.testing.assert_allclose(a.mean(axis=0), 0.0, atol=1e-4)
   np.testing.assert_allclose(np.cov(a, rowvar=False), np.eye(8), atol=1e-4)
   # The test responses are far from the training mean: whitened by train statistics only.
-  assert np.abs(np.asarray(ad.forward(test)).mean()) > 1.0
+  assert np.linalg.norm(np.asarray(ad.forward(test)).mean(axis=0)) > 1.0
 
 
 def test_inverse_is_exact_on_the_range_with_k_equal_d():
@@ -110,3 +111,72 @@ def test_max_components_caps_k_and_pads_the_rest():
   a = np.asarray(adapter.forward(jnp.asarray(responses)))
   np.testing.assert_array_equal(a[:, 3:], 0.0)
   assert Adapter.fit(responses, dim=8).k == 8
+
+
+def _fit_by_full_svd(responses: np.ndarray, dim: int, max_components: int = 0):
+  """The adapter fit as it was before principal_axes: a full SVD in float64 (the reference)."""
+  r = np.asarray(responses, np.float64)
+  n, u = r.shape
+  mean, std = r.mean(axis=0), r.std(axis=0, ddof=1)
+  tiny = np.finfo(np.float32).eps * max(1.0, float(np.abs(r).max()))
+  scale = np.where(std > tiny, std, 1.0)
+  _, s, vt = np.linalg.svd((r - mean) / scale, full_matrices=False)
+  rank = int(np.sum(s > s[0] * max(n, u) * np.finfo(np.float32).eps))
+  k = min(dim, rank, max_components or dim)
+  return mean, scale, vt[:k].T, s[:k] / np.sqrt(n - 1)
+
+
+def _assert_same_fit(adapter: Adapter, reference, atol: float) -> None:
+  mean, scale, components, sqrt_eig = reference
+  assert adapter.k == sqrt_eig.size
+  np.testing.assert_allclose(adapter.mean, mean, rtol=1e-6, atol=1e-5)
+  np.testing.assert_allclose(adapter.scale, scale, rtol=1e-6)
+  np.testing.assert_allclose(adapter.sqrt_eig, sqrt_eig, rtol=atol)
+  got = np.asarray(adapter.components, np.float64)
+  signs = np.sign(np.sum(got * components, axis=0))   # each axis is defined up to its sign
+  np.testing.assert_allclose(got * signs, components, atol=atol)
+
+
+@pytest.mark.parametrize('n, u, rank, dim, cap', [
+    (60, 12, None, 8, 0),     # more pairs than units: Gram of the units
+    (9, 40, None, 16, 0),     # fewer pairs than units: Gram of the pairs, k = N - 1 = 8
+    (30, 10, 3, 8, 0),        # rank deficient
+    (50, 20, None, 8, 5),     # capped
+])
+def test_fit_equals_the_full_svd_fit(n, u, rank, dim, cap):
+  responses = _responses(n, u, seed=4, rank=rank)
+  _assert_same_fit(Adapter.fit(responses, dim, cap), _fit_by_full_svd(responses, dim, cap), 1e-5)
+
+
+def _decaying(n: int, u: int, seed: int = 0) -> np.ndarray:
+  """(n, u) with singular values 0.8^i (distinct, so every axis is defined up to its sign)."""
+  rng = np.random.default_rng(seed)
+  m = min(n, u)
+  left, _ = np.linalg.qr(rng.normal(size=(n, m)))
+  right, _ = np.linalg.qr(rng.normal(size=(u, m)))
+  return (left * 0.8 ** np.arange(m)) @ right.T
+
+
+@pytest.mark.parametrize('method', ['gram', 'randomized'])
+@pytest.mark.parametrize('n, u', [(200, 70), (70, 200)])
+def test_principal_axes_match_the_svd(method, n, u):
+  z = _decaying(n, u)
+  _, s_ref, vt_ref = np.linalg.svd(z, full_matrices=False)
+  s, vt = adapter_lib.principal_axes(z, 12, method=method)
+  assert vt.shape == (12, u) and s.size >= 12
+  np.testing.assert_allclose(s[:12], s_ref[:12], rtol=1e-4)
+  signs = np.sign(np.sum(vt * vt_ref[:12], axis=1, keepdims=True))
+  np.testing.assert_allclose(vt * signs, vt_ref[:12], atol=1e-3)
+  with pytest.raises(ValueError, match='method'):
+    adapter_lib.principal_axes(z, 12, method='svd')
+
+
+def test_large_fits_take_the_randomized_path_and_agree(monkeypatch):
+  responses = (_decaying(300, 120, seed=1) * 50 + 3).astype(np.float32)
+  reference = _fit_by_full_svd(responses, 8)
+  calls = []
+  randomized = adapter_lib._randomized_axes
+  monkeypatch.setattr(adapter_lib, '_randomized_axes', lambda *a: calls.append(1) or randomized(*a))
+  monkeypatch.setattr(adapter_lib, 'EXACT_MAX_SIDE', 0)
+  _assert_same_fit(Adapter.fit(responses, 8), reference, 1e-3)
+  assert calls, 'the randomized path was not taken'
