@@ -1,7 +1,14 @@
-"""Stimulus augmentation for stage 1: random shift, rotation and smooth elastic warp, on device."""
+"""Random augmentation on device: stimulus warps for stage 1 (shift, rotation, smooth elastic
+field) and the Beta-distributed mixup weights of stage 2."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import scipy.special
+
+_BETA_TABLE_SIZE = 4097  # points of the inverse-CDF table (u = 0, 1/4096, ..., 1)
 
 
 def _warp_one(rng: jax.Array, image: jax.Array, max_shift: float, max_rotation: float,
@@ -37,3 +44,25 @@ def augment(rng: jax.Array, images: jax.Array, *, max_shift: float, max_rotation
   keys = jax.random.split(rng, images.shape[0])
   warp = lambda k, x: _warp_one(k, x, max_shift, max_rotation, elastic_strength)
   return jnp.clip(jax.vmap(warp)(keys, images), 0.0, 1.0)
+
+
+@functools.lru_cache(maxsize=8)
+def _beta_quantiles(alpha: float) -> np.ndarray:
+  """The quantile function of Beta(alpha, alpha) on a uniform grid of u in [0, 1] (float32)."""
+  u = np.linspace(0.0, 1.0, _BETA_TABLE_SIZE)
+  return scipy.special.betaincinv(alpha, alpha, u).astype(np.float32)
+
+
+def symmetric_beta(rng: jax.Array, alpha: float, shape: tuple[int, ...]) -> jax.Array:
+  """Draws from Beta(alpha, alpha) by inverting its CDF: a uniform u, then linear interpolation
+  in a table of quantiles computed once on the host (scipy's `betaincinv`).
+
+  `jax.random.beta` draws two gammas by rejection sampling, loops that took a quarter of the
+  stage-2 step; this is one uniform draw and a table lookup. `alpha` must be a Python float (it
+  picks the table at trace time).
+  """
+  table = jnp.asarray(_beta_quantiles(float(alpha)))
+  pos = jax.random.uniform(rng, shape) * (_BETA_TABLE_SIZE - 1)
+  lo = jnp.clip(jnp.floor(pos).astype(jnp.int32), 0, _BETA_TABLE_SIZE - 2)
+  frac = pos - lo
+  return table[lo] * (1.0 - frac) + table[lo + 1] * frac

@@ -77,7 +77,7 @@ def _mixup(rng: jax.Array, batch: dict[str, jax.Array], alpha: float) -> dict[st
   k_perm, k_lam = jax.random.split(rng)
   n = batch['features'].shape[0]
   perm = jax.random.permutation(k_perm, n)
-  lam = jax.random.beta(k_lam, alpha, alpha, (n,))
+  lam = augment_lib.symmetric_beta(k_lam, alpha, (n,))
 
   def mix(x):
     w = lam.reshape((n,) + (1,) * (x.ndim - 1))
