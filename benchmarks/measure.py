@@ -46,23 +46,23 @@ def bench_stage(stage: Any, mesh: Any, steps: int, machine_flops: float,
   to build one batch (`batch_s`); samples/s from `step_s`; the losses of the waited steps; and,
   when `fused` > 1, the per-step time of `fused` steps run in one `lax.scan` (`fused_step_s`).
   """
-  inputs, batch_size = stage.inputs, stage.stream.global_batch_size
+  batch_size = stage.stream.global_batch_size
   batches = _device_batches(stage, mesh, WARMUP + steps)
-  compiled, compile_s = timing.compile_timed(stage.step_fn, stage.state, *inputs, batches[0])
+  compiled, compile_s = timing.compile_timed(stage.step_fn, stage.state, batches[0])
   state = stage.state
   for batch in batches[:WARMUP]:
-    state, metrics = compiled(state, *inputs, batch)
+    state, metrics = compiled(state, batch)
   jax.block_until_ready(state)
   times, losses = [], []
   for batch in batches[WARMUP:]:
     start = time.perf_counter()
-    state, metrics = compiled(state, *inputs, batch)
+    state, metrics = compiled(state, batch)
     jax.block_until_ready((state, metrics))
     times.append(time.perf_counter() - start)
     losses.append(float(metrics['loss']))
   start = time.perf_counter()
   for i in range(steps):
-    state, metrics = compiled(state, *inputs,
+    state, metrics = compiled(state,
                               parallel.global_batch(stage.stream.batch(WARMUP + steps + i), mesh))
   jax.block_until_ready((state, metrics))
   loop_step_s = (time.perf_counter() - start) / steps
@@ -91,17 +91,15 @@ def _fused(stage: Any, state: Any, mesh: Any, count: int) -> tuple[Any, float, f
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, parallel.DATA_AXIS))
   stacked = jax.device_put(stacked, sharding)
 
-  def many(state, *args):
-    *inputs, batches = args
-    return jax.lax.scan(lambda s, b: stage.step_fn(s, *inputs, b), state, batches)
+  def many(state, batches):
+    return jax.lax.scan(stage.step_fn, state, batches)
 
-  compiled, compile_s = timing.compile_timed(jax.jit(many, donate_argnums=0), state,
-                                             *stage.inputs, stacked)
-  state, _ = compiled(state, *stage.inputs, stacked)
+  compiled, compile_s = timing.compile_timed(jax.jit(many, donate_argnums=0), state, stacked)
+  state, _ = compiled(state, stacked)
   times = []
   for _ in range(3):
     start = time.perf_counter()
-    state, metrics = compiled(state, *stage.inputs, stacked)
+    state, metrics = compiled(state, stacked)
     jax.block_until_ready((state, metrics))
     times.append(time.perf_counter() - start)
   return state, float(np.median(times)) / count, compile_s
@@ -116,11 +114,11 @@ def _time_method(fn: Any, x: np.ndarray, repeats: int) -> tuple[float, float]:
   return max(0.0, first - steady), steady
 
 
-def bench_evaluation(run: Any, variables: Any) -> dict:
+def bench_evaluation(ctx: Any, variables: Any) -> dict:
   """Decode and encode of the test split by a `Model` holding `variables`."""
-  test = run.dataset.test
-  m = model_lib.Model(run.config, variables, model_lib.model_meta(variables,
-                                                                   run.dataset.image_shape))
+  test = ctx.dataset.test
+  m = model_lib.Model(ctx.config, variables, model_lib.model_meta(variables,
+                                                                   ctx.dataset.image_shape))
   decode_compile, decode_s = _time_method(m.decode, test.responses, 5)
   encode_compile, encode_s = _time_method(m.encode, test.images, 5)
   n = len(test)
@@ -146,26 +144,27 @@ def bench_config(spec: str, steps: int, evaluation: bool = True, fused: int = 0,
   machine_flops = timing.matmul_flops_per_second()
   with tempfile.TemporaryDirectory() as workdir:
     start = time.perf_counter()
-    run = loop.make_run(config, workdir)
+    ctx = loop.make_context(config, workdir)
     setup_s = time.perf_counter() - start
     try:
-      state1, stage1 = bench_stage(loop.prepare_stage1(run, None), run.mesh, steps, machine_flops)
+      state1, stage1 = bench_stage(loop.stage1(ctx, loop.restore_or_init(ctx)), ctx.mesh, steps,
+                                   machine_flops)
       start = time.perf_counter()
-      stage, variables_of = loop.prepare_stage2(run, None, state1.params)
+      stage = loop.stage2(ctx, state1)
       stage2_setup_s = time.perf_counter() - start
-      state2, stage2 = bench_stage(stage, run.mesh, steps, machine_flops, fused)
+      state2, stage2 = bench_stage(stage, ctx.mesh, steps, machine_flops, fused)
       result = {'config': spec, 'devices': jax.device_count(), 'data_setup_s': setup_s,
                 'stage2_setup_s': stage2_setup_s, 'matmul_flop_per_s': machine_flops,
                 'stage1': stage1, 'stage2': stage2}
       if evaluation:
-        result['evaluation'] = bench_evaluation(run, variables_of(state2))
+        result['evaluation'] = bench_evaluation(ctx, state2.model_variables())
       if wide_batch:
-        wide = dataclasses.replace(run, config=_with_stage2_batch(config, wide_batch))
-        stage, _ = loop.prepare_stage2(wide, None, state1.params)
-        result['stage2_wide'] = bench_stage(stage, run.mesh, steps, machine_flops)[1]
+        wide = dataclasses.replace(ctx, config=_with_stage2_batch(config, wide_batch))
+        result['stage2_wide'] = bench_stage(loop.stage2(wide, state1), ctx.mesh, steps,
+                                            machine_flops)[1]
     finally:
-      run.mgr.wait_until_finished()
-      run.log.close()
+      ctx.mgr.wait_until_finished()
+      ctx.log.close()
   result['peak_host_mib'] = timing.peak_host_memory_mib()
   return result
 
@@ -179,7 +178,7 @@ def bench_throughput(spec: str, ckpt: str | None, batch_sizes: tuple[int, ...]) 
     if not ckpt:
       config = load_config(spec)
       start = time.perf_counter()
-      ckpt = str(loop.train_and_evaluate(config, Path(tmp) / 'run'))
+      ckpt = str(loop.train(config, Path(tmp) / 'run'))
       train_s = time.perf_counter() - start
     m = model_lib.load(ckpt)
   rng = np.random.default_rng(0)

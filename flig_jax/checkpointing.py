@@ -28,7 +28,7 @@ def checkpoint_dir(path: str | os.PathLike, must_exist: bool = False) -> str:
   directory = os.path.join(path, CHECKPOINT_SUBDIR)
   if must_exist and not os.path.isdir(directory):
     raise FileNotFoundError(
-        f'flig_jax/checkpointing.py: no checkpoint at {path} (expected a workdir holding '
+        f'no checkpoint at {path} (expected a workdir holding '
         f'{CHECKPOINT_SUBDIR}/, or that directory itself)')
   return directory
 
@@ -84,7 +84,7 @@ def save(mgr: ocp.CheckpointManager, step: int, *, model: Any = None, state: Any
   if meta is not None:
     items['meta'] = ocp.args.JsonSave(dict(meta))
   if not items:
-    raise ValueError('flig_jax/checkpointing.py: save was given no item to save')
+    raise ValueError('save was given no item to save')
   return bool(mgr.save(int(step), args=ocp.args.Composite(**items), force=force))
 
 
@@ -160,6 +160,6 @@ def restore(mgr: ocp.CheckpointManager, step: int, item_name: str, abstract_targ
   mgr.wait_until_finished()
   if int(step) not in steps_with(mgr, item_name):
     raise FileNotFoundError(
-        f'flig_jax/checkpointing.py: {mgr.directory} has no item {item_name!r} at step {step}')
+        f'{mgr.directory} has no item {item_name!r} at step {step}')
   args = ocp.args.Composite(**{item_name: ocp.args.StandardRestore(with_sharding(abstract_target))})
   return mgr.restore(int(step), args=args)[item_name]

@@ -120,7 +120,7 @@ def guarded(job: Callable[[], object]) -> int:
 
 
 def run_training(config: ml_collections.ConfigDict, workdir: str) -> int:
-  """Checks `config`, then runs `training.loop.train_and_evaluate` under `guarded`, compiled
+  """Checks `config`, then runs `training.loop.train` under `guarded`, compiled
   programs cached on disk; returns the exit status."""
 
   def job():
@@ -128,7 +128,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str) -> int:
     config_checks.validate(config)  # before any data or JAX work
     enable_compilation_cache()
     from flig_jax.training import loop
-    loop.train_and_evaluate(config, Path(workdir))
+    loop.train(config, Path(workdir))
 
   return guarded(job)
 

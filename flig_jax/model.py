@@ -5,18 +5,19 @@ numpy-friendly `Model` that notebooks and tools use, and `save` / `load` of chec
   decode: x_hat = G(f^-1(A(r)) * std + mean)
 """
 
-import functools
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from flig_jax import checkpointing
+from flig_jax.nn import compiled
 from flig_jax.nn.adapter import ARRAY_NAMES, Adapter
 from flig_jax.nn.autoencoder import Autoencoder
 from flig_jax.nn.flow import Flow
@@ -27,19 +28,13 @@ CHUNK = 256
 _STD_FLOOR = 1e-6
 
 
-def feature_stats(features: Any) -> tuple[Array, Array]:
-  """Per-feature mean and std (floored at 1e-6) of raw training features E(x), (N, D)."""
-  h = jnp.asarray(features, jnp.float32)
-  return h.mean(axis=0), jnp.maximum(h.std(axis=0), _STD_FLOOR)
-
-
 class FLIG(nn.Module):
   """FLIG as a Linen module; a pure function of (variables, inputs).
 
   Variables: `params` {'autoencoder', 'flow'}; `stats` {'feature_mean', 'feature_std'} (D,), the
   standardisation of the features (h = (E(x) - mean) / std) set from training features after
   stage 1; `adapter` {'mean', 'scale', 'components', 'sqrt_eig'}, the Adapter's arrays (k comes
-  from their shapes). Build them with `init_variables`.
+  from their shapes). Build them with `Frozen.variables`.
   """
   image_shape: tuple[int, int, int]
   feature_dim: int
@@ -72,15 +67,14 @@ class FLIG(nn.Module):
   def _get(self, collection: str, name: str) -> Array:
     value = self.get_variable(collection, name)
     if value is None:
-      raise ValueError(
-          f"flig_jax/model.py: the variables lack '{collection}/{name}'; build them with "
-          'FLIG.init_variables')
+      raise ValueError(f"the FLIG variables lack '{collection}/{name}'; build them with "
+                       'Frozen.variables')
     return value
 
   def adapter(self) -> Adapter:
     """The Adapter held in the `adapter` collection."""
-    return Adapter.from_dict({n: self._get('adapter', n) for n in ARRAY_NAMES},
-                             dim=self.feature_dim)
+    return Adapter.from_arrays({n: self._get('adapter', n) for n in ARRAY_NAMES},
+                               dim=self.feature_dim)
 
   def standardise(self, h_raw: Array) -> Array:
     """(E(x) - mean) / std."""
@@ -135,50 +129,53 @@ class FLIG(nn.Module):
     return self.encode(x)
 
   @nn.nowrap
-  def init_variables(self, rng: Array, images: Array, adapter: Adapter, feature_mean: Array,
-                     feature_std: Array, autoencoder_params: Any = None) -> Variables:
-    """All variables: params (autoencoder, flow), stats and adapter.
+  def init_autoencoder(self, rng: Array, images: Array) -> Any:
+    """Fresh autoencoder parameters for images (N, H, W, C)."""
+    return self.init(rng, images, method=FLIG.reconstruct)['params']['autoencoder']
 
-    ActNorm's data-dependent initialisation runs on the standardised features of `images`.
-
-    Args:
-      rng: PRNG key.
-      images: (N, H, W, C) training images (N >= 2 for ActNorm's initialisation).
-      adapter: the fitted Adapter (its dim must be feature_dim).
-      feature_mean: (D,) mean of the raw training features.
-      feature_std: (D,) their std (floored at 1e-6 here).
-      autoencoder_params: trained stage-1 autoencoder params; fresh ones when None.
-    """
-    if adapter.dim != self.feature_dim:
-      raise ValueError(
-          f'flig_jax/model.py: adapter dim {adapter.dim} != feature_dim {self.feature_dim}')
-    ae_rng, flow_rng = jax.random.split(rng)
-    if autoencoder_params is None:
-      autoencoder_params = self.init(ae_rng, images, method=FLIG.reconstruct)['params'][
-          'autoencoder']
-    fixed = {
-        'stats': {'feature_mean': jnp.asarray(feature_mean, jnp.float32),
-                  'feature_std': jnp.maximum(jnp.asarray(feature_std, jnp.float32),
-                                             _STD_FLOOR)},
-        'adapter': adapter.arrays(),
-    }
-    start = {'params': {'autoencoder': autoencoder_params}, **fixed}
-    _, new = self.apply(start, images, rngs={'params': flow_rng}, mutable=['params'],
-                        method=FLIG.latent)
-    return {'params': new['params'], **fixed}
+  @nn.nowrap
+  def init_flow(self, rng: Array, h: Array) -> Any:
+    """Fresh flow parameters; ActNorm's data-dependent start sees standardised features h (N, D),
+    N >= 2. Each coupling starts as the identity."""
+    return self.init(rng, h, method=FLIG.flow_forward)['params']['flow']
 
 
-_FLIG_FIELDS = ('image_shape', 'feature_dim', 'cae_widths', 'flow_blocks', 'flow_hidden',
-                'coupling', 'spline_bins', 'spline_range')
+@flax.struct.dataclass
+class Frozen:
+  """Every FLIG variable except the flow: what stage 2 reads and never trains.
 
+  Attributes:
+    autoencoder: the trained stage-1 parameters of E and G.
+    feature_mean: (D,) mean of the raw training features E(x).
+    feature_std: (D,) their standard deviation (floored at 1e-6).
+    adapter: the Adapter fitted on the training responses.
+  """
+  autoencoder: Any
+  feature_mean: Array
+  feature_std: Array
+  adapter: Adapter
 
-@functools.lru_cache(maxsize=64)
-def _jitted_method(fields: tuple[tuple[str, Any], ...], name: str) -> Callable[..., Array]:
-  """jit(apply(variables, x, method=name)) for one architecture, shared by every Model of it (a
-  memo: models loaded from several checkpoints compile once)."""
-  module = FLIG(**dict(fields))
-  method = getattr(FLIG, name)
-  return jax.jit(lambda variables, x: module.apply(variables, x, method=method))
+  @classmethod
+  def fit(cls, autoencoder: Any, features: Any, adapter: Adapter) -> 'Frozen':
+    """The frozen parts for trained autoencoder parameters, their raw training features (N, D)
+    and a fitted adapter."""
+    h = jnp.asarray(features, jnp.float32)
+    if adapter.dim != h.shape[-1]:
+      raise ValueError(f'the adapter maps to {adapter.dim} dimensions but the features have '
+                       f'{h.shape[-1]}')
+    return cls(autoencoder=autoencoder, feature_mean=h.mean(axis=0),
+               feature_std=jnp.maximum(h.std(axis=0), _STD_FLOOR), adapter=adapter)
+
+  @property
+  def signal_mask(self) -> Array:
+    """(D,) 1 on the adapter's k signal coordinates, 0 on its padding."""
+    return self.adapter.signal_mask
+
+  def variables(self, flow: Any) -> Variables:
+    """The FLIG variables with these frozen parts and the flow parameters `flow`."""
+    return {'params': {'autoencoder': self.autoencoder, 'flow': flow},
+            'stats': {'feature_mean': self.feature_mean, 'feature_std': self.feature_std},
+            'adapter': self.adapter.arrays()}
 
 
 def map_in_chunks(fn: Callable[[np.ndarray], Any], x: np.ndarray,
@@ -212,7 +209,7 @@ class Model:
   def __init__(self, config: ml_collections.ConfigDict, variables: Variables,
                meta: Mapping[str, Any], chunk: int = CHUNK):
     if 'image_shape' not in meta:
-      raise ValueError("flig_jax/model.py: Model needs meta['image_shape'] (H, W, C)")
+      raise ValueError("Model needs meta['image_shape'] (H, W, C)")
     self.config = config
     self.variables = variables
     self.meta = dict(meta)
@@ -232,14 +229,10 @@ class Model:
   @property
   def adapter(self) -> Adapter:
     """The fitted Adapter."""
-    return Adapter.from_dict(self.variables['adapter'], dim=self.module.feature_dim)
-
-  def _fn(self, name: str) -> Callable[..., Array]:
-    fields = tuple((f, getattr(self.module, f)) for f in _FLIG_FIELDS)
-    return _jitted_method(fields, name)
+    return Adapter.from_arrays(self.variables['adapter'], dim=self.module.feature_dim)
 
   def _run(self, name: str, x: np.ndarray) -> np.ndarray:
-    fn = self._fn(name)
+    fn = compiled.apply(self.module, name)
     if x.shape[0] == 0:
       out = jax.eval_shape(fn, self.variables, jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype))
       return np.zeros((0,) + out.shape[1:], out.dtype)
@@ -251,7 +244,7 @@ class Model:
       x = x[..., None]
     if x.ndim != 4 or x.shape[1:] != self.image_shape:
       raise ValueError(
-          f'flig_jax/model.py: {where} expects images of shape (N, '
+          f'{where} expects images of shape (N, '
           f'{", ".join(map(str, self.image_shape))}), got {np.shape(images)}')
     if x.dtype == np.uint8:
       return x.astype(np.float32) / 255.0
@@ -261,7 +254,7 @@ class Model:
     r = np.asarray(responses, np.float32)
     if r.ndim != 2 or r.shape[1] != self.num_units:
       raise ValueError(
-          f'flig_jax/model.py: {where} expects responses of shape (N, {self.num_units}), '
+          f'{where} expects responses of shape (N, {self.num_units}), '
           f'got {np.shape(responses)}')
     return r
 
@@ -294,27 +287,41 @@ class Model:
     h = np.asarray(features, np.float32)
     d = self.module.feature_dim
     if h.ndim != 2 or h.shape[1] != d:
-      raise ValueError(f'flig_jax/model.py: decode_features expects (N, {d}), got {h.shape}')
+      raise ValueError(f'decode_features expects (N, {d}), got {h.shape}')
     return self._run('decode_features', h)
 
 
-def abstract_variables(config: ml_collections.ConfigDict, meta: Mapping[str, Any]) -> Any:
-  """Shapes and dtypes of the FLIG variables for a config and meta ('image_shape', 'num_units',
-  'adapter_k'), from `jax.eval_shape`: the target to restore onto."""
+def _check_meta(meta: Mapping[str, Any]) -> None:
   for key in ('image_shape', 'num_units', 'adapter_k'):
     if key not in meta:
-      raise ValueError(f"flig_jax/model.py: checkpoint meta lacks '{key}'")
-  module = FLIG.from_config(config.model, tuple(meta['image_shape']))
+      raise ValueError(f"the checkpoint's meta lacks '{key}' (not written by flig_jax?)")
+
+
+def abstract_frozen(module: FLIG, meta: Mapping[str, Any]) -> Frozen:
+  """Shapes and dtypes of the frozen parts for a module and a checkpoint's meta ('num_units',
+  'adapter_k'), from `jax.eval_shape`: a target to restore onto."""
+  _check_meta(meta)
   u, k, d = int(meta['num_units']), int(meta['adapter_k']), module.feature_dim
 
   def build():
     adapter = Adapter(mean=jnp.zeros((u,)), scale=jnp.ones((u,)), components=jnp.zeros((u, k)),
                       sqrt_eig=jnp.ones((k,)), dim=d, k=k)
-    images = jnp.zeros((2,) + module.image_shape)
-    return module.init_variables(jax.random.key(0), images, adapter, jnp.zeros((d,)),
-                                 jnp.ones((d,)))
+    images = jnp.zeros((1,) + tuple(module.image_shape))
+    return Frozen(module.init_autoencoder(jax.random.key(0), images), jnp.zeros((d,)),
+                  jnp.ones((d,)), adapter)
 
   return jax.eval_shape(build)
+
+
+def abstract_variables(config: ml_collections.ConfigDict, meta: Mapping[str, Any]) -> Any:
+  """Shapes and dtypes of the FLIG variables for a config and a checkpoint's meta ('image_shape',
+  'num_units', 'adapter_k'), from `jax.eval_shape`: the target to restore onto."""
+  _check_meta(meta)
+  module = FLIG.from_config(config.model, tuple(meta['image_shape']))
+  frozen = abstract_frozen(module, meta)
+  flow = jax.eval_shape(module.init_flow, jax.random.key(0),
+                        jax.ShapeDtypeStruct((2, module.feature_dim), jnp.float32))
+  return frozen.variables(flow)
 
 
 def model_meta(variables: Variables, image_shape: tuple[int, int, int],
@@ -335,7 +342,7 @@ def save(path: str | os.PathLike, config: ml_collections.ConfigDict, variables: 
   variables when missing.
   """
   if 'image_shape' not in meta:
-    raise ValueError("flig_jax/model.py: save needs meta['image_shape'] (H, W, C)")
+    raise ValueError("save needs meta['image_shape'] (H, W, C)")
   full = model_meta(variables, tuple(meta['image_shape']), step=int(step))
   full.update({k: v for k, v in meta.items() if k != 'image_shape'})
   mgr = checkpointing.manager(path)
@@ -360,12 +367,12 @@ def load(path: str | os.PathLike, step: int | None = None) -> Model:
   try:
     steps = checkpointing.steps_with(mgr, 'model')
     if not steps:
-      raise FileNotFoundError(f'flig_jax/model.py: no checkpoint with a model under {path}')
+      raise FileNotFoundError(f'no checkpoint with a model under {path}')
     if step is None:
       step = steps[-1]
     elif int(step) not in steps:
       raise FileNotFoundError(
-          f'flig_jax/model.py: no model at step {step} under {path} (steps: {steps})')
+          f'no model at step {step} under {path} (steps: {steps})')
     config = checkpointing.read_config(mgr, step)
     meta = {**checkpointing.read_meta(mgr, step), 'step': int(step)}
     variables = checkpointing.restore(mgr, step, 'model', abstract_variables(config, meta))
@@ -374,5 +381,5 @@ def load(path: str | os.PathLike, step: int | None = None) -> Model:
   return Model(config, variables, meta)
 
 
-__all__ = ['FLIG', 'Model', 'abstract_variables', 'feature_stats', 'load', 'map_in_chunks',
-           'model_meta', 'save']
+__all__ = ['FLIG', 'Frozen', 'Model', 'abstract_frozen', 'abstract_variables', 'load',
+           'map_in_chunks', 'model_meta', 'save']

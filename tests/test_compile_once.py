@@ -35,23 +35,22 @@ def count_compilations():
 
 
 @pytest.fixture(scope='module')
-def run(tmp_path_factory):
+def ctx(tmp_path_factory):
   config = synthetic.get_config('smoke')
   config.data.num_train, config.data.num_test, config.data.image_size = 40, 8, 16
   config.stage1.augment = False  # its warp adds compile time, not shapes
   config.model.flow_hidden = 12  # an architecture no other test compiles (Model's jit memo)
-  r = loop.make_run(config, tmp_path_factory.mktemp('compile_once'))
-  yield r
-  r.mgr.wait_until_finished()
-  r.log.close()
+  c = loop.make_context(config, tmp_path_factory.mktemp('compile_once'))
+  yield c
+  c.mgr.wait_until_finished()
+  c.log.close()
 
 
 def _run_steps(stage, mesh, first: int, count: int):
   state = stage.state
   for step in range(first, first + count):
     old = state
-    state, metrics = stage.step_fn(state, *stage.inputs,
-                                   parallel.global_batch(stage.stream.batch(step), mesh))
+    state, metrics = stage.step_fn(state, parallel.global_batch(stage.stream.batch(step), mesh))
     assert all(leaf.is_deleted() for leaf in jax.tree.leaves(old)), 'state was not donated'
   jax.block_until_ready(metrics)
   return state
@@ -75,18 +74,16 @@ def test_listener_counts_compilations():
   assert len(compiled) == 1
 
 
-def test_training_steps_compile_once(run):
-  state1 = _check_stage_compiles_once(loop.prepare_stage1(run, None), run.mesh)
-  stage2, _ = loop.prepare_stage2(run, None, state1.params)
-  _check_stage_compiles_once(stage2, run.mesh)
+def test_training_steps_compile_once(ctx):
+  state1 = _check_stage_compiles_once(loop.stage1(ctx, loop.restore_or_init(ctx)), ctx.mesh)
+  _check_stage_compiles_once(loop.stage2(ctx, state1), ctx.mesh)
 
 
-def test_model_decode_compiles_once_per_bucket(run):
-  stage1 = loop.prepare_stage1(run, None)
-  stage2, variables_of = loop.prepare_stage2(run, None, stage1.state.params)
-  variables = variables_of(stage2.state)
-  m = model_lib.Model(run.config, variables,
-                      model_lib.model_meta(variables, run.dataset.image_shape), chunk=64)
+def test_model_decode_compiles_once_per_bucket(ctx):
+  stage2 = loop.stage2(ctx, loop.restore_or_init(ctx))
+  variables = stage2.state.model_variables()
+  m = model_lib.Model(ctx.config, variables,
+                      model_lib.model_meta(variables, ctx.dataset.image_shape), chunk=64)
   rng = np.random.default_rng(0)
   responses = lambda n: rng.standard_normal((n, m.num_units)).astype(np.float32)
   with count_compilations() as compiled:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from flig_jax.model import FLIG
+from flig_jax.model import FLIG, Frozen
 from flig_jax.nn.adapter import Adapter
 from flig_jax.nn.discriminator import Discriminator
 from flig_jax.training import losses, steps
@@ -23,15 +23,16 @@ def parts():
   adapter = Adapter.fit(rng.normal(size=(6, 5)).astype(np.float32), D)
   model = FLIG(image_shape=(8, 8, 1), feature_dim=D, cae_widths=(4,), flow_blocks=1,
                flow_hidden=8)
-  variables = model.init_variables(jax.random.key(0), images, adapter, jnp.zeros(D), jnp.ones(D))
+  frozen = Frozen(model.init_autoencoder(jax.random.key(0), images), jnp.zeros(D), jnp.ones(D),
+                  adapter)
+  variables = frozen.variables(model.init_flow(jax.random.key(1), jnp.asarray(
+      rng.normal(size=(6, D)), jnp.float32)))
   disc = Discriminator(8)
   disc_params = {name: disc.init(jax.random.key(i), jnp.zeros((1, D)))['params']
                  for i, name in enumerate(('forward', 'inverse'))}
   batch = {'features': jnp.asarray(rng.normal(size=(6, D)), jnp.float32),
            'adapted': adapter.forward(jnp.asarray(rng.normal(size=(6, 5)), jnp.float32)),
            'images': jnp.asarray(images)}
-  frozen = {'signal_mask': adapter.signal_mask, 'autoencoder': variables['params']['autoencoder'],
-            'stats': variables['stats']}
   return model, variables, disc, disc_params, batch, frozen
 
 

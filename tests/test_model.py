@@ -12,7 +12,7 @@ import pytest
 
 from configs import default
 from flig_jax import checkpointing, model
-from flig_jax.model import FLIG
+from flig_jax.model import FLIG, Frozen
 from flig_jax.nn.adapter import Adapter
 from flig_jax.nn.discriminator import Discriminator, r1_penalty
 
@@ -52,13 +52,15 @@ def _build(image_shape, num_units, coupling='affine', seed=0):
   feature_std = rng.uniform(0.5, 2.0, size=D).astype(np.float32)
 
   def build(key, images, adapter):
-    init_key, noise_key = jax.random.split(key)
-    variables = module.init_variables(init_key, images, adapter, feature_mean, feature_std)
-    leaves, tree = jax.tree.flatten(variables['params']['flow'])
+    ae_key, h_key, flow_key, noise_key = jax.random.split(key, 4)
+    frozen = Frozen(module.init_autoencoder(ae_key, images), jnp.asarray(feature_mean),
+                    jnp.asarray(feature_std), adapter)
+    flow = module.init_flow(flow_key, jax.random.normal(h_key, (N_TRAIN, D)))
+    leaves, tree = jax.tree.flatten(flow)
     keys = jax.random.split(noise_key, len(leaves))
     flow = jax.tree.unflatten(
         tree, [p + 0.2 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
-    return {**variables, 'params': {**variables['params'], 'flow': flow}}
+    return frozen.variables(flow)
 
   variables = jax.jit(build)(jax.random.key(seed), images, adapter)
   return config, module, variables, images, responses.astype(np.float32)

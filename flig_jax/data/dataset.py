@@ -44,13 +44,6 @@ class Split:
     labels = None if self.labels is None else self.labels[indices]
     return Split(self.images[indices], self.responses[indices], labels)
 
-  def as_dict(self) -> dict[str, np.ndarray]:
-    """Returns {'images', 'responses'[, 'labels']}, e.g. for `pipeline.BatchStream`."""
-    out = {'images': self.images, 'responses': self.responses}
-    if self.labels is not None:
-      out['labels'] = self.labels
-    return out
-
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:

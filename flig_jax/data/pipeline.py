@@ -13,7 +13,7 @@ import numpy as np
 def _mixed_seed(seed: int) -> int:
   """A 32-bit shuffle seed from any non-negative `seed`, so nearby user seeds share no epochs."""
   if seed < 0:
-    raise ValueError(f'pipeline.py: seed must be >= 0, got {seed}')
+    raise ValueError(f'seed must be >= 0, got {seed}')
   return int(np.random.SeedSequence(seed).generate_state(1)[0])
 
 
@@ -54,19 +54,19 @@ class BatchStream:
     import grain  # pylint: disable=g-import-not-at-top
 
     if not arrays:
-      raise ValueError('pipeline.py: BatchStream needs at least one array')
+      raise ValueError('BatchStream needs at least one array')
     lengths = {k: len(v) for k, v in arrays.items()}
     if len(set(lengths.values())) != 1:
-      raise ValueError(f'pipeline.py: arrays differ in length: {lengths}')
+      raise ValueError(f'arrays differ in length: {lengths}')
     self.num_rows = next(iter(lengths.values()))
     if self.num_rows == 0:
-      raise ValueError('pipeline.py: the split is empty')
+      raise ValueError('the split is empty')
     if global_batch_size < 1:
-      raise ValueError(f'pipeline.py: global_batch_size must be >= 1, got {global_batch_size}')
+      raise ValueError(f'global_batch_size must be >= 1, got {global_batch_size}')
     if process_count < 1 or not 0 <= process_index < process_count:
-      raise ValueError(f'pipeline.py: process {process_index} of {process_count} is not valid')
+      raise ValueError(f'process {process_index} of {process_count} is not valid')
     if global_batch_size % process_count:
-      raise ValueError(f'pipeline.py: global_batch_size {global_batch_size} does not divide among '
+      raise ValueError(f'global_batch_size {global_batch_size} does not divide among '
                        f'{process_count} processes')
     self.arrays = {k: np.asarray(v) for k, v in arrays.items()}
     self.global_batch_size = global_batch_size
@@ -81,7 +81,7 @@ class BatchStream:
   def global_positions(self, step: int) -> np.ndarray:
     """Positions in the endless per-epoch-permutation sequence that global batch `step` takes."""
     if step < 0:
-      raise ValueError(f'pipeline.py: step must be >= 0, got {step}')
+      raise ValueError(f'step must be >= 0, got {step}')
     b, n = self.global_batch_size, self.num_rows
     if n < b:
       start = step * b

@@ -7,7 +7,6 @@ responses returns (N, U).
 """
 
 import dataclasses
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from flig_jax.nn import compiled
+
 DEFAULT_ALPHAS = np.logspace(-2, 6, 17)
 
 
@@ -24,15 +25,15 @@ def _flat(x: Any, name: str) -> np.ndarray:
   """(N, ...) -> float64 (N, P), checking that it is finite and non-empty."""
   x = np.asarray(x, dtype=np.float64)
   if x.ndim < 2:
-    raise ValueError(f'baselines.py: {name} must be (N, ...) with N samples; got shape {x.shape}.')
+    raise ValueError(f'{name} must be (N, ...) with N samples; got shape {x.shape}.')
   if not np.all(np.isfinite(x)):
-    raise ValueError(f'baselines.py: {name} contains NaN or Inf.')
+    raise ValueError(f'{name} contains NaN or Inf.')
   return x.reshape(x.shape[0], -1)
 
 
 def _check_pair(x: np.ndarray, y: np.ndarray, names: str) -> None:
   if x.shape[0] != y.shape[0]:
-    raise ValueError(f'baselines.py: {names} disagree in the number of samples: '
+    raise ValueError(f'{names} disagree in the number of samples: '
                      f'{x.shape[0]} vs {y.shape[0]}.')
 
 
@@ -86,7 +87,7 @@ class Ridge:
     """Predicts (N, U) responses, or (N, H, W, C) images in [0, 1]."""
     x = _flat(x, 'x')
     if x.shape[1] != self.coef.shape[0]:
-      raise ValueError(f'baselines.py: ridge was fitted on {self.coef.shape[0]} input features; '
+      raise ValueError(f'ridge was fitted on {self.coef.shape[0]} input features; '
                        f'got {x.shape[1]}.')
     return _finish(((x - self.x_mean) / self.x_std) @ self.coef + self.y_mean, self.output_shape)
 
@@ -156,20 +157,20 @@ def fit_ridge(x_train: Any, y_train: Any, x_val: Any = None, y_val: Any = None,
   _check_pair(x, y, 'x_train and y_train')
   alphas = np.asarray(alphas, dtype=np.float64)
   if alphas.ndim != 1 or alphas.size == 0 or np.any(alphas <= 0):
-    raise ValueError('baselines.py: alphas must be a non-empty list of positive numbers.')
+    raise ValueError('alphas must be a non-empty list of positive numbers.')
   y_scale = _standardizer(y)[1]
   if _has(x_val) and _has(y_val):
     xv, yv = _flat(x_val, 'x_val'), _flat(y_val, 'y_val')
     _check_pair(xv, yv, 'x_val and y_val')
     if xv.shape[1] != x.shape[1] or yv.shape[1] != y.shape[1]:
-      raise ValueError('baselines.py: validation and training data differ in feature sizes.')
+      raise ValueError('validation and training data differ in feature sizes.')
     errs = _val_errors(x, y, xv, yv, alphas, y_scale)
     if refit_on_val:
       x, y = np.concatenate([x, xv]), np.concatenate([y, yv])
   else:
     k = min(folds, x.shape[0])
     if k < 2:
-      raise ValueError('baselines.py: ridge needs a validation split or at least 2 training '
+      raise ValueError('ridge needs a validation split or at least 2 training '
                        'samples for cross-validation.')
     fold = np.random.default_rng(seed).permutation(x.shape[0]) % k
     errs = np.mean([_val_errors(x[fold != f], y[fold != f], x[fold == f], y[fold == f], alphas,
@@ -234,16 +235,11 @@ class MLP:
     """Predicts (N, H, W, C) images in [0, 1] (decoder) or (N, U) responses (encoder)."""
     x = _flat(x, 'x')
     if x.shape[1] != self.x_mean.shape[0]:
-      raise ValueError(f'baselines.py: the MLP was fitted on {self.x_mean.shape[0]} input '
+      raise ValueError(f'the MLP was fitted on {self.x_mean.shape[0]} input '
                        f'features; got {x.shape[1]}.')
     xs = jnp.asarray((x - self.x_mean) / self.x_std, jnp.float32)
-    y = np.asarray(_apply(self.net, self.params, xs), np.float64)
+    y = np.asarray(compiled.apply(self.net)({'params': self.params}, xs), np.float64)
     return _finish(y * self.y_std + self.y_mean, self.output_shape)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _apply(net: MLPNet, params: Any, x: jax.Array) -> jax.Array:
-  return net.apply({'params': params}, x)
 
 
 def _start_at_mean(params: Any, y_mean: jax.Array, kind: str) -> Any:
@@ -293,15 +289,15 @@ def fit_mlp(x_train: Any, y_train: Any, x_val: Any = None, y_val: Any = None,
     the fitted `MLP`.
   """
   if steps < 1 or eval_every < 1 or patience < 1:
-    raise ValueError('baselines.py: steps, eval_every and patience must be positive.')
+    raise ValueError('steps, eval_every and patience must be positive.')
   if kind not in ('decoder', 'encoder'):
-    raise ValueError(f"baselines.py: kind must be 'decoder' or 'encoder'; got {kind!r}.")
+    raise ValueError(f"kind must be 'decoder' or 'encoder'; got {kind!r}.")
   x, y = _flat(x_train, 'x_train'), _flat(y_train, 'y_train')
   _check_pair(x, y, 'x_train and y_train')
   if kind == 'decoder':
     output_shape = tuple(output_shape) if output_shape is not None else _output_shape(y_train)
     if output_shape is None or int(np.prod(output_shape)) != y.shape[1]:
-      raise ValueError(f'baselines.py: a decoder needs image targets (N, H, W, C) or an '
+      raise ValueError(f'a decoder needs image targets (N, H, W, C) or an '
                        f'output_shape matching {y.shape[1]} values; got {output_shape}.')
   else:
     output_shape = None
@@ -310,10 +306,10 @@ def fit_mlp(x_train: Any, y_train: Any, x_val: Any = None, y_val: Any = None,
     xv, yv = _flat(x_val, 'x_val'), _flat(y_val, 'y_val')
     _check_pair(xv, yv, 'x_val and y_val')
     if xv.shape[1] != x.shape[1] or yv.shape[1] != y.shape[1]:
-      raise ValueError('baselines.py: validation and training data differ in feature sizes.')
+      raise ValueError('validation and training data differ in feature sizes.')
   else:
     if x.shape[0] < 2:
-      raise ValueError('baselines.py: the MLP needs a validation split or at least 2 samples.')
+      raise ValueError('the MLP needs a validation split or at least 2 samples.')
     perm = rng.permutation(x.shape[0])
     n_val = max(1, x.shape[0] // 10)
     xv, yv, x, y = x[perm[:n_val]], y[perm[:n_val]], x[perm[n_val:]], y[perm[n_val:]]

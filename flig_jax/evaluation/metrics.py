@@ -10,12 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# SSIM constants of Wang et al. 2004, as in MATLAB's `ssim` and scikit-image with
-# `gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1`.
-SSIM_SIGMA = 1.5
-SSIM_TRUNCATE = 3.5  # scikit-image fixes this for Gaussian weights: an 11-tap window at sigma 1.5
-SSIM_K1 = 0.01
-SSIM_K2 = 0.03
+from flig_jax import ops
 
 _EPS = 1e-12
 _RANGE_SLACK = 1e-3  # images may stray this far outside [0, 1] (float round-off)
@@ -25,14 +20,14 @@ def _as_images(x: Any, name: str) -> jax.Array:
   """Checks a batch of images and returns it as a float32 JAX array."""
   x = jnp.asarray(x, dtype=jnp.float32)
   if x.ndim != 4:
-    raise ValueError(f'metrics.py: {name} must be images (N, H, W, C); got shape {x.shape}.')
+    raise ValueError(f'{name} must be images (N, H, W, C); got shape {x.shape}.')
   if x.shape[0] == 0:
-    raise ValueError(f'metrics.py: {name} holds no images.')
+    raise ValueError(f'{name} holds no images.')
   if not bool(jnp.all(jnp.isfinite(x))):
-    raise ValueError(f'metrics.py: {name} contains NaN or Inf.')
+    raise ValueError(f'{name} contains NaN or Inf.')
   lo, hi = float(x.min()), float(x.max())
   if lo < -_RANGE_SLACK or hi > 1 + _RANGE_SLACK:
-    raise ValueError(f'metrics.py: {name} must be images in [0, 1]; values span [{lo:g}, {hi:g}] '
+    raise ValueError(f'{name} must be images in [0, 1]; values span [{lo:g}, {hi:g}] '
                      '(divide 8-bit images by 255).')
   return x
 
@@ -41,17 +36,17 @@ def _as_matrix(x: Any, name: str) -> jax.Array:
   """Checks a (N, U) response matrix and returns it as a float32 JAX array."""
   x = jnp.asarray(x, dtype=jnp.float32)
   if x.ndim != 2:
-    raise ValueError(f'metrics.py: {name} must be responses (N, U); got shape {x.shape}.')
+    raise ValueError(f'{name} must be responses (N, U); got shape {x.shape}.')
   if x.shape[0] == 0:
-    raise ValueError(f'metrics.py: {name} holds no stimuli.')
+    raise ValueError(f'{name} holds no stimuli.')
   if not bool(jnp.all(jnp.isfinite(x))):
-    raise ValueError(f'metrics.py: {name} contains NaN or Inf.')
+    raise ValueError(f'{name} contains NaN or Inf.')
   return x
 
 
 def _check_same_shape(a: jax.Array, b: jax.Array, names: str) -> None:
   if a.shape != b.shape:
-    raise ValueError(f'metrics.py: {names} differ in shape: {a.shape} vs {b.shape}.')
+    raise ValueError(f'{names} differ in shape: {a.shape} vs {b.shape}.')
 
 
 def _pearson_rows(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -89,45 +84,7 @@ def _per_image_pcc(recon: jax.Array, target: jax.Array) -> jax.Array:
   return _pearson_rows(recon.reshape(n, -1), target.reshape(n, -1))
 
 
-def gaussian_window(sigma: float = SSIM_SIGMA, truncate: float = SSIM_TRUNCATE) -> np.ndarray:
-  """The normalised 1-D Gaussian taps scipy.ndimage uses: radius `int(truncate * sigma + 0.5)`."""
-  radius = int(truncate * sigma + 0.5)
-  x = np.arange(-radius, radius + 1, dtype=np.float64)
-  w = np.exp(-0.5 * (x / sigma) ** 2)
-  return (w / w.sum()).astype(np.float32)
-
-
-def _filter_valid(x: jax.Array, w: jax.Array) -> jax.Array:
-  """2-D Gaussian filter (outer product of the taps `w`) over H and W of each channel of
-  (B, H, W, K), keeping only the 'valid' part: (B, H - 2r, W - 2r, K).
-
-  scikit-image filters the whole image (reflecting at the border) and then crops a strip of the
-  filter radius from every side before averaging; the cropped values never touch the border, so a
-  valid-only filter gives exactly the pixels scikit-image averages.
-  """
-  k = x.shape[-1]
-  kernel = jnp.tile(jnp.outer(w, w)[:, :, None, None], (1, 1, 1, k))  # HWIO, depthwise
-  return jax.lax.conv_general_dilated(
-      x, kernel, window_strides=(1, 1), padding='VALID',
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=k,
-      precision=jax.lax.Precision.HIGHEST)
-
-
-@jax.jit
-def _per_image_ssim(recon: jax.Array, target: jax.Array) -> jax.Array:
-  n, h, wd, c = recon.shape
-  w = jnp.asarray(gaussian_window())
-  c1 = (SSIM_K1 * 1.0) ** 2
-  c2 = (SSIM_K2 * 1.0) ** 2
-  # Channels filtered separately: fold them into the batch; the 5 moments become 5 channels.
-  x = recon.transpose(0, 3, 1, 2).reshape(n * c, h, wd)
-  y = target.transpose(0, 3, 1, 2).reshape(n * c, h, wd)
-  moments = _filter_valid(jnp.stack([x, y, x * x, y * y, x * y], axis=-1), w)
-  ux, uy, uxx, uyy, uxy = (moments[..., i] for i in range(5))
-  vx, vy, vxy = uxx - ux * ux, uyy - uy * uy, uxy - ux * uy
-  s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
-  # Mean over the cropped pixels of each channel, then over channels (equal sizes: one mean).
-  return jnp.mean(s.reshape(n, -1), axis=1)
+_per_image_ssim = jax.jit(ops.ssim)
 
 
 @jax.jit
@@ -159,11 +116,6 @@ def per_image_pcc(recon: Any, target: Any) -> np.ndarray:
   return np.asarray(_per_image_pcc(*_decoding_inputs(recon, target)))
 
 
-def per_image_ssim_traced(recon: jax.Array, target: jax.Array) -> jax.Array:
-  """Per-image SSIM as a traceable, differentiable JAX function (for losses); no input checks."""
-  return _per_image_ssim(recon, target)
-
-
 def per_image_ssim(recon: Any, target: Any) -> np.ndarray:
   """Gaussian-window SSIM of each image (data range 1), averaged over channels: (N,).
 
@@ -175,9 +127,9 @@ def per_image_ssim(recon: Any, target: Any) -> np.ndarray:
     ValueError: if an image side is shorter than the 11-pixel window.
   """
   recon, target = _decoding_inputs(recon, target)
-  taps = gaussian_window().shape[0]
+  taps = ops.gaussian_window().shape[0]
   if min(recon.shape[1:3]) < taps:
-    raise ValueError(f'metrics.py: SSIM needs images of at least {taps}x{taps} pixels; got '
+    raise ValueError(f'SSIM needs images of at least {taps}x{taps} pixels; got '
                      f'{recon.shape[1]}x{recon.shape[2]}.')
   return np.asarray(_per_image_ssim(recon, target))
 
@@ -191,7 +143,7 @@ def per_image_identification(recon: Any, target: Any) -> np.ndarray:
   """
   recon, target = _decoding_inputs(recon, target)
   if recon.shape[0] < 2:
-    raise ValueError('metrics.py: identification needs at least 2 images.')
+    raise ValueError('identification needs at least 2 images.')
   return np.asarray(_per_image_identification(recon, target))
 
 
@@ -237,7 +189,7 @@ def per_unit_pcc(pred: Any, target: Any) -> np.ndarray:
   pred, target = _as_matrix(pred, 'pred'), _as_matrix(target, 'target')
   _check_same_shape(pred, target, 'pred and target')
   if pred.shape[0] < 2:
-    raise ValueError('metrics.py: a correlation over stimuli needs at least 2 stimuli.')
+    raise ValueError('a correlation over stimuli needs at least 2 stimuli.')
   return np.asarray(_per_unit_pcc(pred, target))
 
 
@@ -271,7 +223,7 @@ def encoding_metrics(pred: Any, target: Any, train_mean: Any = None,
   std = target.std(axis=0) if train_std is None else jnp.asarray(train_std, jnp.float32)
   for name, v in (('train_mean', mean), ('train_std', std)):
     if v.shape != (units,):
-      raise ValueError(f'metrics.py: {name} must have shape ({units},); got {v.shape}.')
+      raise ValueError(f'{name} must have shape ({units},); got {v.shape}.')
   return {
       'pcc_mean': float(np.mean(r, dtype=np.float64)),
       'pcc_median': float(np.median(r)),

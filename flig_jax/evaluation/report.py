@@ -23,32 +23,32 @@ def validate_metrics(metrics: dict[str, Any]) -> None:
   number; every metric a finite number. Extra top-level keys are allowed.
   """
   if not isinstance(metrics, dict):
-    raise TypeError(f'report.py: metrics must be a dict; got {type(metrics).__name__}.')
+    raise TypeError(f'metrics must be a dict; got {type(metrics).__name__}.')
   missing = [k for k in TOP_KEYS if k not in metrics]
   if missing:
-    raise ValueError(f'report.py: metrics lack the keys {missing}.')
+    raise ValueError(f'metrics lack the keys {missing}.')
   for key in ('dataset', 'split'):
     if not isinstance(metrics[key], str):
-      raise TypeError(f'report.py: metrics[{key!r}] must be a string; got {metrics[key]!r}.')
+      raise TypeError(f'metrics[{key!r}] must be a string; got {metrics[key]!r}.')
   n = metrics['n']
   if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-    raise ValueError(f"report.py: metrics['n'] must be a non-negative int; got {n!r}.")
+    raise ValueError(f"metrics['n'] must be a non-negative int; got {n!r}.")
   if not _is_float(metrics['roundtrip_max_abs_err']):
-    raise ValueError("report.py: metrics['roundtrip_max_abs_err'] must be a finite number; got "
+    raise ValueError("metrics['roundtrip_max_abs_err'] must be a finite number; got "
                      f"{metrics['roundtrip_max_abs_err']!r}.")
   for section, keys in (('decoding', DECODING_KEYS), ('encoding', ENCODING_KEYS)):
     table = metrics[section]
     if not isinstance(table, dict):
-      raise TypeError(f'report.py: metrics[{section!r}] must map model names to metrics.')
+      raise TypeError(f'metrics[{section!r}] must map model names to metrics.')
     for model, row in table.items():
       if not isinstance(model, str) or not isinstance(row, dict):
-        raise TypeError(f'report.py: metrics[{section!r}][{model!r}] must be a dict of metrics.')
+        raise TypeError(f'metrics[{section!r}][{model!r}] must be a dict of metrics.')
       if set(row) != set(keys):
-        raise ValueError(f'report.py: metrics[{section!r}][{model!r}] has keys {sorted(row)}; '
+        raise ValueError(f'metrics[{section!r}][{model!r}] has keys {sorted(row)}; '
                          f'expected {list(keys)}.')
       for k, v in row.items():
         if not _is_float(v):
-          raise ValueError(f'report.py: metrics[{section!r}][{model!r}][{k!r}] must be a finite '
+          raise ValueError(f'metrics[{section!r}][{model!r}][{k!r}] must be a finite '
                            f'number; got {v!r}.')
 
 

@@ -2,20 +2,20 @@
 split, and writes metrics.json, a reconstruction grid and an encoding figure."""
 
 import concurrent.futures
-import functools
 import os
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from flig_jax import data
+from flig_jax import data, plotting
 from flig_jax import model as model_lib
-from flig_jax.evaluation import baselines, figures, metrics, report
+from flig_jax.evaluation import baselines, metrics, report
+from flig_jax.nn.adapter import Adapter
 
 SPLITS = ('test', 'val')
 MLP_STEPS = 300  # bounded so the MLP fits (the slowest phase) stay within seconds on a CPU
@@ -47,7 +47,7 @@ def _check_match(m: model_lib.Model, ds: data.Dataset, ckpt: str) -> None:
   """Raises ValueError when the dataset is not the one the checkpoint was trained on."""
   if ds.num_units != m.num_units or ds.image_shape != m.image_shape:
     raise ValueError(
-        f'flig_jax/evaluation/run.py: the checkpoint at {ckpt} expects {m.num_units} units and '
+        f'the checkpoint at {ckpt} expects {m.num_units} units and '
         f'images {m.image_shape}; the dataset {ds.name!r} has {ds.num_units} units and images '
         f'{ds.image_shape} (wrong --data_dir?)')
 
@@ -63,68 +63,18 @@ def _hparam_split(ds: data.Dataset, split: str) -> tuple[Any, Any, str]:
   return ds.val.responses, ds.val.images, 'val'
 
 
-def _latent(module: model_lib.FLIG, h: jax.Array) -> jax.Array:
-  """f(standardise(h)) for raw features h."""
-  return module.flow_forward(module.standardise(h))[0]
+def _signal(adapter: Adapter, responses: np.ndarray) -> np.ndarray:
+  """A(r)[:, :k], the adapter's signal coordinates of responses (N, U)."""
+  return np.asarray(adapter.forward(jnp.asarray(responses, jnp.float32)))[:, :adapter.k]
 
 
-def _unlatent(module: model_lib.FLIG, a: jax.Array) -> jax.Array:
-  """unstandardise(f^-1(a)), raw features."""
-  return module.unstandardise(module.flow_inverse(a)[0])
+def _unsignal(adapter: Adapter, a: np.ndarray) -> np.ndarray:
+  """A^-1 of (N, k) signal coordinates (zero padding)."""
+  a = np.pad(np.asarray(a, np.float32), ((0, 0), (0, adapter.dim - a.shape[1])))
+  return np.asarray(adapter.inverse(jnp.asarray(a)))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _apply(module: model_lib.FLIG, method: Callable[..., Any], variables: Any,
-           x: jax.Array) -> jax.Array:
-  """`module.apply` of `method`, compiled once per module, method and input shape."""
-  return module.apply(variables, x, method=method)
-
-
-class FligParts:
-  """FLIG's pieces as jitted numpy functions, so an evaluation compiles each network once.
-
-  `features` is E, `images` is G, `latent` is f(standardise(h)) on raw features and `unlatent`
-  is unstandardise(f^-1(a)); with the adapter, decode(r) = images(unlatent(A(r))) and
-  encode(x) = A^-1(latent(features(x))), as in `model.Model`.
-  """
-
-  def __init__(self, m: model_lib.Model):
-    self.adapter = m.adapter
-
-    def batched(method: Callable[..., Any]) -> Callable[[np.ndarray], np.ndarray]:
-      run = lambda part: _apply(m.module, method, m.variables, part)
-      return lambda x: model_lib.map_in_chunks(run, np.asarray(x, np.float32))
-
-    self.features = batched(model_lib.FLIG.features)
-    self.images = batched(model_lib.FLIG.decode_features)
-    self.latent = batched(_latent)
-    self.unlatent = batched(_unlatent)
-
-  def signal(self, responses: np.ndarray) -> np.ndarray:
-    """A(r)[:, :k], the adapter's signal coordinates of responses (N, U)."""
-    return np.asarray(self.adapter.forward(np.asarray(responses, np.float32)))[:, :self.adapter.k]
-
-  def adapted(self, responses: np.ndarray) -> np.ndarray:
-    """A(r) with zero padding, (N, D)."""
-    return np.asarray(self.adapter.forward(np.asarray(responses, np.float32)))
-
-  def unadapted(self, a: np.ndarray) -> np.ndarray:
-    """A^-1(a) for (N, D), or for (N, k) signal coordinates (zero-padded to D first)."""
-    a = np.asarray(a, np.float32)
-    a = np.concatenate([a, np.zeros((a.shape[0], self.adapter.dim - a.shape[1]), a.dtype)], 1)
-    return np.asarray(self.adapter.inverse(a))
-
-
-def _features(parts: FligParts, ds: data.Dataset, split: str) -> dict[str, np.ndarray]:
-  """E(x) of the train, val and scored splits, computed in one pass."""
-  names = ['train', 'val'] + ([split] if split not in ('train', 'val') else [])
-  splits = [getattr(ds, k) for k in names]
-  h = parts.features(np.concatenate([s.images for s in splits]))
-  bounds = np.cumsum([0] + [len(s) for s in splits])
-  return {k: h[a:b] for k, a, b in zip(names, bounds[:-1], bounds[1:])}
-
-
-def fit_baselines(parts: FligParts, ds: data.Dataset, split: str, features: dict[str, np.ndarray],
+def fit_baselines(m: model_lib.Model, ds: data.Dataset, split: str,
                   mlp_steps: int = MLP_STEPS, seed: int = 0,
                   log: Callable[[str], None] = lambda _: None
                   ) -> tuple[dict[str, Predictor], dict[str, Predictor], dict[str, Any]]:
@@ -135,18 +85,16 @@ def fit_baselines(parts: FligParts, ds: data.Dataset, split: str, features: dict
   encoder A^-1([ridge(E(x)), 0]).
 
   Args:
-    parts: the trained FLIG's pieces (its autoencoder and adapter serve `cae_ridge`).
+    m: the trained FLIG (its autoencoder and adapter serve `cae_ridge`).
     ds: the dataset; fits use `ds.train` only, hyper-parameters `ds.val` (unless `split` is 'val').
     split: the split that will be scored (never used here).
-    features: E(x) of 'train' and 'val'.
     mlp_steps: most optimisation steps of each MLP.
     seed: seed of the MLPs.
     log: progress logger.
 
   Returns:
-    (decoders, encoders, hparams): model name -> predictor (decoders: responses -> images, except
-    `cae_ridge`: responses -> features; encoders: images, or for `cae_ridge` features, ->
-    responses), and the chosen hyper-parameters of each baseline.
+    (decoders, encoders, hparams): model name -> predictor (decoders: responses -> images;
+    encoders: images -> responses), and the chosen hyper-parameters of each baseline.
   """
   tr = ds.train
   val_r, val_x, source = _hparam_split(ds, split)
@@ -162,8 +110,9 @@ def fit_baselines(parts: FligParts, ds: data.Dataset, split: str, features: dict
                               kind='encoder', steps=mlp_steps, seed=seed)
     ridge_dec = baselines.fit_ridge(tr.responses, tr.images, val_r, val_x, refit_on_val=False)
     ridge_enc = baselines.fit_ridge(tr.images, tr.responses, val_x, val_r, refit_on_val=False)
-    a_tr, h_tr = parts.signal(tr.responses), features['train']
-    a_va, h_va = (None, None) if val_r is None else (parts.signal(val_r), features['val'])
+    adapter = m.adapter
+    a_tr, h_tr = _signal(adapter, tr.responses), m.features(tr.images)
+    a_va, h_va = (None, None) if val_r is None else (_signal(adapter, val_r), m.features(val_x))
     cae_dec = baselines.fit_ridge(a_tr, h_tr, a_va, h_va, refit_on_val=False)
     cae_enc = baselines.fit_ridge(h_tr, a_tr, h_va, a_va, refit_on_val=False)
     mlp_dec, mlp_enc = mlp_dec_job.result(), mlp_enc_job.result()
@@ -173,9 +122,9 @@ def fit_baselines(parts: FligParts, ds: data.Dataset, split: str, features: dict
                     'encoding_best_step': mlp_enc.best_step}
 
   decoders = {'ridge': ridge_dec.predict, 'mlp': mlp_dec.predict,
-              'cae_ridge': lambda r: cae_dec.predict(parts.signal(r))}
+              'cae_ridge': lambda r: m.decode_features(cae_dec.predict(_signal(adapter, r)))}
   encoders = {'ridge': ridge_enc.predict, 'mlp': mlp_enc.predict,
-              'cae_ridge': lambda h: parts.unadapted(cae_enc.predict(h))}
+              'cae_ridge': lambda x: _unsignal(adapter, cae_enc.predict(m.features(x)))}
   return decoders, encoders, hparams
 
 
@@ -205,7 +154,7 @@ def evaluate(ckpt: str | os.PathLike, split: str = 'test', out: str | os.PathLik
     data.DataError: the dataset cannot be read.
   """
   if split not in SPLITS:
-    raise ValueError(f'flig_jax/evaluation/run.py: unknown split {split!r}; choose one of '
+    raise ValueError(f'unknown split {split!r}; choose one of '
                      f'{SPLITS}')
   log = _progress(verbose)
   log(f'loading the checkpoint at {ckpt}')
@@ -214,33 +163,19 @@ def evaluate(ckpt: str | os.PathLike, split: str = 'test', out: str | os.PathLik
   _check_match(m, ds, str(ckpt))
   scored = getattr(ds, split)
   if len(scored) < 2:
-    raise ValueError(f'flig_jax/evaluation/run.py: the {split} split of {ds.name!r} has '
+    raise ValueError(f'the {split} split of {ds.name!r} has '
                      f'{len(scored)} pairs; evaluation needs at least 2')
   log(f'{ds.name}: {split} split of {len(scored)} pairs; train {len(ds.train)}, '
       f'val {len(ds.val)}')
 
-  parts = FligParts(m)
-  log('computing features E(x)')
-  features = _features(parts, ds, split)
-  h = features[split]
-  decoders, encoders, hparams = fit_baselines(parts, ds, split, features, mlp_steps=mlp_steps,
+  decoders, encoders, hparams = fit_baselines(m, ds, split, mlp_steps=mlp_steps,
                                               seed=int(m.config.get('seed', 0)), log=log)
 
   log('flig and the baselines on the split')
-  latent = parts.latent(h)
-  encoded = {'flig': parts.unadapted(latent)}
-  encoded.update({k: (fn(h) if k == 'cae_ridge' else fn(scored.images))
-                  for k, fn in encoders.items()})
-  # One pass of the decoder G over every feature vector: FLIG's decoding f^-1(A(r)), the round
-  # trip f^-1(f(h)), the reconstruction h = E(x) itself, and cae_ridge's predicted features.
-  n = len(scored)
-  h_decode = parts.unlatent(parts.adapted(scored.responses))
-  g = parts.images(np.concatenate([h_decode, parts.unlatent(latent), h,
-                                   decoders['cae_ridge'](scored.responses)]))
-  decoded = {'flig': g[:n]}
-  roundtrip_err = float(np.max(np.abs(g[n:2 * n] - g[2 * n:3 * n])))
-  decoded.update({k: fn(scored.responses) for k, fn in decoders.items() if k != 'cae_ridge'})
-  decoded['cae_ridge'] = g[3 * n:]
+  x, r = scored.images, scored.responses
+  encoded = {'flig': m.encode(x), **{k: fn(x) for k, fn in encoders.items()}}
+  decoded = {'flig': m.decode(r), **{k: fn(r) for k, fn in decoders.items()}}
+  roundtrip_err = float(np.max(np.abs(m.roundtrip(x) - m.reconstruct(x))))
 
   log('scoring')
   train_mean = ds.train.responses.mean(axis=0)
@@ -261,14 +196,14 @@ def evaluate(ckpt: str | os.PathLike, split: str = 'test', out: str | os.PathLik
   out = os.fspath(out) if out is not None else os.path.join(os.fspath(ckpt), f'eval_{split}')
   log(f'writing {out}')
   report.write_metrics(os.path.join(out, 'metrics.json'), result)
-  figures.reconstruction_grid(scored.images, decoded, os.path.join(out, 'reconstructions.png'),
-                              n=GRID_COLUMNS)
+  plotting.reconstruction_grid(scored.images, decoded, os.path.join(out, 'reconstructions.png'),
+                               n=GRID_COLUMNS)
   per_unit = {k: metrics.per_unit_pcc(v, scored.responses) for k, v in encoded.items()}
-  figures.encoding_figure(per_unit, encoded['flig'], scored.responses,
-                          os.path.join(out, 'encoding.png'))
+  plotting.encoding_figure(per_unit, encoded['flig'], scored.responses,
+                           os.path.join(out, 'encoding.png'))
   print(report.format_table(result), flush=True)
   log('done')
   return result
 
 
-__all__ = ['MLP_STEPS', 'SPLITS', 'FligParts', 'evaluate', 'fit_baselines']
+__all__ = ['MLP_STEPS', 'SPLITS', 'evaluate', 'fit_baselines']

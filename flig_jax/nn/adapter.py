@@ -49,7 +49,7 @@ def principal_axes(z: np.ndarray, count: int,
   elif method == 'randomized':
     s, vt = _randomized_axes(z, count, width)
   else:
-    raise ValueError(f"flig_jax/nn/adapter.py: method must be 'auto', 'gram' or 'randomized', "
+    raise ValueError(f"method must be 'auto', 'gram' or 'randomized', "
                      f'got {method!r}')
   # One sign per axis whatever the method: its largest entry is positive.
   signs = np.sign(vt[np.arange(vt.shape[0]), np.argmax(np.abs(vt), axis=1)])
@@ -145,12 +145,12 @@ class Adapter:
     r = np.array(responses, dtype=np.float64)  # a copy: centred and scaled in place below
     if r.ndim != 2 or r.shape[0] < 2:
       raise ValueError(
-          'flig_jax/nn/adapter.py: Adapter.fit expects training responses of shape (N, U) '
+          'Adapter.fit expects training responses of shape (N, U) '
           f'with N >= 2, got {r.shape}')
     if not np.all(np.isfinite(r)):
-      raise ValueError('flig_jax/nn/adapter.py: Adapter.fit got responses with NaN or Inf')
+      raise ValueError('Adapter.fit got responses with NaN or Inf')
     if dim < 1:
-      raise ValueError(f'flig_jax/nn/adapter.py: dim must be >= 1, got {dim}')
+      raise ValueError(f'dim must be >= 1, got {dim}')
     n, u = r.shape
     tiny = np.finfo(np.float32).eps * max(1.0, float(r.max()), -float(r.min()))
     mean = r.mean(axis=0)
@@ -162,7 +162,7 @@ class Adapter:
     tol = (s[0] if s.size else 0.0) * max(n, u) * np.finfo(np.float32).eps
     rank = int(np.sum(s > tol))
     if rank == 0:
-      raise ValueError('flig_jax/nn/adapter.py: Adapter.fit got responses with no variance')
+      raise ValueError('Adapter.fit got responses with no variance')
     k = min(dim, rank, max_components or dim)
     f32 = lambda a: jnp.asarray(a, jnp.float32)
     return cls(mean=f32(mean), scale=f32(scale), components=f32(vt[:k].T),
@@ -171,7 +171,7 @@ class Adapter:
   def _check_responses(self, r: Array) -> None:
     if r.ndim != 2 or r.shape[1] != self.num_units:
       raise ValueError(
-          f'flig_jax/nn/adapter.py: the adapter expects responses of shape (N, '
+          f'the adapter expects responses of shape (N, '
           f'{self.num_units}), got {tuple(r.shape)}')
 
   def forward(self, r: Array, pad: str = 'zeros', rng: Array | None = None) -> Array:
@@ -191,17 +191,17 @@ class Adapter:
       padding = jnp.zeros((r.shape[0], n_pad), signal.dtype)
     elif pad == 'noise':
       if rng is None:
-        raise ValueError("flig_jax/nn/adapter.py: pad='noise' needs an rng key")
+        raise ValueError("pad='noise' needs an rng key")
       padding = jax.random.normal(rng, (r.shape[0], n_pad), signal.dtype)
     else:
-      raise ValueError(f"flig_jax/nn/adapter.py: pad must be 'zeros' or 'noise', got {pad!r}")
+      raise ValueError(f"pad must be 'zeros' or 'noise', got {pad!r}")
     return jnp.concatenate([signal, padding], axis=-1)
 
   def inverse(self, a: Array) -> Array:
     """A^-1(a): (N, D) -> responses (N, U), from the first k coordinates (padding is ignored)."""
     if a.ndim != 2 or a.shape[1] != self.dim:
       raise ValueError(
-          f'flig_jax/nn/adapter.py: the adapter inverse expects (N, {self.dim}), '
+          f'the adapter inverse expects (N, {self.dim}), '
           f'got {tuple(a.shape)}')
     z = (a[:, :self.k] * self.sqrt_eig) @ self.components.T
     return z * self.scale + self.mean
@@ -215,28 +215,13 @@ class Adapter:
     """The four arrays only (the model's `adapter` variable collection)."""
     return {name: getattr(self, name) for name in ARRAY_NAMES}
 
-  def to_dict(self) -> dict[str, Any]:
-    """Plain numpy arrays plus the ints `dim` and `k`, for serialisation."""
-    d: dict[str, Any] = {name: np.asarray(v) for name, v in self.arrays().items()}
-    d.update(dim=self.dim, k=self.k)
-    return d
-
   @classmethod
-  def from_dict(cls, d: Mapping[str, Any], dim: int | None = None) -> 'Adapter':
-    """Rebuilds an adapter from `to_dict()` or `arrays()` output (k comes from the shapes).
-
-    Args:
-      d: a mapping with the four arrays, and optionally `dim`.
-      dim: D, needed when `d` has no `dim` entry.
-    """
-    missing = [name for name in ARRAY_NAMES if name not in d]
+  def from_arrays(cls, arrays: Mapping[str, Any], dim: int) -> 'Adapter':
+    """Rebuilds an adapter from `arrays()` output (k comes from the shapes) and D."""
+    missing = [name for name in ARRAY_NAMES if name not in arrays]
     if missing:
-      raise ValueError(f'flig_jax/nn/adapter.py: adapter dict lacks {missing}')
-    dim = int(d['dim']) if dim is None and 'dim' in d else dim
-    if dim is None:
-      raise ValueError('flig_jax/nn/adapter.py: from_dict needs dim (not in the dict)')
-    k = int(np.shape(d['sqrt_eig'])[0])
+      raise ValueError(f'the adapter arrays lack {missing}')
+    k = int(np.shape(arrays['sqrt_eig'])[0])
     if k > dim:
-      raise ValueError(f'flig_jax/nn/adapter.py: adapter has k={k} > dim={dim}')
-    arrays = {name: jnp.asarray(d[name]) for name in ARRAY_NAMES}
-    return cls(**arrays, dim=int(dim), k=k)
+      raise ValueError(f'the adapter has k={k} > dim={dim}')
+    return cls(**{name: jnp.asarray(arrays[name]) for name in ARRAY_NAMES}, dim=int(dim), k=k)

@@ -13,7 +13,7 @@ Array = jax.Array
 def _check_images(x: Array, image_shape: tuple[int, int, int], where: str) -> None:
   if x.ndim != 4 or tuple(x.shape[1:]) != tuple(image_shape):
     raise ValueError(
-        f'flig_jax/nn/autoencoder.py: {where} expects images of shape (N, '
+        f'{where} expects images of shape (N, '
         f'{", ".join(map(str, image_shape))}), got {tuple(x.shape)}')
 
 
@@ -74,9 +74,9 @@ class Autoencoder(nn.Module):
   def setup(self):
     if len(self.image_shape) != 3 or min(self.image_shape) < 1:
       raise ValueError(
-          f'flig_jax/nn/autoencoder.py: image_shape must be (H, W, C), got {self.image_shape}')
+          f'image_shape must be (H, W, C), got {self.image_shape}')
     if not self.widths:
-      raise ValueError('flig_jax/nn/autoencoder.py: widths must name at least one conv stage')
+      raise ValueError('widths must name at least one conv stage')
     self.encoder = Encoder(self.feature_dim, tuple(self.widths))
     self.decoder = Decoder(tuple(self.image_shape), tuple(self.widths))
 
@@ -89,7 +89,7 @@ class Autoencoder(nn.Module):
     """G(h) before its sigmoid: features (N, D) -> logits (N, H, W, C)."""
     if h.ndim != 2 or h.shape[1] != self.feature_dim:
       raise ValueError(
-          f'flig_jax/nn/autoencoder.py: decode expects features of shape (N, '
+          f'decode expects features of shape (N, '
           f'{self.feature_dim}), got {tuple(h.shape)}')
     return self.decoder(h)
 

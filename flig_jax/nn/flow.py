@@ -187,7 +187,7 @@ class Coupling(nn.Module):
   def __call__(self, x: Array, inverse: bool = False) -> tuple[Array, Array]:
     d = x.shape[-1]
     if d < 2:
-      raise ValueError(f'flig_jax/nn/flow.py: coupling needs at least 2 features, got {d}')
+      raise ValueError(f'coupling needs at least 2 features, got {d}')
     split = d // 2
     transformed = split if self.swap else d - split
     if self.transform == 'affine':
@@ -204,7 +204,7 @@ class Coupling(nn.Module):
             boundary_slopes='identity')
     else:
       raise ValueError(
-          f"flig_jax/nn/flow.py: unknown coupling '{self.transform}' (use 'affine' or 'spline')")
+          f"unknown coupling '{self.transform}' (use 'affine' or 'spline')")
     bij = distrax.SplitCoupling(
         split_index=split, event_ndims=1, conditioner=conditioner, bijector=inner,
         swap=self.swap)
@@ -240,7 +240,7 @@ class Flow(nn.Module):
   def setup(self):
     if self.coupling not in ('affine', 'spline'):
       raise ValueError(
-          f"flig_jax/nn/flow.py: unknown coupling '{self.coupling}' (use 'affine' or 'spline')")
+          f"unknown coupling '{self.coupling}' (use 'affine' or 'spline')")
     layers = []
     for k in range(self.num_blocks):
       layers.append(ActNorm(name=f'actnorm_{k}'))
@@ -253,7 +253,7 @@ class Flow(nn.Module):
   def _check(self, x: Array) -> None:
     if x.shape[-1] != self.features:
       raise ValueError(
-          f'flig_jax/nn/flow.py: Flow expects (..., {self.features}), got {tuple(x.shape)}')
+          f'Flow expects (..., {self.features}), got {tuple(x.shape)}')
 
   def forward(self, h: Array) -> tuple[Array, Array]:
     """z = f(h) and log|det df/dh| per row."""

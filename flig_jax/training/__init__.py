@@ -1,4 +1,4 @@
-"""Two-stage FLIG training: `loop.train_and_evaluate(config, workdir)` (imported on use)."""
+"""Two-stage FLIG training: `loop.train(config, workdir)` (imported on use)."""
 
 
 class TrainingDiverged(RuntimeError):

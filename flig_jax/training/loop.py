@@ -1,10 +1,13 @@
-"""`train_and_evaluate`: both training stages, checkpointed and resumable, from a config and a workdir.
+"""`train`: both training stages, checkpointed and resumable, from a config and a workdir.
 
 Stage 1 fits the autoencoder on the training stimuli. Then the adapter is fitted on the training
 responses and the encoder's features are standardised. Stage 2 fits the flow (and the
 discriminator) with the encoder frozen. Checkpoints live in `<workdir>/checkpoints`; a restart with
 the same workdir continues from the latest one (stage, step, optimiser state, RNG and data position,
 which is the step itself).
+
+The path through a run: `make_context` -> `restore_or_init` (the latest checkpoint's state, or a
+fresh stage-1 state) -> `stage1` -> `run_stage` -> `stage2` -> `run_stage`.
 """
 
 import dataclasses
@@ -20,21 +23,34 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from flig_jax import checkpointing, data
+from flig_jax import checkpointing, data, plotting
 from flig_jax import model as model_lib
-from flig_jax.evaluation import figures
-from flig_jax.nn import adapter as adapter_lib
+from flig_jax.nn import compiled
 from flig_jax.nn import discriminator as disc_lib
+from flig_jax.nn.adapter import Adapter
 from flig_jax.training import TrainingDiverged, parallel, progress, steps
+
+State = steps.Stage1State | steps.Stage2State
 
 
 @dataclasses.dataclass(frozen=True)
-class Run:
-  """What both stages share."""
+class Context:
+  """What both stages share.
+
+  Attributes:
+    config: the run's config.
+    workdir: where checkpoints, logs and figures go.
+    dataset: the loaded dataset.
+    module: the FLIG Linen module (a pure function of its variables; `model.Model` is the
+      numpy-friendly wrapper of a trained one).
+    mesh: the device mesh.
+    mgr: the orbax checkpoint manager.
+    log: the metrics log and progress bar.
+  """
   config: ml_collections.ConfigDict
   workdir: Path
   dataset: data.Dataset
-  model: model_lib.FLIG
+  module: model_lib.FLIG
   mesh: Any
   mgr: Any
   log: progress.RunLog
@@ -42,50 +58,69 @@ class Run:
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-  """A stage ready to run: `state, metrics = step_fn(state, *inputs, batch)` for each step."""
+  """A stage ready to run: `state, metrics = step_fn(state, batch)` for each step."""
   number: int
-  state: Any
-  step_fn: Callable
-  inputs: tuple
+  state: State
+  step_fn: Callable[[State, dict[str, jax.Array]], tuple[State, dict[str, jax.Array]]]
   stream: data.BatchStream
   total_steps: int
-  save: Callable[[Any], None]
+  save: Callable[[State], None]
 
 
-def make_run(config: ml_collections.ConfigDict, workdir: str | Path) -> Run:
-  """Loads the data and builds the model, mesh, checkpoint manager and log of a run."""
+def make_context(config: ml_collections.ConfigDict, workdir: str | Path) -> Context:
+  """Loads the data and builds the module, mesh, checkpoint manager and log of a run."""
   parallel.maybe_initialize_distributed(config.distributed)
   workdir = Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = parallel.make_mesh()
   dataset = data.from_config(config)
-  model = model_lib.FLIG.from_config(config.model, dataset.image_shape)
+  module = model_lib.FLIG.from_config(config.model, dataset.image_shape)
   mgr = checkpointing.manager(workdir, keep=config.checkpoint.keep)
   log = progress.RunLog(workdir)
   log.info(f'{dataset.name}: train {len(dataset.train)}, val {len(dataset.val)}, '
            f'test {len(dataset.test)}, {dataset.num_units} units, images {dataset.image_shape}; '
            f'{mesh.size} device(s) in {jax.process_count()} process(es)')
-  return Run(config, workdir, dataset, model, mesh, mgr, log)
+  return Context(config, workdir, dataset, module, mesh, mgr, log)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
-  """Trains both stages (resuming from `workdir` if it holds checkpoints) and returns the workdir."""
-  run = make_run(config, workdir)
+def train(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
+  """Trains both stages (resuming from `workdir` if it holds checkpoints) and returns the workdir.
+
+  Writes `stage1_reconstructions.png` and `stage2_decoding.png` (validation pairs) beside the
+  checkpoints; scoring is `evaluation.run.evaluate`'s job.
+  """
+  ctx = make_context(config, workdir)
   try:
-    latest = checkpointing.latest_meta(run.mgr)
-    if latest is None or latest[1]['stage'] == 1:
-      stage1 = prepare_stage1(run, latest)
-      ae_params = _loop(run, stage1).params
-      _stage1_figure(run, ae_params)
-      latest = None
-    else:
-      ae_params = None
-    stage2, variables_of = prepare_stage2(run, latest, ae_params)
-    _stage2_figure(run, variables_of(_loop(run, stage2)))
+    state = restore_or_init(ctx)
+    if isinstance(state, steps.Stage1State):
+      state = run_stage(ctx, stage1(ctx, state))
+      _stage1_figure(ctx, state.params)
+    state = run_stage(ctx, stage2(ctx, state))
+    _stage2_figure(ctx, state.model_variables())
   finally:
-    run.mgr.wait_until_finished()
-    run.log.close()
-  return run.workdir
+    ctx.mgr.wait_until_finished()
+    ctx.log.close()
+  return ctx.workdir
+
+
+def restore_or_init(ctx: Context) -> State:
+  """The state of the latest checkpoint (of either stage), or a fresh stage-1 state."""
+  latest = checkpointing.latest_meta(ctx.mgr)
+  if latest is None:
+    return parallel.jit_init(functools.partial(_init_stage1, ctx), ctx.mesh)()
+  step, meta = latest
+  if meta['stage'] == 1:
+    target = jax.eval_shape(functools.partial(_init_stage1, ctx))
+  else:
+    frozen = model_lib.abstract_frozen(ctx.module, meta)
+    target = jax.eval_shape(functools.partial(_init_stage2, ctx), frozen,
+                            _first_batch_shape(ctx))
+  sharding = parallel.replicated(ctx.mesh)
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                        target)
+  state = checkpointing.restore(ctx.mgr, step, 'state', target)
+  ctx.log.info(f"resuming stage {meta['stage']} at step {int(state.step)}")
+  return state
 
 
 def _base_meta(config, dataset, stage: int, stage_step: int) -> dict[str, Any]:
@@ -95,13 +130,6 @@ def _base_meta(config, dataset, stage: int, stage_step: int) -> dict[str, Any]:
   return {'stage': stage, 'stage_step': stage_step, 'step': step, 'dataset': dataset.name,
           'image_shape': list(dataset.image_shape), 'num_units': dataset.num_units,
           'finished': stage == 2 and stage_step == config.stage2.steps}
-
-
-def _abstract(tree_fn: Callable[[], Any], mesh) -> Any:
-  """The shapes, dtypes and (replicated) shardings of what `tree_fn` returns, without computing it."""
-  sharding = parallel.replicated(mesh)
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-                      jax.eval_shape(tree_fn))
 
 
 class _InterruptRequest:
@@ -127,12 +155,12 @@ class _InterruptRequest:
       signal.signal(signal.SIGINT, self._previous)
 
 
-def _loop(run: Run, stage: Stage) -> Any:
+def run_stage(ctx: Context, stage: Stage) -> State:
   """Runs steps state.step..total-1, logging, checking for divergence and saving as it goes.
 
   Ctrl-C saves the state at the step reached, then raises KeyboardInterrupt.
   """
-  log, mesh, config = run.log, run.mesh, run.config
+  log, mesh, config = ctx.log, ctx.mesh, ctx.config
   state, number, total = stage.state, stage.number, stage.total_steps
   every, log_every = config.checkpoint.every_steps, config.log_every_steps
   first = saved = int(state.step)
@@ -141,14 +169,14 @@ def _loop(run: Run, stage: Stage) -> Any:
   with _InterruptRequest() as interrupt:
     for step in range(first, total):
       batch = parallel.global_batch(stage.stream.batch(step), mesh)
-      state, metrics = stage.step_fn(state, *stage.inputs, batch)
+      state, metrics = stage.step_fn(state, batch)
       sums = metrics if sums is None else _add(sums, metrics)
       count += 1
       log.advance()
       done = step + 1
       at_log, at_save = done % log_every == 0 or done == total, done % every == 0 or done == total
       if at_log or at_save or interrupt.requested:
-        _check_finite(number, state, run.workdir)
+        _check_finite(number, state, ctx.workdir)
       if at_log:
         log.write(done, {k: float(v) / count for k, v in jax.device_get(sums).items()})
         sums, count = None, 0
@@ -165,151 +193,145 @@ def _loop(run: Run, stage: Stage) -> Any:
 _add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
 
 
-def _apply(model: model_lib.FLIG, method: Callable) -> Callable:
-  """`model.apply(variables, x, method=method)`, compiled (eager ops each compile on their own)."""
-  return jax.jit(functools.partial(model.apply, method=method))
-
-
-def _check_finite(stage: int, state: Any, workdir: Path) -> None:
+def _check_finite(stage: int, state: State, workdir: Path) -> None:
   bad = int(state.nonfinite_step)
   if bad >= 0:
     raise TrainingDiverged(
         f'stage {stage}: the loss became non-finite (NaN or Inf) at step {bad + 1}; training '
-        f'stopped. The last good checkpoint in {workdir / checkpointing.CHECKPOINT_SUBDIR} is kept; lower '
-        f'--config.stage{stage}.learning_rate and restart with the same --workdir.')
+        f'stopped. The last good checkpoint in {workdir / checkpointing.CHECKPOINT_SUBDIR} is '
+        f'kept; lower --config.stage{stage}.learning_rate and restart with the same --workdir.')
 
 
-def prepare_stage1(run: Run, latest: tuple[int, dict] | None) -> Stage:
-  """Stage 1 (the autoencoder), fresh or restored from the stage-1 checkpoint `latest`."""
-  config, dataset, model, mesh, mgr, log = (run.config, run.dataset, run.model, run.mesh, run.mgr,
-                                            run.log)
-  cfg = config.stage1
-  parallel.check_batch_size(cfg.batch_size, mesh, 'stage1')
-  tx = steps.optimizer(cfg.learning_rate, cfg.weight_decay, cfg.steps)
-  sample = jnp.asarray(dataset.train.images[:1])
+# --- stage 1: the autoencoder ---
 
-  def init():
-    rng = jax.random.key(config.seed)
-    params = model.init(rng, sample, method=model_lib.FLIG.reconstruct)['params']['autoencoder']
-    return steps.Stage1State(step=jnp.zeros((), jnp.int32), params=params,
-                             opt_state=tx.init(params), rng=jax.random.fold_in(rng, 1),
-                             nonfinite_step=jnp.full((), -1, jnp.int32))
 
-  if latest is not None:
-    state = checkpointing.restore(mgr, latest[0], 'state', _abstract(init, mesh))
-    log.info(f'resuming stage 1 at step {int(state.step)}')
-  else:
-    state = parallel.jit_init(init, mesh)()
+def _stage1_optimizer(cfg: ml_collections.ConfigDict):
+  return steps.optimizer(cfg.learning_rate, cfg.weight_decay, cfg.steps)
+
+
+def _init_stage1(ctx: Context) -> steps.Stage1State:
+  rng = jax.random.key(ctx.config.seed)
+  params = ctx.module.init_autoencoder(rng, jnp.asarray(ctx.dataset.train.images[:1]))
+  return steps.Stage1State(
+      step=jnp.zeros((), jnp.int32), params=params,
+      opt_state=_stage1_optimizer(ctx.config.stage1).init(params),
+      rng=jax.random.fold_in(rng, 1), nonfinite_step=jnp.full((), -1, jnp.int32))
+
+
+def stage1(ctx: Context, state: steps.Stage1State) -> Stage:
+  """Stage 1 (the autoencoder on the training stimuli), from `state`."""
+  config, dataset, cfg = ctx.config, ctx.dataset, ctx.config.stage1
+  parallel.check_batch_size(cfg.batch_size, ctx.mesh, 'stage1')
 
   def save(s):
-    stage_step = int(s.step)
-    meta = _base_meta(config, dataset, 1, stage_step)
-    checkpointing.save(mgr, meta['step'], state=s, config=config, meta=meta)
+    meta = _base_meta(config, dataset, 1, int(s.step))
+    checkpointing.save(ctx.mgr, meta['step'], state=s, config=config, meta=meta)
 
   stream = data.BatchStream({'images': dataset.train.images}, cfg.batch_size, seed=config.seed,
                             process_index=jax.process_index(),
                             process_count=jax.process_count())
   step_fn = parallel.jit_step(
-      functools.partial(steps.stage1_step, model=model, tx=tx, cfg=cfg), mesh, num_replicated=0)
-  return Stage(1, state, step_fn, (), stream, cfg.steps, save)
+      functools.partial(steps.stage1_step, model=ctx.module, tx=_stage1_optimizer(cfg), cfg=cfg),
+      ctx.mesh)
+  return Stage(1, state, step_fn, stream, cfg.steps, save)
 
 
-def _features(model, ae_params, images: np.ndarray) -> np.ndarray:
-  """Raw features E(x) of a split, computed once (the encoder is frozen in stage 2)."""
-  encode, variables = _apply(model, model_lib.FLIG.features), {'params': {'autoencoder': ae_params}}
-  return np.concatenate([np.asarray(encode(variables, images[i:i + 256]))
-                         for i in range(0, len(images), 256)])
+# --- stage 2: the flow and the discriminator ---
 
 
-def _fixed_parts(run: Run, latest, ae_params):
-  """The model's variables without a trained flow: frozen encoder, feature stats and adapter.
-
-  Fresh (fitted on the training split only) after stage 1, or read from the stage-2 checkpoint
-  when resuming (then with the step to resume from); also the raw training features E(x).
-  """
-  config, dataset, model, mesh, mgr = run.config, run.dataset, run.model, run.mesh, run.mgr
-  if latest is not None:
-    step, meta = latest
-    variables = checkpointing.restore(
-        mgr, step, 'model', checkpointing.with_sharding(
-            model_lib.abstract_variables(config, meta), parallel.replicated(mesh)))
-    features = _features(model, variables['params']['autoencoder'], dataset.train.images)
-    return variables, step, features
-  train = dataset.train
-  adapter = adapter_lib.Adapter.fit(train.responses, config.model.feature_dim,
-                                    config.model.adapter_components)
-  features = _features(model, ae_params, train.images)
-  mean, std = jax.jit(model_lib.feature_stats)(features)
-  fixed = {'params': {'autoencoder': ae_params},
-           'stats': {'feature_mean': mean, 'feature_std': std}, 'adapter': adapter.arrays()}
-  return parallel.replicate(fixed, mesh), None, features
-
-
-def prepare_stage2(run: Run, latest: tuple[int, dict] | None,
-                   ae_params: Any) -> tuple[Stage, Callable[[Any], Any]]:
-  """Stage 2 (flow and discriminator) after stage 1's `ae_params`, or restored from `latest`.
-
-  Also returns `variables_of(state)`: the full FLIG variables for a stage-2 state.
-  """
-  config, dataset, model, mesh, mgr, log = (run.config, run.dataset, run.model, run.mesh, run.mgr,
-                                            run.log)
+def _stage2_parts(config: ml_collections.ConfigDict):
+  """The discriminator module and the flow's and discriminator's optimisers."""
   cfg = config.stage2
+  return (disc_lib.Discriminator(config.model.disc_hidden),
+          steps.optimizer(cfg.learning_rate, cfg.weight_decay, cfg.steps),
+          steps.optimizer(cfg.disc_learning_rate, 0.0, cfg.steps))
+
+
+def initial_flow_params(module: model_lib.FLIG, rng: jax.Array,
+                        first_batch: dict[str, jax.Array]) -> Any:
+  """Where the flow starts (the one place): ActNorm set from the standardised features of the
+  first global batch, every coupling at the identity."""
+  return module.init_flow(rng, first_batch['features'])
+
+
+def _init_stage2(ctx: Context, frozen: model_lib.Frozen,
+                 first_batch: dict[str, jax.Array]) -> steps.Stage2State:
+  discriminator, flow_tx, disc_tx = _stage2_parts(ctx.config)
+  k_flow, k_fwd, k_inv, k_state = jax.random.split(jax.random.key(ctx.config.seed + 2), 4)
+  flow_params = initial_flow_params(ctx.module, k_flow, first_batch)
+  probe = jnp.zeros((1, ctx.module.feature_dim))
+  disc_params = {'forward': discriminator.init(k_fwd, probe)['params'],
+                 'inverse': discriminator.init(k_inv, probe)['params']}
+  return steps.Stage2State(
+      step=jnp.zeros((), jnp.int32), flow_params=flow_params, disc_params=disc_params,
+      flow_opt_state=flow_tx.init(flow_params), disc_opt_state=disc_tx.init(disc_params),
+      rng=k_state, nonfinite_step=jnp.full((), -1, jnp.int32), frozen=frozen)
+
+
+def _first_batch_shape(ctx: Context) -> dict[str, jax.ShapeDtypeStruct]:
+  b, d = ctx.config.stage2.batch_size, ctx.module.feature_dim
+  return {k: jax.ShapeDtypeStruct((b, d), jnp.float32) for k in ('features', 'adapted')}
+
+
+def _train_features(ctx: Context, autoencoder: Any) -> np.ndarray:
+  """Raw features E(x) of the training split (computed once: the encoder is frozen in stage 2)."""
+  features = compiled.apply(ctx.module, 'features')
+  variables = {'params': {'autoencoder': autoencoder}}
+  return model_lib.map_in_chunks(lambda x: features(variables, x), ctx.dataset.train.images)
+
+
+@jax.jit
+def _pairs(frozen: model_lib.Frozen, raw_features: jax.Array,
+           responses: jax.Array) -> dict[str, jax.Array]:
+  """Stage 2's training pairs: standardised features h and adapted responses A(r)."""
+  return {'features': (raw_features - frozen.feature_mean) / frozen.feature_std,
+          'adapted': frozen.adapter.forward(responses)}
+
+
+def stage2(ctx: Context, start: State) -> Stage:
+  """Stage 2 (flow and discriminator), resumed from a Stage2State or started after the finished
+  stage 1 in a Stage1State (the adapter and the feature statistics are then fitted on the training
+  split only)."""
+  config, dataset, mesh, cfg = ctx.config, ctx.dataset, ctx.mesh, ctx.config.stage2
   parallel.check_batch_size(cfg.batch_size, mesh, 'stage2')
-  fixed, resume_step, raw_features = _fixed_parts(run, latest, ae_params)
-  ae_params = fixed['params']['autoencoder']
-  adapter = adapter_lib.Adapter.from_dict(fixed['adapter'], dim=config.model.feature_dim)
-  stats = fixed['stats']
   train = dataset.train
-  arrays = {
-      'features': np.asarray(_apply(model, model_lib.FLIG.standardise)(fixed, raw_features)),
-      'adapted': np.asarray(jax.jit(lambda ad, r: ad.forward(r))(adapter, train.responses)),
-      'images': train.images,
-  }
+  resumed = isinstance(start, steps.Stage2State)
+  autoencoder = start.frozen.autoencoder if resumed else start.params
+  raw_features = _train_features(ctx, autoencoder)
+  if resumed:
+    frozen = start.frozen
+  else:
+    adapter = Adapter.fit(train.responses, config.model.feature_dim,
+                          config.model.adapter_components)
+    frozen = parallel.replicate(
+        jax.jit(model_lib.Frozen.fit)(autoencoder, raw_features, adapter), mesh)
+  arrays = {**jax.device_get(_pairs(frozen, raw_features, train.responses)),
+            'images': train.images}
   stream = data.BatchStream(arrays, cfg.batch_size, seed=config.seed + 1,
                             process_index=jax.process_index(),
                             process_count=jax.process_count())
-  discriminator = disc_lib.Discriminator(config.model.disc_hidden)
-  flow_tx = steps.optimizer(cfg.learning_rate, cfg.weight_decay, cfg.steps)
-  disc_tx = steps.optimizer(cfg.disc_learning_rate, 0.0, cfg.steps)
-  # ActNorm's data-dependent initialisation sees the first global batch (identical everywhere).
-  init_images = jnp.asarray(data.BatchStream(arrays, cfg.batch_size, seed=config.seed + 1)
-                            .batch(0)['images'])
-
-  def init():
-    k_flow, k_fwd, k_inv, k_state = jax.random.split(jax.random.key(config.seed + 2), 4)
-    variables = model.init_variables(k_flow, init_images, adapter, stats['feature_mean'],
-                                     stats['feature_std'], autoencoder_params=ae_params)
-    flow_params = variables['params']['flow']
-    probe = jnp.zeros((1, config.model.feature_dim))
-    disc_params = {'forward': discriminator.init(k_fwd, probe)['params'],
-                   'inverse': discriminator.init(k_inv, probe)['params']}
-    return steps.Stage2State(
-        step=jnp.zeros((), jnp.int32), flow_params=flow_params, disc_params=disc_params,
-        flow_opt_state=flow_tx.init(flow_params), disc_opt_state=disc_tx.init(disc_params),
-        rng=k_state, nonfinite_step=jnp.full((), -1, jnp.int32))
-
-  if resume_step is not None:
-    state = checkpointing.restore(mgr, resume_step, 'state', _abstract(init, mesh))
-    log.info(f'resuming stage 2 at step {int(state.step)}')
+  if resumed:
+    state = start
   else:
-    state = parallel.jit_init(init, mesh)()
-
-  def variables_of(s):
-    return {**fixed, 'params': {'autoencoder': ae_params, 'flow': s.flow_params}}
+    # The whole first global batch (the same on every process) starts the flow.
+    first = data.BatchStream(arrays, cfg.batch_size, seed=config.seed + 1).batch(0)
+    first = {k: first[k] for k in ('features', 'adapted')}
+    state = parallel.jit_init(functools.partial(_init_stage2, ctx), mesh)(frozen, first)
 
   def save(s):
-    stage_step = int(s.step)
-    variables = variables_of(s)
-    meta = {**_base_meta(config, dataset, 2, stage_step),
+    variables = s.model_variables()
+    meta = {**_base_meta(config, dataset, 2, int(s.step)),
             **model_lib.model_meta(variables, dataset.image_shape)}
-    checkpointing.save(mgr, meta['step'], state=s, model=variables, config=config, meta=meta)
+    checkpointing.save(ctx.mgr, meta['step'], state=s, model=variables, config=config, meta=meta)
 
-  frozen = parallel.replicate({'signal_mask': adapter.signal_mask, 'autoencoder': ae_params,
-                               'stats': stats}, mesh)
+  discriminator, flow_tx, disc_tx = _stage2_parts(config)
   step_fn = parallel.jit_step(
-      functools.partial(steps.stage2_step, model=model, discriminator=discriminator,
-                        flow_tx=flow_tx, disc_tx=disc_tx, cfg=cfg), mesh, num_replicated=1)
-  return Stage(2, state, step_fn, (frozen,), stream, cfg.steps, save), variables_of
+      functools.partial(steps.stage2_step, model=ctx.module, discriminator=discriminator,
+                        flow_tx=flow_tx, disc_tx=disc_tx, cfg=cfg), mesh)
+  return Stage(2, state, step_fn, stream, cfg.steps, save)
+
+
+# --- figures of validation pairs (training pairs when there is no validation split) ---
 
 
 def _figure_split(dataset):
@@ -317,24 +339,23 @@ def _figure_split(dataset):
   return (dataset.val, 'val') if len(dataset.val) else (dataset.train, 'train')
 
 
-def _stage1_figure(run: Run, ae_params) -> None:
+def _stage1_figure(ctx: Context, ae_params: Any) -> None:
   if jax.process_index() != 0:
     return
-  split, name = _figure_split(run.dataset)
-  x = split.images[:run.config.num_figure_images]
-  recon = _apply(run.model, model_lib.FLIG.reconstruct)({'params': {'autoencoder': ae_params}}, x)
-  figures.reconstruction_grid(x, {f'G(E(x)) [{name}]': np.asarray(recon)},
-                              str(run.workdir / 'stage1_reconstructions.png'), n=len(x))
+  split, name = _figure_split(ctx.dataset)
+  x = split.images[:ctx.config.num_figure_images]
+  recon = compiled.apply(ctx.module, 'reconstruct')({'params': {'autoencoder': ae_params}}, x)
+  plotting.reconstruction_grid(x, {f'G(E(x)) [{name}]': np.asarray(recon)},
+                               str(ctx.workdir / 'stage1_reconstructions.png'), n=len(x))
 
 
-def _stage2_figure(run: Run, variables) -> None:
+def _stage2_figure(ctx: Context, variables: Any) -> None:
   if jax.process_index() != 0:
     return
-  split, name = _figure_split(run.dataset)
-  x = split.images[:run.config.num_figure_images]
-  r = split.responses[:run.config.num_figure_images]
-  model = run.model
-  recons = {'G(E(x))': _apply(model, model_lib.FLIG.reconstruct)(variables, x),
-            f'decode(r) [{name}]': _apply(model, model_lib.FLIG.decode)(variables, r)}
-  figures.reconstruction_grid(x, {k: np.asarray(v) for k, v in recons.items()},
-                              str(run.workdir / 'stage2_decoding.png'), n=len(x))
+  split, name = _figure_split(ctx.dataset)
+  x = split.images[:ctx.config.num_figure_images]
+  r = split.responses[:ctx.config.num_figure_images]
+  recons = {'G(E(x))': compiled.apply(ctx.module, 'reconstruct')(variables, x),
+            f'decode(r) [{name}]': compiled.apply(ctx.module, 'decode')(variables, r)}
+  plotting.reconstruction_grid(x, {k: np.asarray(v) for k, v in recons.items()},
+                               str(ctx.workdir / 'stage2_decoding.png'), n=len(x))

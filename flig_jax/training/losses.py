@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from flig_jax.evaluation import metrics
-from flig_jax.model import FLIG
+from flig_jax import ops
+from flig_jax.model import FLIG, Frozen
 from flig_jax.nn import discriminator as disc_lib
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -34,7 +34,7 @@ def stage1_loss(ae_params: Any, model: Any, images: jax.Array, targets: jax.Arra
   loss = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, targets))
   terms = {'bce': loss, 'mse': jnp.mean((recon - targets) ** 2)}
   if cfg.ssim_weight:
-    ssim = jnp.mean(metrics.per_image_ssim_traced(recon, targets))
+    ssim = jnp.mean(ops.ssim(recon, targets))
     loss = loss + cfg.ssim_weight * (1.0 - ssim)
     terms['ssim'] = ssim
   return loss, terms
@@ -55,12 +55,12 @@ def flow_terms(flow_params: Any, model: Any, batch: dict[str, jax.Array],
   return {'z': z, 'logdet': logdet, 'h_back': h_back, 'a_padded': a_padded}
 
 
-def flow_loss(flow_params: Any, disc_params: Any, frozen: dict[str, Any], model: Any,
+def flow_loss(flow_params: Any, disc_params: Any, frozen: Frozen, model: Any,
               discriminator: Any, batch: dict[str, jax.Array], noise: jax.Array,
               cfg: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The flow's stage-2 objective; every weight comes from `cfg` (config.stage2)."""
   out = flow_terms(flow_params, model, batch, noise)
-  h, a, mask = batch['features'], batch['adapted'], frozen['signal_mask']
+  h, a, mask = batch['features'], batch['adapted'], frozen.signal_mask
   z, h_back = out['z'], out['h_back']
   dim = h.shape[-1]
   k = jnp.sum(mask)
@@ -81,8 +81,7 @@ def flow_loss(flow_params: Any, disc_params: Any, frozen: dict[str, Any], model:
     loss = loss + cfg.adversarial_inverse * adv_inv
     terms['adv_inv'] = adv_inv
   if cfg.pixel:
-    pixels = model.apply({'params': {'autoencoder': frozen['autoencoder']},
-                          'stats': frozen['stats']}, h_back,
+    pixels = model.apply(frozen.variables(flow_params), h_back,
                          method=lambda m, h: m.decode_features(m.unstandardise(h)))
     pixel = jnp.mean((pixels - batch['images']) ** 2)
     loss = loss + cfg.pixel * pixel

@@ -1,4 +1,5 @@
-"""The one place where devices, shardings and `jax.jit` are applied: data parallel on a mesh axis `data`.
+"""Devices and shardings of training, and the jit of its init and step: data parallel on a mesh
+axis `data`.
 
 Parameters and optimiser state are replicated; every batch is split along its first axis across all
 devices of all processes. Each process holds its own rows of the global batch and builds the global
@@ -40,7 +41,8 @@ def maybe_initialize_distributed(requested: bool) -> None:
 
 def make_mesh() -> Mesh:
   """A 1-D mesh over every device of every process."""
-  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -89,22 +91,12 @@ def jit_init(init_fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
   return jax.jit(init_fn, out_shardings=replicated(mesh))
 
 
-def jit_step(step_fn: Callable[..., Any], mesh: Mesh, num_replicated: int) -> Callable[..., Any]:
-  """Jits `step_fn(state, *replicated_inputs, batch) -> (state, metrics)` for data parallelism.
+def jit_step(step_fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
+  """Jits `step_fn(state, batch) -> (state, metrics)` for data parallelism.
 
-  The state (argument 0) is donated: its buffers are reused for the new state, so a step holds one
-  copy of the parameters and optimiser state. Replicated inputs (frozen parameters) are not donated.
+  The state is replicated and donated: its buffers are reused for the new state, so a step holds
+  one copy of the parameters and optimiser state. The batch is split over the devices.
   """
   repl, data = replicated(mesh), batch_sharded(mesh)
-  return jax.jit(
-      step_fn,
-      in_shardings=(repl,) * (1 + num_replicated) + (data,),
-      out_shardings=(repl, repl),
-      donate_argnums=(0,),
-  )
-
-
-def jit_apply(fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
-  """Jits an evaluation function `fn(replicated_params, batch)` whose output is per example."""
-  repl, data = replicated(mesh), batch_sharded(mesh)
-  return jax.jit(fn, in_shardings=(repl, data), out_shardings=data)
+  return jax.jit(step_fn, in_shardings=(repl, data), out_shardings=(repl, repl),
+                 donate_argnums=(0,))

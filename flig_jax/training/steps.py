@@ -1,8 +1,9 @@
 """Train states, optimisers and the pure train steps of both stages.
 
-`stage1_step(state, batch) -> (state, metrics)` and `stage2_step(state, frozen, batch) -> (state,
-metrics)` are plain functions; `parallel.jit_step` compiles them (the model, optimisers and config
-are bound with `functools.partial` first). The per-step RNG is `fold_in(state.rng, state.step)`, so a
+Both steps are plain functions `step(state, batch) -> (state, metrics)`; `parallel.jit_step`
+compiles them (the model, optimisers and config are bound with `functools.partial` first). What
+stage 2 reads and never trains (autoencoder, feature statistics, adapter) rides in its state as a
+`model.Frozen`, so one checkpointed pytree holds everything a resumed step needs. The per-step RNG is `fold_in(state.rng, state.step)`, so a
 resumed run draws exactly what an uninterrupted one would.
 """
 
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from flig_jax.model import Frozen
 from flig_jax.training import augment as augment_lib
 from flig_jax.training import losses
 
@@ -36,6 +38,11 @@ class Stage2State:
   disc_opt_state: Any
   rng: jax.Array
   nonfinite_step: jax.Array
+  frozen: Frozen             # never updated
+
+  def model_variables(self) -> dict[str, Any]:
+    """The FLIG variables of this state (frozen parts and the current flow)."""
+    return self.frozen.variables(self.flow_params)
 
 
 def optimizer(learning_rate: float, weight_decay: float, steps: int) -> optax.GradientTransformation:
@@ -86,7 +93,7 @@ def _mixup(rng: jax.Array, batch: dict[str, jax.Array], alpha: float) -> dict[st
   return {k: mix(v) for k, v in batch.items()}
 
 
-def stage2_step(state: Stage2State, frozen: dict[str, Any], batch: dict[str, jax.Array], *,
+def stage2_step(state: Stage2State, batch: dict[str, jax.Array], *,
                 model: Any, discriminator: Any, flow_tx: optax.GradientTransformation,
                 disc_tx: optax.GradientTransformation,
                 cfg: ml_collections.ConfigDict) -> tuple[Stage2State, dict[str, jax.Array]]:
@@ -95,7 +102,7 @@ def stage2_step(state: Stage2State, frozen: dict[str, Any], batch: dict[str, jax
   if cfg.mixup:
     batch = _mixup(mix_rng, batch, cfg.mixup)
   # N(0, 1) on the padding coordinates, N(0, response_noise^2) on the signal ones.
-  mask = frozen['signal_mask']
+  mask = state.frozen.signal_mask
   noise = jax.random.normal(rng, batch['adapted'].shape, batch['adapted'].dtype)
   noise = noise * (1.0 - mask + cfg.response_noise * mask)
 
@@ -112,7 +119,7 @@ def stage2_step(state: Stage2State, frozen: dict[str, Any], batch: dict[str, jax
 
   # Flow: all constraints against the updated discriminator.
   flow_grad_fn = jax.value_and_grad(losses.flow_loss, has_aux=True)
-  (loss, terms), grads = flow_grad_fn(state.flow_params, disc_params, frozen, model,
+  (loss, terms), grads = flow_grad_fn(state.flow_params, disc_params, state.frozen, model,
                                       discriminator, batch, noise, cfg)
   updates, flow_opt_state = flow_tx.update(grads, state.flow_opt_state, state.flow_params)
   new_state = state.replace(

@@ -1,10 +1,10 @@
-"""Figures of an evaluation: reconstruction grids, per-unit encoding accuracy, training curves.
+"""Figures of training and evaluation: reconstruction grids and per-unit encoding accuracy.
 
 Matplotlib with the Agg backend (no display); each function writes one PNG and returns its path.
 """
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import matplotlib
@@ -12,8 +12,6 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # after matplotlib.use: the backend must be chosen first
 import numpy as np
-
-from flig_jax.evaluation import metrics
 
 
 def _save(fig: Any, path: str) -> str:
@@ -48,10 +46,10 @@ def reconstruction_grid(stimuli: Any, recons: Mapping[str, Any], path: str, n: i
   """
   stimuli = np.asarray(stimuli)
   if stimuli.ndim != 4:
-    raise ValueError(f'figures.py: stimuli must be (N, H, W, C); got shape {stimuli.shape}.')
+    raise ValueError(f'stimuli must be (N, H, W, C); got shape {stimuli.shape}.')
   for name, r in recons.items():
     if np.shape(r) != stimuli.shape:
-      raise ValueError(f'figures.py: reconstructions of {name!r} have shape {np.shape(r)}; '
+      raise ValueError(f'reconstructions of {name!r} have shape {np.shape(r)}; '
                        f'the stimuli have {stimuli.shape}.')
   n = max(1, min(n, stimuli.shape[0]))
   rows = [('stimulus', stimuli)] + [(k, np.asarray(v)) for k, v in recons.items()]
@@ -70,7 +68,8 @@ def encoding_figure(per_unit_pcc: Mapping[str, Any], pred: Any, target: Any, pat
   `n_best` best-predicted units of `model`, predicted against measured responses.
 
   Args:
-    per_unit_pcc: model name -> (U,) per-unit Pearson r on the evaluated split.
+    per_unit_pcc: model name -> (U,) per-unit Pearson r on the evaluated split (`model` among
+      them).
     pred: (N, U) responses predicted by `model`.
     target: (N, U) measured responses.
     path: the PNG to write.
@@ -82,9 +81,9 @@ def encoding_figure(per_unit_pcc: Mapping[str, Any], pred: Any, target: Any, pat
   """
   pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
   if pred.ndim != 2 or pred.shape != target.shape:
-    raise ValueError(f'figures.py: pred and target must be (N, U) of one shape; got '
+    raise ValueError(f'pred and target must be (N, U) of one shape; got '
                      f'{pred.shape} and {target.shape}.')
-  r_model = metrics.per_unit_pcc(pred, target)
+  r_model = np.asarray(per_unit_pcc[model], np.float64)
   n_best = max(1, min(n_best, pred.shape[1]))
   best = np.argsort(-r_model)[:n_best]
 
@@ -116,35 +115,5 @@ def encoding_figure(per_unit_pcc: Mapping[str, Any], pred: Any, target: Any, pat
     ax.set_xlabel('measured')
     if i == 0:
       ax.set_ylabel('predicted')
-  fig.tight_layout()
-  return _save(fig, path)
-
-
-def training_figure(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
-                    path: str, log_y: bool = False) -> str:
-  """Writes one panel per training curve.
-
-  Args:
-    curves: name (e.g. 'stage1/loss') -> (steps, values).
-    path: the PNG to write.
-    log_y: logarithmic y axis (for positive losses).
-
-  Returns:
-    path.
-  """
-  if not curves:
-    raise ValueError('figures.py: training_figure was given no curves.')
-  k = len(curves)
-  cols = min(k, 3)
-  rows = -(-k // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 3.0 * rows), squeeze=False)
-  for ax, (name, (steps, values)) in zip(axes.flat, curves.items()):
-    ax.plot(np.asarray(steps), np.asarray(values), linewidth=1.2)
-    ax.set_title(name, fontsize=10)
-    ax.set_xlabel('step')
-    if log_y:
-      ax.set_yscale('log')
-  for ax in list(axes.flat)[k:]:
-    ax.axis('off')
   fig.tight_layout()
   return _save(fig, path)
