@@ -50,7 +50,21 @@ def manager(workdir: str | os.PathLike, keep: int = 3, every_steps: int | None =
   else:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, save_interval_steps=every_steps or 1, create=True)
-  return ocp.CheckpointManager(directory, options=options)
+  return ocp.CheckpointManager(directory, options=options, handler_registry=_handlers())
+
+
+def _handlers() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
+  """The handler of each item, so orbax can list and describe the items of any step."""
+  registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+  for name in ('model', 'state'):
+    handler = ocp.StandardCheckpointHandler()
+    registry.add(name, ocp.args.StandardSave, handler)
+    registry.add(name, ocp.args.StandardRestore, handler)
+  for name in ('config', 'meta'):
+    handler = ocp.JsonCheckpointHandler()
+    registry.add(name, ocp.args.JsonSave, handler)
+    registry.add(name, ocp.args.JsonRestore, handler)
+  return registry
 
 
 def _config_dict(config: Any) -> dict[str, Any]:
@@ -94,11 +108,10 @@ def wait(mgr: ocp.CheckpointManager) -> None:
 
 
 def steps_with(mgr: ocp.CheckpointManager, item_name: str) -> list[int]:
-  """Saved steps (ascending) whose directory holds `item_name`."""
+  """Saved steps (ascending) that hold `item_name`, from orbax's metadata of each step."""
   mgr.wait_until_finished()
   mgr.reload()
-  return [s for s in sorted(mgr.all_steps())
-          if os.path.isdir(os.path.join(os.fspath(mgr.directory), str(s), item_name))]
+  return [s for s in sorted(mgr.all_steps()) if item_name in mgr.item_metadata(s)]
 
 
 def read_meta(mgr: ocp.CheckpointManager, step: int) -> dict[str, Any]:

@@ -4,13 +4,14 @@ state; `Model.decode` compiles once per batch-size bucket, not once per batch si
 import contextlib
 import dataclasses
 
+import chex
 import jax
 import numpy as np
 import pytest
 
 from configs import synthetic
 from flig_jax import model as model_lib
-from flig_jax.training import loop, parallel
+from flig_jax.training import loop, parallel, steps
 
 # Fired once per program lowered to MLIR: every compilation, whether XLA then builds it or loads it
 # from the persistent compilation cache.
@@ -74,7 +75,10 @@ def test_listener_counts_compilations():
   assert len(compiled) == 1
 
 
-def test_training_steps_compile_once(ctx):
+def test_training_steps_compile_once(ctx, monkeypatch):
+  # Each step function may be traced once: a second trace (a retrace) fails the test at once.
+  for name in ('stage1_step', 'stage2_step'):
+    monkeypatch.setattr(steps, name, chex.assert_max_traces(getattr(steps, name), n=1))
   state1 = _check_stage_compiles_once(loop.stage1(ctx, loop.restore_or_init(ctx)), ctx.mesh)
   _check_stage_compiles_once(loop.stage2(ctx, state1), ctx.mesh)
 

@@ -110,14 +110,18 @@ def test_actnorm_data_dependent_init():
   np.testing.assert_allclose(y.std(axis=0), 1.0, atol=1e-4)
 
 
-def test_lu_linear_starts_orthogonal_with_positive_diagonal():
-  module = flow.LULinear()
-  params = jax.jit(module.init)(jax.random.key(5), jnp.zeros((2, D)))['params']
-  w = flow.LUAffineBijector(params['lower'], params['upper'], params['log_s']).matrix
-  np.testing.assert_allclose(w @ w.T, np.eye(D), atol=1e-5)
-  assert np.all(np.abs(np.diag(np.asarray(params['upper']))) > 0)
-  np.testing.assert_allclose(np.diag(np.asarray(params['upper'])), np.exp(params['log_s']),
-                             rtol=1e-5)
+def test_lu_linear_starts_orthogonal_with_positive_diagonal_or_at_identity():
+  x = jax.random.normal(jax.random.key(6), (3, D))
+  params = jax.jit(flow.LULinear().init)(jax.random.key(5), x)['params']
+  assert jax.tree.map(jnp.shape, params) == {'lu': (D, D)}     # one matrix, every entry used
+  bij = flow.lu_bijector(params['lu'])
+  np.testing.assert_allclose(bij.matrix @ bij.matrix.T, np.eye(D), atol=1e-5)
+  assert np.all(np.diag(np.asarray(bij.upper)) > 0)
+  identity = flow.LULinear(identity_init=True)
+  params = jax.jit(identity.init)(jax.random.key(5), x)
+  y, logdet = identity.apply(params, x)
+  np.testing.assert_array_equal(y, x)
+  np.testing.assert_array_equal(logdet, np.zeros(3))
 
 
 def test_flow_rejects_wrong_width_and_unknown_coupling():

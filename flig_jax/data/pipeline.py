@@ -1,11 +1,10 @@
-"""Seeded, random-access batches of a split on grain: batch number `step` is a pure function of
-(seed, step), so a resumed run restores its input position from the step alone."""
+"""Seeded, random-access training batches of a split: batch number `step` is a pure function of
+(seed, step), so a resumed run restores its input position from the step alone (the checkpoint
+needs no iterator state)."""
 
 from __future__ import annotations
 
 import functools
-import sys
-from collections.abc import Iterator
 
 import numpy as np
 
@@ -20,8 +19,8 @@ def _mixed_seed(seed: int) -> int:
 class BatchStream:
   """Global batches of a split, reshuffled every epoch, each process reading its own shard.
 
-  Epoch e visits the rows in a fresh permutation seeded by (seed, e) and is cut into `steps_per_epoch = N // global_batch_size` batches; the remainder of
-  each epoch is dropped, so every row appears at most once per epoch and a different remainder is
+  Epoch e visits the rows in a fresh permutation seeded by (seed, e) and is cut into
+  `steps_per_epoch = N // global_batch_size` batches; the remainder of each epoch is dropped, so every row appears at most once per epoch and a different remainder is
   dropped each epoch.
 
   When the split holds fewer rows than one global batch (N < global_batch_size), batches are cut
@@ -30,11 +29,8 @@ class BatchStream:
   stays fixed either way, which jitted, sharded steps need; clamping the batch would change it.
 
   Process `p` of `P` gets rows [p * B / P, (p + 1) * B / P) of each global batch, and gathers only
-  those rows. `dataset` is the same stream as a random-access `grain.MapDataset` of batches.
-
-  The permutations are numpy's, one per epoch and memoised: grain's own `MapDataset.shuffle`
-  draws each position with a separate call, about 0.4 ms a row here, which made building a
-  batch of 32 slower than the stage-2 step it feeds.
+  those rows. The permutations are numpy's, one per epoch and memoised; the training loop calls
+  `batch(step)` for each step it runs.
   """
 
   def __init__(self, arrays: dict[str, np.ndarray], global_batch_size: int, seed: int,
@@ -51,8 +47,6 @@ class BatchStream:
     Raises:
       ValueError: empty or unequal arrays, or batch sizes and process counts that do not fit.
     """
-    import grain  # pylint: disable=g-import-not-at-top
-
     if not arrays:
       raise ValueError('BatchStream needs at least one array')
     lengths = {k: len(v) for k, v in arrays.items()}
@@ -76,7 +70,6 @@ class BatchStream:
     self.steps_per_epoch = max(1, self.num_rows // global_batch_size)
     self._seed = _mixed_seed(seed)
     self._permutation = functools.lru_cache(maxsize=4)(self._epoch_order)
-    self.dataset = grain.MapDataset.range(sys.maxsize).map(self.batch)
 
   def global_positions(self, step: int) -> np.ndarray:
     """Positions in the endless per-epoch-permutation sequence that global batch `step` takes."""
@@ -115,9 +108,3 @@ class BatchStream:
     """This process's contiguous shard (global_batch_size // process_count rows) of batch `step`."""
     rows = self.local_rows(int(step))
     return {k: v[rows] for k, v in self.arrays.items()}
-
-  def iter_from(self, step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-    """Yields batch(step), batch(step + 1), ... without end (resume a run from its step)."""
-    while True:
-      yield self.batch(step)
-      step += 1

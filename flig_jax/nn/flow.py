@@ -1,6 +1,9 @@
 """The cross-modal normalizing flow f on R^D: distrax bijectors whose parameters and conditioners
 are Flax Linen modules, and the `Flow` that chains K blocks of ActNorm -> LU linear -> coupling.
 
+The chain is written out (`Flow.forward` / `Flow.inverse`) rather than a `distrax.Chain`: each
+layer's parameters are created and owned by its Flax module, which a Chain built once could not do.
+
 Every layer module has `__call__(x, inverse=False) -> (y, logdet)` with `x` of shape (..., D) and
 `logdet` of shape (...,). Parameters are created on the first (forward) call, so `init` through the
 forward direction runs ActNorm's data-dependent initialisation.
@@ -12,7 +15,6 @@ import distrax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import solve_triangular
 
 Array = jax.Array
 
@@ -23,51 +25,6 @@ _ACTNORM_EPS = 1e-6
 def _bounded(raw: Array, bound: float = _AFFINE_SCALE_BOUND) -> Array:
   """Soft clamp to (-bound, bound): bound * tanh(raw / bound); the identity near zero."""
   return bound * jnp.tanh(raw / bound)
-
-
-class LUAffineBijector(distrax.Bijector):
-  """Invertible linear map on vectors, W = L U (Glow's 1x1 convolution for vectors).
-
-  L is unit lower-triangular, U upper-triangular with diagonal exp(log_s) > 0, so W is invertible.
-
-  - forward:  y = W x = L U x
-  - inverse:  x = U^-1 L^-1 y (two triangular solves)
-  - log-det:  log|det W| = sum(log_s) (forward); -sum(log_s) (inverse); the same for every event.
-  """
-
-  def __init__(self, lower: Array, upper: Array, log_s: Array):
-    """Builds the bijector.
-
-    Args:
-      lower: (D, D); only the strictly lower part is used (the diagonal is one).
-      upper: (D, D); only the strictly upper part is used (the diagonal is exp(log_s)).
-      log_s: (D,), log of U's diagonal.
-    """
-    super().__init__(event_ndims_in=1)
-    d = log_s.shape[-1]
-    self._l = jnp.tril(lower, -1) + jnp.eye(d, dtype=lower.dtype)
-    self._u = jnp.triu(upper, 1) + jnp.diag(jnp.exp(log_s))
-    self._log_s = log_s
-
-  @property
-  def matrix(self) -> Array:
-    """W = L U, (D, D)."""
-    return self._l @ self._u
-
-  def _logdet(self, x: Array) -> Array:
-    return jnp.broadcast_to(jnp.sum(self._log_s), x.shape[:-1])
-
-  def forward_and_log_det(self, x: Array) -> tuple[Array, Array]:
-    """y = L U x, log|det| = sum(log_s)."""
-    y = (x @ self._u.T) @ self._l.T
-    return y, self._logdet(x)
-
-  def inverse_and_log_det(self, y: Array) -> tuple[Array, Array]:
-    """x = U^-1 L^-1 y, log|det| = -sum(log_s)."""
-    flat = y.reshape(-1, y.shape[-1]).T                       # (D, M)
-    t = solve_triangular(self._l, flat, lower=True, unit_diagonal=True)
-    x = solve_triangular(self._u, t, lower=False)
-    return x.T.reshape(y.shape), -self._logdet(y)
 
 
 def actnorm_bijector(shift: Array, log_scale: Array) -> distrax.Bijector:
@@ -111,39 +68,44 @@ class ActNorm(nn.Module):
     return bij.inverse_and_log_det(x) if inverse else bij.forward_and_log_det(x)
 
 
-def _random_lu_init(key: Array, d: int) -> tuple[Array, Array, Array]:
-  """L, U, log_s from the LU factors of a random orthogonal matrix, signs fixed so diag(U) > 0."""
+def lu_bijector(packed: Array) -> distrax.Bijector:
+  """Invertible linear map on vectors, W = L U (Glow's 1x1 convolution for vectors), from one
+  (D, D) matrix that packs all three factors with no unused entry: its strictly lower part is L's
+  (unit diagonal), its strictly upper part is U's, and its diagonal holds log(diag U), so U's
+  diagonal exp(.) > 0 keeps W invertible.
+
+  - forward:  y = L U x; inverse: two triangular solves
+  - log-det:  sum(diag(packed)) (forward); its negative (inverse)
+  """
+  eye = jnp.eye(packed.shape[-1], dtype=bool)
+  matrix = jnp.where(eye, jnp.exp(packed), packed)
+  return distrax.LowerUpperTriangularAffine(matrix, jnp.zeros(packed.shape[-1], packed.dtype))
+
+
+def _random_lu_init(key: Array, shape: tuple[int, int]) -> Array:
+  """The packed LU factors of a random orthogonal matrix, signs fixed so diag(U) > 0."""
+  d = shape[-1]
   q, _ = jnp.linalg.qr(jax.random.normal(key, (d, d)))
   _, lower, upper = jax.scipy.linalg.lu(q)          # q = p @ lower @ upper
   diag = jnp.diag(upper)
   upper = upper * jnp.sign(diag)[None, :]           # U D: W0 = p^T q D = L (U D)
-  return lower, upper, jnp.log(jnp.abs(diag))
+  return jnp.tril(lower, -1) + jnp.triu(upper, 1) + jnp.diag(jnp.log(jnp.abs(diag)))
 
 
 class LULinear(nn.Module):
-  """Learned invertible linear layer, the `LUAffineBijector` with parameters lower/upper/log_s.
+  """Learned invertible linear layer (`lu_bijector`) with one (D, D) parameter `lu`.
 
-  Initialised (from the `params` rng) at W0 = L U, the LU factors of a random orthogonal matrix
-  with signs fixed so U's diagonal is positive; there is no stored permutation.
+  Initialised (from the `params` rng) at the LU factors of a random orthogonal matrix with signs
+  fixed so U's diagonal is positive (there is no stored permutation), or at the identity when
+  `identity_init`.
   """
+  identity_init: bool = False
 
   @nn.compact
   def __call__(self, x: Array, inverse: bool = False) -> tuple[Array, Array]:
     d = x.shape[-1]
-
-    # One key for all three so they are the factors of the same orthogonal matrix. (Flax also
-    # calls an init function abstractly to check the shape of an existing parameter.)
-    factors = None
-    if not self.has_variable('params', 'log_s'):
-      factors = _random_lu_init(self.make_rng('params'), d)
-
-    def init(i):
-      return lambda key: (_random_lu_init(key, d) if factors is None else factors)[i]
-
-    lower = self.param('lower', init(0))
-    upper = self.param('upper', init(1))
-    log_s = self.param('log_s', init(2))
-    bij = LUAffineBijector(lower, upper, log_s)
+    init = nn.initializers.zeros if self.identity_init else _random_lu_init
+    bij = lu_bijector(self.param('lu', init, (d, d)))
     return bij.inverse_and_log_det(x) if inverse else bij.forward_and_log_det(x)
 
 
@@ -216,6 +178,7 @@ class Coupling(nn.Module):
 BIJECTORS: dict[str, Callable[..., nn.Module]] = {
     'actnorm': lambda **_: ActNorm(),
     'lu_linear': lambda **_: LULinear(),
+    'lu_linear_identity': lambda **_: LULinear(identity_init=True),
     'affine_coupling': lambda hidden=16, swap=False, **_: Coupling(
         hidden, 'affine', swap=swap),
     'spline_coupling': lambda hidden=16, swap=False, num_bins=8, spline_range=4.0, **_: Coupling(

@@ -2,4 +2,5 @@
 
 
 class TrainingDiverged(RuntimeError):
-  """The loss became NaN or Inf; the message names the stage, the step and the last good checkpoint."""
+  """NaN or Inf in the loss, gradients or parameters; the message names the stage, the step and
+  the last good checkpoint."""

@@ -40,6 +40,11 @@ def stage1_loss(ae_params: Any, model: Any, images: jax.Array, targets: jax.Arra
   return loss, terms
 
 
+def _bce(logits: jax.Array, label: float) -> jax.Array:
+  """Mean logistic loss of `logits` against one label (1: real, 0: generated)."""
+  return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, jnp.full_like(logits, label)))
+
+
 def flow_terms(flow_params: Any, model: Any, batch: dict[str, jax.Array],
                noise: jax.Array) -> dict[str, jax.Array]:
   """Runs f on the features and f^-1 on the adapted responses of a batch plus `noise`.
@@ -70,14 +75,14 @@ def flow_loss(flow_params: Any, disc_params: Any, frozen: Frozen, model: Any,
   nll = jnp.mean(0.5 * jnp.sum(z ** 2, axis=-1) + 0.5 * dim * _LOG_2PI - out['logdet']) / dim
   # Non-saturating generator loss: f(h) should look like a real adapted response to Dis.
   fake_logits = discriminator.apply({'params': disc_params['forward']}, z)
-  adv = jnp.mean(jax.nn.softplus(-fake_logits))
+  adv = _bce(fake_logits, 1.0)
   loss = (cfg.local_forward * local_fwd + cfg.local_inverse * local_inv
           + cfg.likelihood * nll + cfg.adversarial * adv)
   terms = {'local_fwd': local_fwd, 'local_inv': local_inv, 'nll': nll, 'adv': adv}
 
   if cfg.adversarial_inverse:
     inv_logits = discriminator.apply({'params': disc_params['inverse']}, h_back)
-    adv_inv = jnp.mean(jax.nn.softplus(-inv_logits))
+    adv_inv = _bce(inv_logits, 1.0)
     loss = loss + cfg.adversarial_inverse * adv_inv
     terms['adv_inv'] = adv_inv
   if cfg.pixel:
@@ -103,7 +108,7 @@ def discriminator_loss(disc_params: Any, discriminator: Any, real: dict[str, jax
     apply = lambda p, x: discriminator.apply({'params': p}, x)
     real_logits = apply(params, real_x)
     fake_logits = apply(params, fake[name])
-    loss = jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits))
+    loss = _bce(real_logits, 1.0) + _bce(fake_logits, 0.0)
     penalty = disc_lib.r1_penalty(apply, params, real_x)
     total = total + loss + cfg.gradient_penalty * penalty
     terms[f'disc_{name}'] = loss

@@ -9,6 +9,7 @@ resumed run draws exactly what an uninterrupted one would.
 
 from typing import Any
 
+import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,7 @@ class Stage1State:
   params: Any                # autoencoder parameters
   opt_state: Any
   rng: jax.Array             # base key; step keys are fold_in(rng, step)
-  nonfinite_step: jax.Array  # first step whose loss was NaN/Inf, or -1
+  nonfinite_step: jax.Array  # first step with NaN/Inf in loss, gradients or new params, or -1
 
 
 @flax.struct.dataclass
@@ -54,9 +55,12 @@ def optimizer(learning_rate: float, weight_decay: float, steps: int) -> optax.Gr
                      optax.adamw(schedule, weight_decay=weight_decay))
 
 
-def _track_nonfinite(nonfinite_step: jax.Array, step: jax.Array, loss: jax.Array) -> jax.Array:
-  bad = jnp.logical_and(nonfinite_step < 0, ~jnp.isfinite(loss))
-  return jnp.where(bad, step, nonfinite_step)
+def _track_nonfinite(nonfinite_step: jax.Array, step: jax.Array, *trees: Any) -> jax.Array:
+  """`step` if no earlier step was marked and any leaf of `trees` (the loss, the gradients, the
+  updated parameters) holds a NaN or Inf: an update that breaks the parameters is caught at the
+  step that made it, before the loop can save its result."""
+  finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trees)]))
+  return jnp.where(jnp.logical_and(nonfinite_step < 0, ~finite), step, nonfinite_step)
 
 
 def stage1_step(state: Stage1State, batch: dict[str, jax.Array], *, model: Any,
@@ -64,6 +68,7 @@ def stage1_step(state: Stage1State, batch: dict[str, jax.Array], *, model: Any,
                 cfg: ml_collections.ConfigDict) -> tuple[Stage1State, dict[str, jax.Array]]:
   """One autoencoder update on a batch of stimuli (augmented when cfg.augment)."""
   images = batch['images']
+  chex.assert_rank(images, 4)
   rng = jax.random.fold_in(state.rng, state.step)
   if cfg.augment:
     images = augment_lib.augment(rng, images, max_shift=cfg.max_shift,
@@ -72,9 +77,10 @@ def stage1_step(state: Stage1State, batch: dict[str, jax.Array], *, model: Any,
   grad_fn = jax.value_and_grad(losses.stage1_loss, has_aux=True)
   (loss, terms), grads = grad_fn(state.params, model, images, images, cfg)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
   new_state = state.replace(
-      step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state,
-      nonfinite_step=_track_nonfinite(state.nonfinite_step, state.step, loss))
+      step=state.step + 1, params=params, opt_state=opt_state,
+      nonfinite_step=_track_nonfinite(state.nonfinite_step, state.step, loss, grads, params))
   return new_state, {'loss': loss, **terms}
 
 
@@ -98,6 +104,9 @@ def stage2_step(state: Stage2State, batch: dict[str, jax.Array], *,
                 disc_tx: optax.GradientTransformation,
                 cfg: ml_collections.ConfigDict) -> tuple[Stage2State, dict[str, jax.Array]]:
   """One discriminator update, then one flow update, on the same batch."""
+  d = state.frozen.feature_mean.shape[0]
+  chex.assert_shape([batch['features'], batch['adapted']], (None, d))
+  chex.assert_rank(batch['images'], 4)
   rng, mix_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
   if cfg.mixup:
     batch = _mixup(mix_rng, batch, cfg.mixup)
@@ -122,8 +131,10 @@ def stage2_step(state: Stage2State, batch: dict[str, jax.Array], *,
   (loss, terms), grads = flow_grad_fn(state.flow_params, disc_params, state.frozen, model,
                                       discriminator, batch, noise, cfg)
   updates, flow_opt_state = flow_tx.update(grads, state.flow_opt_state, state.flow_params)
+  flow_params = optax.apply_updates(state.flow_params, updates)
   new_state = state.replace(
-      step=state.step + 1, flow_params=optax.apply_updates(state.flow_params, updates),
-      disc_params=disc_params, flow_opt_state=flow_opt_state, disc_opt_state=disc_opt_state,
-      nonfinite_step=_track_nonfinite(state.nonfinite_step, state.step, loss))
+      step=state.step + 1, flow_params=flow_params, disc_params=disc_params,
+      flow_opt_state=flow_opt_state, disc_opt_state=disc_opt_state,
+      nonfinite_step=_track_nonfinite(state.nonfinite_step, state.step, loss, grads, disc_grads,
+                                      flow_params, disc_params))
   return new_state, {'loss': loss, **terms, **disc_terms}
