@@ -46,14 +46,23 @@ def train(workdir: pathlib.Path, *overrides: str, config: str = 'configs/synthet
   return proc
 
 
+def require_data(path: pathlib.Path, what: str) -> pathlib.Path:
+  """`path`, which must exist when FLIG_DATA_DIR is set (else the test fails: a data test that
+  skips under a wrong root proves nothing); without FLIG_DATA_DIR a missing `path` skips."""
+  if path.exists():
+    return path
+  if os.environ.get('FLIG_DATA_DIR'):
+    pytest.fail(f'FLIG_DATA_DIR is set but {what} is missing: {path}')
+  pytest.skip(f'no {what} at {path} (set FLIG_DATA_DIR)')
+
+
 @pytest.fixture(scope='session')
 def data_root() -> pathlib.Path:
-  """The shared data root ($FLIG_DATA_DIR, else ../shared/data beside the repo); skips if absent."""
+  """The shared data root: $FLIG_DATA_DIR (must exist), else ../shared/data beside the repo (the
+  tests that need it skip when it is absent)."""
   default = ROOT / '..' / 'shared' / 'data'
-  root = pathlib.Path(os.environ.get('FLIG_DATA_DIR') or default).resolve()
-  if not root.is_dir():
-    pytest.skip(f'no shared data at {root} (set FLIG_DATA_DIR)')
-  return root
+  return require_data(pathlib.Path(os.environ.get('FLIG_DATA_DIR') or default).resolve(),
+                      'the shared data root')
 
 
 @pytest.fixture(scope='session')

