@@ -1,19 +1,24 @@
 """Scores a trained FLIG checkpoint beside the ridge, MLP and CAE + ridge baselines on one split.
 
   python evaluate.py --ckpt runs/fmri [--split test|val] [--out DIR] [--data_dir DIR]
+  python evaluate.py --ckpt runs/a --ckpt runs/b --ckpt runs/c   # and mean ± sd over the three
 
 Config, parameters and adapter come from the checkpoint; baselines are fitted on the training split
 with hyper-parameters chosen on the validation split. Prints the tables and writes metrics.json,
-reconstructions.png and encoding.png to --out (default <ckpt>/eval_<split>).
+reconstructions.png and encoding.png to --out (default <ckpt>/eval_<split>). Given several
+checkpoints (e.g. seeds of one config), it evaluates each into its own <ckpt>/eval_<split>, then
+prints every model's metrics as mean ± sd over them.
 """
 
 import sys
 
 from absl import app, flags, logging
 
-_CKPT = flags.DEFINE_string('ckpt', None, 'The run\'s workdir (or its checkpoints/ directory).')
+_CKPT = flags.DEFINE_multi_string('ckpt', None, 'The run\'s workdir (or its checkpoints/ '
+                                  'directory); repeat it to aggregate several runs.')
 _SPLIT = flags.DEFINE_string('split', 'test', 'The split to score: test or val.')
-_OUT = flags.DEFINE_string('out', None, 'Output directory (default: <ckpt>/eval_<split>).')
+_OUT = flags.DEFINE_string('out', None, 'Output directory (default: <ckpt>/eval_<split>; one '
+                           '--ckpt only).')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'The dataset\'s own folder, overriding the '
                                 'checkpoint\'s config.data.dir.')
 flags.mark_flags_as_required(['ckpt'])
@@ -22,10 +27,15 @@ flags.mark_flags_as_required(['ckpt'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  ckpts = _CKPT.value
+  if len(ckpts) > 1 and _OUT.value:
+    raise app.UsageError('--out takes one --ckpt; several write to <ckpt>/eval_<split> each')
   logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
   from flig_jax import cli  # imported here so --help stays fast
-  sys.exit(cli.run_evaluation(_CKPT.value, split=_SPLIT.value, out=_OUT.value,
-                              data_dir=_DATA_DIR.value))
+  if len(ckpts) == 1:
+    sys.exit(cli.run_evaluation(ckpts[0], split=_SPLIT.value, out=_OUT.value,
+                                data_dir=_DATA_DIR.value))
+  sys.exit(cli.run_evaluations(ckpts, split=_SPLIT.value, data_dir=_DATA_DIR.value))
 
 
 if __name__ == '__main__':

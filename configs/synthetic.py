@@ -34,6 +34,8 @@ def get_config(arg: str = ''):
     config.data.num_train = 1000
     config.data.num_test = 200
     config.data.num_units = 200
+    config.stage1.steps = 1000
+    config.stage2.steps = 1500
   if 'smoke' in options:
     config = default.smoke(config)
   return config

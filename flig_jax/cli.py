@@ -140,3 +140,15 @@ def run_evaluation(ckpt: str, split: str = 'test', out: str | None = None,
   enable_compilation_cache()
   from flig_jax.evaluation import run
   return guarded(lambda: run.evaluate(ckpt, split=split, out=out, data_dir=data_dir))
+
+
+def run_evaluations(ckpts: list[str], split: str = 'test', data_dir: str | None = None) -> int:
+  """Evaluates each checkpoint into `<ckpt>/eval_<split>`, then prints mean ± sd over them."""
+  from flig_jax.evaluation import aggregate  # pylint: disable=g-import-not-at-top
+  outs = [os.path.join(ckpt, f'eval_{split}') for ckpt in ckpts]
+  for ckpt, out in zip(ckpts, outs):
+    status = run_evaluation(ckpt, split=split, out=out, data_dir=data_dir)
+    if status:
+      return status
+  return guarded(lambda: print('\n' + aggregate.format_table(
+      aggregate.aggregate([aggregate.read_metrics(out) for out in outs])), flush=True))

@@ -1,10 +1,11 @@
-"""Figures of training and evaluation: reconstruction grids and per-unit encoding accuracy.
+"""Figures of training and evaluation: reconstruction grids, per-unit encoding accuracy, and
+differences over runs (FLIG minus the best baseline).
 
 Matplotlib with the Agg backend (no display); each function writes one PNG and returns its path.
 """
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib
@@ -115,5 +116,39 @@ def encoding_figure(per_unit_pcc: Mapping[str, Any], pred: Any, target: Any, pat
     ax.set_xlabel('measured')
     if i == 0:
       ax.set_ylabel('predicted')
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def differences_figure(differences: Mapping[str, Mapping[str, Mapping[str, Any]]],
+                       metrics_shown: Sequence[str], path: str,
+                       xlabel: str = 'FLIG − best baseline') -> str:
+  """A panel per metric, a row per dataset: a difference's mean ± sd over runs (a dot with an error
+  bar, green at or above zero, red below) and each run's value (small grey points).
+
+  Args:
+    differences: dataset -> metric -> {'mean', 'sd', 'values'} (e.g. `aggregate.flig_minus_best`);
+      a missing metric leaves its row empty.
+    metrics_shown: the metric keys, one panel each, in order.
+    path: the PNG to write.
+    xlabel: the x-axis label of every panel.
+  """
+  names = list(differences)
+  fig, axes = plt.subplots(1, len(metrics_shown), squeeze=False, sharey=True,
+                           figsize=(3.0 * len(metrics_shown), 0.32 * len(names) + 1.3))
+  for ax, key in zip(axes[0], metrics_shown):
+    for y, name in enumerate(names):
+      d = differences[name].get(key)
+      if d is None:
+        continue
+      ax.plot(d['values'], [y] * len(d['values']), '.', color='0.6', ms=4)
+      ax.errorbar(d['mean'], y, xerr=d['sd'], fmt='o', capsize=3,
+                  color='tab:green' if d['mean'] >= 0 else 'tab:red')
+    ax.axvline(0.0, color='k', lw=0.8)
+    ax.set_title(key.replace('/', ' '), fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.tick_params(labelsize=8)
+  axes[0][0].set_yticks(range(len(names)), names)
+  axes[0][0].set_ylim(len(names) - 0.5, -0.5)
   fig.tight_layout()
   return _save(fig, path)

@@ -1,0 +1,125 @@
+"""Tests for results over runs: flig_jax.evaluation.aggregate, `evaluate.py` with several
+checkpoints, and scripts/results.py's aggregation (on metrics written here, no training)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, subprocess_env
+from flig_jax import cli
+from flig_jax.evaluation import aggregate, report
+
+MODELS = ('flig', 'ridge', 'mlp', 'cae_ridge')
+
+
+def fake_metrics(dataset='synthetic', offset=0.0, session='', models=MODELS):
+  """A metrics.json dict whose every metric is model index / 10 + offset (flig lowest)."""
+  dec = {m: {k: i / 10 + offset for k in report.DECODING_KEYS} for i, m in enumerate(models)}
+  enc = {m: {k: i / 10 + offset for k in report.ENCODING_KEYS} for i, m in enumerate(models)}
+  return {'dataset': dataset, 'split': 'test', 'n': 4, 'decoding': dec, 'encoding': enc,
+          'roundtrip_max_abs_err': 1e-6, 'session': session}
+
+
+def test_mean_and_sd_over_runs():
+  s = aggregate.aggregate([fake_metrics(offset=o) for o in (0.0, 0.02, 0.07)])
+  pcc = s['decoding']['ridge']['pcc']
+  assert pcc['mean'] == pytest.approx(0.13) and pcc['values'] == pytest.approx([0.1, 0.12, 0.17])
+  assert pcc['sd'] == pytest.approx(0.036055513, rel=1e-6)  # sample sd, ddof 1
+  assert s['runs'] == 3 and s['dataset'] == 'synthetic' and set(s['encoding']) == set(MODELS)
+  one = aggregate.aggregate([fake_metrics()])
+  assert one['encoding']['mlp']['pcc_mean'] == {'mean': 0.2, 'sd': 0.0, 'values': [0.2]}
+
+
+def test_models_missing_from_a_run_are_dropped():
+  s = aggregate.aggregate([fake_metrics(), fake_metrics(models=('flig', 'ridge'))])
+  assert set(s['decoding']) == {'flig', 'ridge'}
+
+
+@pytest.mark.parametrize('other', [fake_metrics('digit69'), fake_metrics(session='190927'),
+                                   {**fake_metrics(), 'split': 'val'}])
+def test_runs_of_different_datasets_do_not_mix(other):
+  with pytest.raises(ValueError, match='mix datasets'):
+    aggregate.aggregate([fake_metrics(), other])
+  with pytest.raises(ValueError, match='no runs'):
+    aggregate.aggregate([])
+
+
+def test_flig_minus_best_is_paired_against_the_best_mean():
+  a, b = fake_metrics(), fake_metrics(offset=0.1)
+  a['decoding']['mlp']['pcc'] = 0.9  # mlp best on average, though not in run b
+  b['decoding']['mlp']['pcc'] = 0.2
+  b['decoding']['flig']['pcc'] = 0.5
+  d = aggregate.flig_minus_best(aggregate.aggregate([a, b]))
+  assert set(d) == set(aggregate.HEADLINE_KEYS)
+  assert d['decoding/pcc']['baseline'] == 'mlp'
+  assert d['decoding/pcc']['values'] == pytest.approx([0.0 - 0.9, 0.5 - 0.2])
+  assert d['encoding/pcc_mean']['baseline'] == 'cae_ridge'
+  assert d['encoding/pcc_mean']['mean'] == pytest.approx(-0.3)
+
+
+def test_tables():
+  s = aggregate.aggregate([fake_metrics(offset=o) for o in (0.0, 0.1)])
+  text = aggregate.format_table(s)
+  assert 'mean ± sd over 2 run(s)' in text and '0.350 ± 0.071' in text
+  md = aggregate.markdown_table({'syn': s}).splitlines()
+  assert len(md) == 2 + len(MODELS)
+  assert md[-1].startswith('| syn | cae_ridge | 2 | **0.350 ± 0.071** |')
+
+
+def test_read_metrics_names_a_bad_file(tmp_path):
+  (tmp_path / 'metrics.json').write_text('{"dataset": "x"}')
+  with pytest.raises(ValueError, match=r'metrics.json: .*lack the keys'):
+    aggregate.read_metrics(tmp_path)
+  (tmp_path / 'metrics.json').write_text('{')
+  with pytest.raises(ValueError, match='not JSON'):
+    aggregate.read_metrics(tmp_path / 'metrics.json')
+
+
+def test_evaluate_several_checkpoints_prints_mean_and_sd(tmp_path, monkeypatch, capsys):
+  def fake_evaluation(ckpt, split, out, data_dir):
+    del data_dir
+    assert out == f'{ckpt}/eval_{split}'
+    report.write_metrics(f'{out}/metrics.json', fake_metrics(offset=0.1 * ckpt.endswith('b')))
+    return 0
+
+  monkeypatch.setattr(cli, 'run_evaluation', fake_evaluation)
+  assert cli.run_evaluations([str(tmp_path / 'a'), str(tmp_path / 'b')], split='val') == 0
+  out = capsys.readouterr().out
+  assert 'mean ± sd over 2 run(s)' in out and '0.050 ± 0.071' in out  # flig: 0.0 and 0.1
+
+
+def test_evaluate_several_checkpoints_stops_at_a_failure(tmp_path, monkeypatch):
+  calls = []
+  monkeypatch.setattr(cli, 'run_evaluation', lambda ckpt, **_: calls.append(ckpt) or 1)
+  assert cli.run_evaluations(['a', 'b']) == 1 and calls == ['a']
+
+
+def test_results_script_aggregates_finished_runs(tmp_path):
+  root = tmp_path / 'runs'
+  for name, dataset in (('synthetic', 'synthetic'), ('digit69', 'digit69')):
+    for seed in (0, 1):
+      report.write_metrics(str(root / name / f'seed{seed}' / 'eval_test' / 'metrics.json'),
+                           fake_metrics(dataset, offset=0.01 * seed))
+  out, figure = tmp_path / 'out', tmp_path / 'fig.png'
+  proc = subprocess.run(
+      [sys.executable, str(ROOT / 'scripts' / 'results.py'), '--smoke', f'--root={root}',
+       f'--out={out}', f'--figure={figure}'],
+      env=subprocess_env(), cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.count('done before') == 4
+  summary = json.loads((out / 'summary.json').read_text())
+  assert list(summary) == ['synthetic', 'digit69']
+  assert summary['digit69']['decoding']['flig']['pcc']['values'] == pytest.approx([0.0, 0.01])
+  assert summary['synthetic']['flig_minus_best']['decoding/ssim']['mean'] == pytest.approx(-0.3)
+  assert '| digit69 | flig | 2 |' in (out / 'summary.md').read_text()
+  assert figure.stat().st_size > 1000
+
+
+def test_results_script_rejects_an_unknown_dataset(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, str(ROOT / 'scripts' / 'results.py'), '--datasets=mnist',
+       f'--root={tmp_path}'], env=subprocess_env(), cwd=ROOT, capture_output=True, text=True,
+      timeout=120, check=False)
+  assert proc.returncode == 1 and 'error: unknown dataset(s)' in proc.stderr
