@@ -52,9 +52,15 @@ def test_real_data_smoke_configs_train(config, tmp_path, data_root):
   assert m.meta['finished'] and m.meta['dataset'] in ('digit69', 'cowley_v4')
 
 
-def test_same_result_on_one_and_eight_devices(smoke_workdir, tmp_path):
-  train(tmp_path / 'eight', devices=8)
-  _assert_same_run(smoke_workdir, tmp_path / 'eight', tol=1e-5)
+def test_same_result_on_one_and_eight_devices(tmp_path):
+  # Mixup pairs rows across the whole global batch (so across devices) and response noise draws
+  # per row: both on, so the sharded step has to reproduce them.
+  stage2 = ('--config.stage2.mixup=0.4', '--config.stage2.response_noise=0.5')
+  one = train(tmp_path / 'one', *stage2)
+  eight = train(tmp_path / 'eight', *stage2, devices=8)
+  assert '1 device(s) in 1 process(es)' in one.stdout
+  assert '8 device(s) in 1 process(es)' in eight.stdout
+  _assert_same_run(tmp_path / 'one', tmp_path / 'eight', tol=1e-5)
 
 
 def test_deterministic_and_restart_of_finished_run_is_a_no_op(smoke_workdir, tmp_path):
