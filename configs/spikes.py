@@ -7,7 +7,8 @@
 Reads images/images_<session>.zip and responses_repeat_averaged/responses_<session>.npy from
 --config.data.dir, else $FLIG_DATA_DIR/cowley_v4. Test images are those with index % 5 == 4.
 About 2 minutes on a 2-core CPU; session 190927 should give decoding PCC 0.33, SSIM 0.16 on its
-240 test images (README, Results, has three sessions and the baselines).
+240 test images (README, Results, has three sessions and the baselines; measured with
+feature_dim 32, before D was chosen on stage-1 validation reconstruction).
 """
 
 from configs import default
@@ -20,7 +21,7 @@ def get_config(arg: str = ''):
   config.data.image_size = 32
   config.data.grayscale = True
   config.data.val_fraction = 0.1
-  config.model.feature_dim = 32
+  config.model.feature_dim = 128  # stage-1 validation reconstruction (README, Stage-1 capacity)
   config.stage1.steps = 1000
   config.stage1.batch_size = 32
   config.stage1.elastic_strength = 0.5

@@ -34,6 +34,7 @@ def get_config(arg: str = ''):
     config.data.num_train = 1000
     config.data.num_test = 200
     config.data.num_units = 200
+    config.model.feature_dim = 128  # stage-1 validation reconstruction (README, Stage-1 capacity)
     config.stage1.steps = 1000
     config.stage2.steps = 1500
   if 'smoke' in options:
