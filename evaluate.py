@@ -3,11 +3,12 @@
   python evaluate.py --ckpt runs/fmri [--split test|val] [--out DIR] [--data_dir DIR]
   python evaluate.py --ckpt runs/a --ckpt runs/b --ckpt runs/c   # and mean ± sd over the three
 
-Config, parameters and adapter come from the checkpoint; baselines are fitted on the training split
-with hyper-parameters chosen on the validation split. Prints the tables and writes metrics.json,
-reconstructions.png and encoding.png to --out (default <ckpt>/eval_<split>). Given several
-checkpoints (e.g. seeds of one config), it evaluates each into its own <ckpt>/eval_<split>, then
-prints every model's metrics as mean ± sd over them.
+Config, parameters and adapter come from the newest checkpoint that restores (a damaged newer one
+is skipped with a note); a run that has not finished training is refused unless --allow_unfinished.
+Baselines are fitted on the training split with hyper-parameters chosen on the validation split.
+Prints the tables and writes metrics.json, reconstructions.png and encoding.png to --out (default
+<ckpt>/eval_<split>). Given several checkpoints (e.g. seeds of one config), it evaluates each into
+its own <ckpt>/eval_<split>, then prints every model's metrics as mean ± sd over them.
 """
 
 import sys
@@ -21,6 +22,8 @@ _OUT = flags.DEFINE_string('out', None, 'Output directory (default: <ckpt>/eval_
                            '--ckpt only).')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'The dataset\'s own folder, overriding the '
                                 'checkpoint\'s config.data.dir.')
+_ALLOW_UNFINISHED = flags.DEFINE_bool('allow_unfinished', False, 'Score a run that has not '
+                                      'finished training (its newest checkpoint).')
 flags.mark_flags_as_required(['ckpt'])
 
 
@@ -34,8 +37,10 @@ def main(argv):
   from flig_jax import cli  # imported here so --help stays fast
   if len(ckpts) == 1:
     sys.exit(cli.run_evaluation(ckpts[0], split=_SPLIT.value, out=_OUT.value,
-                                data_dir=_DATA_DIR.value))
-  sys.exit(cli.run_evaluations(ckpts, split=_SPLIT.value, data_dir=_DATA_DIR.value))
+                                data_dir=_DATA_DIR.value,
+                                allow_unfinished=_ALLOW_UNFINISHED.value))
+  sys.exit(cli.run_evaluations(ckpts, split=_SPLIT.value, data_dir=_DATA_DIR.value,
+                               allow_unfinished=_ALLOW_UNFINISHED.value))
 
 
 if __name__ == '__main__':

@@ -2,7 +2,10 @@
 
   python train.py --config configs/fmri.py --workdir runs/fmri [--config.stage2.steps=2000]
 
-Running it again with the same --workdir resumes from the latest checkpoint.
+Running it again with the same --workdir resumes from the newest checkpoint that restores; the
+fields of the config that shape the model, data or optimiser must then be those saved with it
+(--allow_config_change overrides that). One run at a time may use a workdir. Ctrl-C or SIGTERM
+saves a checkpoint at the next step and stops (exit status 130 or 143).
 """
 
 import sys
@@ -14,7 +17,16 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. con
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and figures go '
                                '(default: runs/<dataset>).')
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    'allow_config_change', False, 'Resume even if config fields that shape the model, data or '
+    'optimiser differ from those saved with the checkpoint (e.g. a new learning rate).')
 flags.mark_flags_as_required(['config'])
+
+
+def _config_source() -> str:
+  """The config file (and variant) and the --config.* overrides, as given."""
+  overrides = [a for a in sys.argv[1:] if a.startswith('--config.')]
+  return ' '.join([flags.FLAGS['config'].config_filename, *overrides])
 
 
 def main(argv):
@@ -24,7 +36,8 @@ def main(argv):
   from flig_jax import cli  # imported here so --help stays fast
   config = _CONFIG.value
   workdir = _WORKDIR.value or f'runs/{config.data.name}'
-  sys.exit(cli.run_training(config, workdir))
+  sys.exit(cli.run_training(config, workdir, source=_config_source(),
+                            allow_config_change=_ALLOW_CONFIG_CHANGE.value))
 
 
 if __name__ == '__main__':

@@ -11,6 +11,10 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from flig_jax import orbax_logs
+
+orbax_logs.quiet()  # orbax's info and warnings (e.g. "Given directory is read only") are noise here
+
 CHECKPOINT_SUBDIR = 'checkpoints'
 
 
@@ -49,7 +53,8 @@ def manager(workdir: str | os.PathLike, keep: int = 3, every_steps: int | None =
         max_to_keep=None, save_interval_steps=0, create=False, read_only=True)
   else:
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, save_interval_steps=every_steps or 1, create=True)
+        max_to_keep=keep, save_interval_steps=every_steps or 1, create=True,
+        cleanup_tmp_directories=True)  # what a killed save left behind
   return ocp.CheckpointManager(directory, options=options, handler_registry=_handlers())
 
 

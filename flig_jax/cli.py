@@ -1,6 +1,7 @@
 """What the command-line tools share: run a job, turn a user's mistake into one clear message and
 exit 1, and keep XLA's compiled programs on disk so each compiles once per machine, not per run."""
 
+import errno
 import os
 import re
 import sys
@@ -99,55 +100,140 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-  from flig_jax import data
+  from flig_jax import data, workdir_lock
   from flig_jax.training import TrainingDiverged
-  return (data.DataError, TrainingDiverged, ValueError, FileNotFoundError)
+  return (data.DataError, TrainingDiverged, workdir_lock.WorkdirBusy, ValueError,
+          FileNotFoundError)
 
 
-def guarded(job: Callable[[], object]) -> int:
-  """Runs `job`; a user-facing error prints one line 'error: ...' to stderr and gives exit status 1."""
+_DISK_FULL = {errno.ENOSPC: 'No space left on device', errno.EDQUOT: 'Disk quota exceeded'}
+
+
+def _disk_full(error: BaseException | None) -> bool:
+  """Whether `error`, or an error it was raised from, is a full disk or quota (orbax and
+  tensorstore wrap the OSError, sometimes only as text)."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if getattr(error, 'errno', None) in _DISK_FULL or any(
+        text in str(error) for text in _DISK_FULL.values()):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def _newest_checkpoint(workdir: str | os.PathLike) -> str:
+  from flig_jax import checkpointing
+  from flig_jax.training import resume
+  steps = resume.saved_steps(checkpointing.checkpoint_dir(workdir))
+  return f'newest: step {steps[-1]}' if steps else 'none was saved yet'
+
+
+def guarded(job: Callable[[], object], workdir: str | os.PathLike | None = None) -> int:
+  """Runs `job`; a user-facing error prints one line 'error: ...' to stderr and gives exit status 1.
+
+  Ctrl-C gives 130 and SIGTERM 143 (the shell's codes for them), each after the training loop saved
+  a checkpoint. `workdir` is the folder a full disk is reported for. Orbax's own log lines are
+  dropped: the errors it raises are reported here.
+  """
+  import logging
+
+  from flig_jax import orbax_logs
+  from flig_jax.training import Preempted
+  orbax_logs.quiet(logging.CRITICAL + 1)
+  orbax_logs.quiet_failed_writes()
   try:
     job()
   except KeyboardInterrupt:
     print('interrupted; the latest checkpoint is kept, run the same command to resume',
           file=sys.stderr)
     return 130
-  except _user_errors() as e:
+  except Preempted as e:
+    print(f'{e}; run the same command to resume', file=sys.stderr)
+    return 128 + 15
+  except Exception as e:
+    if workdir is not None and _disk_full(e):
+      print(f'error: no space left on the device holding {os.path.abspath(workdir)}; the '
+            f'checkpoints saved before are intact ({_newest_checkpoint(workdir)}): free some '
+            'space and run the same command to resume', file=sys.stderr)
+      return 1
+    if not isinstance(e, _user_errors()):
+      raise
     for line in getattr(e, 'faults', None) or [str(e)]:
       print(f'error: {line}', file=sys.stderr)
     return 1
   return 0
 
 
-def run_training(config: ml_collections.ConfigDict, workdir: str) -> int:
+def _summary(config: ml_collections.ConfigDict) -> str:
+  s1, s2 = config.stage1, config.stage2
+  return (f'data {config.data.name}, feature_dim {config.model.feature_dim}, stage 1 {s1.steps} '
+          f'steps of {s1.batch_size}, stage 2 {s2.steps} steps of {s2.batch_size}, checkpoint '
+          f'every {config.checkpoint.every_steps} steps, seed {config.seed}')
+
+
+def _report(workdir: Path) -> None:
+  """Says where the run's outputs are and what to run next."""
+  from flig_jax.training import metrics_file, tensorboard
+  figures = ', '.join(str(p) for p in sorted(workdir.glob('stage*.png')))
+  print(f'done: training finished ({_newest_checkpoint(workdir)})\n'
+        f'  checkpoints  {workdir / "checkpoints"}\n'
+        f'  figures      {figures or "(none)"}\n'
+        f'  metrics      {workdir / metrics_file.NAME}; watch with: tensorboard --logdir '
+        f'{workdir / tensorboard.SUBDIR}\n'
+        f'next: python evaluate.py --ckpt {workdir}', flush=True)
+
+
+def run_training(config: ml_collections.ConfigDict, workdir: str, source: str = '',
+                 allow_config_change: bool = False) -> int:
   """Checks `config`, then runs `training.loop.train` under `guarded`, compiled
-  programs cached on disk; returns the exit status."""
+  programs cached on disk; returns the exit status.
+
+  Args:
+    config: the resolved config.
+    workdir: the run's working directory.
+    source: where the config came from (file, variant and overrides), printed at the start.
+    allow_config_change: resume even if fields that shape the model, data or optimiser changed.
+  """
+  workdir = Path(workdir).absolute()
 
   def job():
     from flig_jax import config_checks
     config_checks.validate(config)  # before any data or JAX work
     enable_compilation_cache()
-    from flig_jax.training import loop
-    loop.train(config, Path(workdir))
+    import jax
 
-  return guarded(job)
+    from flig_jax.training import loop, parallel
+    parallel.maybe_initialize_distributed(config.distributed)  # before JAX touches a device
+    if jax.process_index() == 0:
+      print(f'config: {source or "(given)"}\n  {_summary(config)}\nworkdir: {workdir}',
+            flush=True)
+    loop.train(config, workdir, allow_config_change=allow_config_change)
+    if jax.process_index() == 0:
+      _report(workdir)
+
+  return guarded(job, workdir)
 
 
 def run_evaluation(ckpt: str, split: str = 'test', out: str | None = None,
-                   data_dir: str | None = None) -> int:
+                   data_dir: str | None = None, allow_unfinished: bool = False) -> int:
   """Runs `evaluation.run.evaluate` under `guarded`, compiled programs cached on disk; returns the
   exit status."""
   enable_compilation_cache()
   from flig_jax.evaluation import run
-  return guarded(lambda: run.evaluate(ckpt, split=split, out=out, data_dir=data_dir))
+  return guarded(lambda: run.evaluate(ckpt, split=split, out=out, data_dir=data_dir,
+                                      allow_unfinished=allow_unfinished),
+                 out or os.path.join(ckpt, f'eval_{split}'))
 
 
-def run_evaluations(ckpts: list[str], split: str = 'test', data_dir: str | None = None) -> int:
+def run_evaluations(ckpts: list[str], split: str = 'test', data_dir: str | None = None,
+                    allow_unfinished: bool = False) -> int:
   """Evaluates each checkpoint into `<ckpt>/eval_<split>`, then prints mean ± sd over them."""
   from flig_jax.evaluation import aggregate  # pylint: disable=g-import-not-at-top
   outs = [os.path.join(ckpt, f'eval_{split}') for ckpt in ckpts]
   for ckpt, out in zip(ckpts, outs):
-    status = run_evaluation(ckpt, split=split, out=out, data_dir=data_dir)
+    status = run_evaluation(ckpt, split=split, out=out, data_dir=data_dir,
+                            allow_unfinished=allow_unfinished)
     if status:
       return status
   return guarded(lambda: print('\n' + aggregate.format_table(

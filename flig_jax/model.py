@@ -6,6 +6,7 @@ numpy-friendly `Model` that notebooks and tools use, and `save` / `load` of chec
 """
 
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from flig_jax import checkpointing
+from flig_jax import checkpoint_recovery, checkpointing
 from flig_jax.nn import compiled
 from flig_jax.nn.adapter import ARRAY_NAMES, Adapter
 from flig_jax.nn.autoencoder import Autoencoder
@@ -193,11 +194,21 @@ def map_in_chunks(fn: Callable[[np.ndarray], Any], x: np.ndarray,
   return np.concatenate(outs)
 
 
+def _check_finite(x: np.ndarray, where: str, what: str) -> None:
+  if not np.all(np.isfinite(x)):
+    rows = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+    raise ValueError(f'{where} got {what} with NaN or Inf (in {len(rows)} '
+                     f'row(s), first row {rows[0]})')
+
+
 class Model:
   """A trained FLIG for numpy users: `encode`, `decode`, `features`, `reconstruct`.
 
   Each method is jit-compiled once per batch bucket and runs in chunks of `chunk` rows, so any N
-  works; inputs and outputs are numpy float32.
+  works; inputs and outputs are numpy float32. Images are (N, H, W, C) (or (N, H, W) for one
+  channel), floats in [0, 1] or uint8 0-255; other integer types in 0-255 are converted with a
+  warning. Floats outside [0, 1], integers outside 0-255, and NaN or Inf in any input raise
+  ValueError.
 
   Attributes:
     config: the run's ml_collections.ConfigDict.
@@ -238,7 +249,16 @@ class Model:
       return np.zeros((0,) + out.shape[1:], out.dtype)
     return map_in_chunks(lambda part: fn(self.variables, part), x, self.chunk)
 
+  def __repr__(self) -> str:
+    meta = self.meta
+    state = 'finished' if meta.get('finished') else 'unfinished'
+    return (f'Model({meta.get("dataset", "?")}: images {self.image_shape} <-> {self.num_units} '
+            f'units, D={self.module.feature_dim}, {self.module.flow_blocks} flow blocks; '
+            f'checkpoint step {meta.get("step", "?")}, {state})')
+
   def _images(self, images: Any, where: str) -> np.ndarray:
+    """(N, H, W, C) float32 in [0, 1] from floats in [0, 1] or integers 0-255 (uint8 silently,
+    other integer types with a warning); anything else raises ValueError."""
     x = np.asarray(images)
     if x.ndim == 3 and self.image_shape[2] == 1:
       x = x[..., None]
@@ -248,6 +268,23 @@ class Model:
           f'{", ".join(map(str, self.image_shape))}), got {np.shape(images)}')
     if x.dtype == np.uint8:
       return x.astype(np.float32) / 255.0
+    if x.dtype == np.bool_:
+      return x.astype(np.float32)
+    lo, hi = (x.min(), x.max()) if x.size else (0, 0)
+    if np.issubdtype(x.dtype, np.integer):
+      if lo < 0 or hi > 255:
+        raise ValueError(f'{where} got {x.dtype} images with values in '
+                         f'[{lo}, {hi}]; pass floats in [0, 1] or uint8 0-255')
+      warnings.warn(f'{where}: {x.dtype} images are read as 0-255 (divided by 255); pass uint8 or '
+                    'floats in [0, 1] to silence this', stacklevel=3)
+      return x.astype(np.float32) / 255.0
+    if not np.issubdtype(x.dtype, np.floating):
+      raise ValueError(f'{where} got images of dtype {x.dtype}; pass floats '
+                       'in [0, 1] or uint8 0-255')
+    _check_finite(x, where, 'images')
+    if lo < 0 or hi > 1:
+      raise ValueError(f'{where} expects float images in [0, 1], got values in '
+                       f'[{lo:g}, {hi:g}] (images in 0-255: divide by 255 or pass uint8)')
     return x.astype(np.float32)
 
   def _responses(self, responses: Any, where: str) -> np.ndarray:
@@ -256,6 +293,7 @@ class Model:
       raise ValueError(
           f'{where} expects responses of shape (N, {self.num_units}), '
           f'got {np.shape(responses)}')
+    _check_finite(r, where, 'responses')
     return r
 
   def encode(self, images: Any) -> np.ndarray:
@@ -288,6 +326,7 @@ class Model:
     d = self.module.feature_dim
     if h.ndim != 2 or h.shape[1] != d:
       raise ValueError(f'decode_features expects (N, {d}), got {h.shape}')
+    _check_finite(h, 'decode_features', 'features')
     return self._run('decode_features', h)
 
 
@@ -353,26 +392,40 @@ def save(path: str | os.PathLike, config: ml_collections.ConfigDict, variables: 
     mgr.close()
 
 
-def load(path: str | os.PathLike, step: int | None = None) -> Model:
+def _warn_skipped(step: int, reason: str) -> None:
+  warnings.warn(f'checkpoint step {step} does not restore, skipped: {reason}', stacklevel=3)
+
+
+def load(path: str | os.PathLike, step: int | None = None,
+         skipped: Callable[[int, str], Any] = _warn_skipped) -> Model:
   """Loads a `Model` from a workdir (or its `checkpoints/` directory).
 
   Args:
     path: the run's workdir or its checkpoints directory.
-    step: a saved step; the latest step holding a `model` item when None.
+    step: a saved step; when None, the newest step holding a `model` item that restores (each
+      newer, damaged one is reported to `skipped`).
+    skipped: called with (step, reason) for each damaged step passed over (default: a warning).
 
   Raises:
     FileNotFoundError: there is no checkpoint with a model at `path`.
+    ValueError: the checkpoint at `step` (or every one) is damaged.
   """
   mgr = checkpointing.manager(path, read_only=True)
   try:
     steps = checkpointing.steps_with(mgr, 'model')
     if not steps:
       raise FileNotFoundError(f'no checkpoint with a model under {path}')
-    if step is None:
-      step = steps[-1]
-    elif int(step) not in steps:
+    if step is not None and int(step) not in steps:
       raise FileNotFoundError(
           f'no model at step {step} under {path} (steps: {steps})')
+    reasons = []
+    found = checkpoint_recovery.newest_good(
+        mgr.directory, steps if step is None else [int(step)],
+        lambda s, why: (reasons.append(f'step {s}: {why}'), skipped(s, why)))
+    if found is None:
+      raise ValueError(f'no checkpoint under {path} restores; '
+                       + '; '.join(reasons))
+    step = found
     config = checkpointing.read_config(mgr, step)
     meta = {**checkpointing.read_meta(mgr, step), 'step': int(step)}
     variables = checkpointing.restore(mgr, step, 'model', abstract_variables(config, meta))

@@ -101,7 +101,11 @@ def test_sigkill_then_resume_matches_uninterrupted_run(stage, uninterrupted, tmp
   finally:
     proc.kill()
   assert not (ckpts / '300').exists(), 'the run finished before the kill: the test proved nothing'
-  train(workdir, *overrides)
+  assert (workdir / 'run.lock').exists()  # left by the killed run, taken over by the next
+  proc = train(workdir, *overrides)
+  assert 'note: taking over' in proc.stderr
+  rows = [(r['stage'], r['step']) for r in _losses(workdir)]
+  assert len(rows) == len(set(rows)), 'metrics.jsonl holds the replayed steps twice'
   _assert_same_run(uninterrupted, workdir, tol=1e-6)
 
 

@@ -39,6 +39,10 @@ class Split:
   def __len__(self) -> int:
     return len(self.images)
 
+  def __repr__(self) -> str:
+    return (f'Split({len(self)} pairs, images {tuple(self.images.shape[1:])}, '
+            f'{self.responses.shape[1]} units{", labelled" if self.labels is not None else ""})')
+
   def take(self, indices: np.ndarray) -> Split:
     """Returns the rows `indices` of this split (a copy)."""
     labels = None if self.labels is None else self.labels[indices]
@@ -65,6 +69,11 @@ class Dataset:
   @property
   def image_shape(self) -> tuple[int, int, int]:
     return tuple(int(s) for s in self.train.images.shape[1:])
+
+  def __repr__(self) -> str:
+    session = f', session {self.meta["session"]}' if self.meta.get('session') else ''
+    return (f'Dataset({self.name!r}{session}: train {len(self.train)}, val {len(self.val)}, test '
+            f'{len(self.test)}; {self.num_units} units, images {self.image_shape})')
 
 
 def to_unit_images(stimuli: np.ndarray, source: str, key: str = 'stimuli') -> np.ndarray:
@@ -120,6 +129,8 @@ def check_split(source: str, split_name: str, images: np.ndarray, responses: np.
     raise DataError(f'{where}: {len(images)} stimuli but {len(responses)} responses')
   if len(images) == 0:
     raise DataError(f'{where} is empty')
+  if 0 in images.shape[1:]:
+    raise DataError(f'{where}: images have zero size (shape {images.shape})')
   if responses.shape[1] == 0:
     raise DataError(f'{where}: responses have no units (shape {responses.shape})')
   if not (np.issubdtype(responses.dtype, np.integer)
@@ -183,6 +194,9 @@ def assemble(name: str, train: Split, test: Split, meta: dict[str, Any], *, val_
   if train.responses.shape[1] != test.responses.shape[1]:
     raise DataError(f'{meta.get("source", name)}: train has {train.responses.shape[1]} units but '
                     f'test has {test.responses.shape[1]}')
+  if len(train) > 1 and np.all(train.responses == train.responses[:1]):
+    raise DataError(f'{meta.get("source", name)}: every response unit is constant across the '
+                    f'{len(train)} training pairs; there is no signal to decode from or encode')
   train, val = carve_validation(train, val_fraction, seed)
   meta = dict(meta)
   meta.update(name=name, num_units=int(train.responses.shape[1]),

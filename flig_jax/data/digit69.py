@@ -36,10 +36,14 @@ def find_file(dir: str | None = None, *, allow_fetch: bool = True) -> pathlib.Pa
   """
   try:
     return locate.find_dataset_dir(NAME, dir, FILE_NAME) / FILE_NAME
-  except DataError:
+  except DataError as e:
     if dir or not allow_fetch:
       raise
-  return locate.fetch(URLS, locate.cache_root() / NAME / FILE_NAME, SHA256)
+    not_found = e
+  try:
+    return locate.fetch(URLS, locate.cache_root() / NAME / FILE_NAME, SHA256)
+  except DataError as e:
+    raise DataError(f'{not_found} Fetching the public copy failed too: {e}') from e
 
 
 def stimuli_to_images(rows: np.ndarray, source: str, key: str) -> np.ndarray:

@@ -65,6 +65,8 @@ def read(path: str | pathlib.Path, seed: int = 0) -> tuple[Split, Split, dict[st
   if stimuli.ndim != 4:
     raise DataError(
         f'{source}: "stimuli" has shape {stimuli.shape}, want (N, H, W) or (N, H, W, C)')
+  if 0 in stimuli.shape[1:]:
+    raise DataError(f'{source}: "stimuli" has shape {stimuli.shape}: the images have zero size')
   if responses.ndim != 2:
     raise DataError(f'{source}: "responses" has shape {responses.shape}, want (N, units)')
   n = len(stimuli)

@@ -120,6 +120,8 @@ def format_table(metrics: dict[str, Any]) -> str:
   parts = []
   if 'dataset' in metrics:
     head = f"{metrics['dataset']} / {metrics.get('split', '?')} (n = {metrics.get('n', '?')})"
+    if 'checkpoint_step' in metrics:
+      head += f"; checkpoint step {metrics['checkpoint_step']}"
     if 'roundtrip_max_abs_err' in metrics:
       head += f"; round-trip max |err| = {float(metrics['roundtrip_max_abs_err']):.2e}"
     parts.append(head)

@@ -128,9 +128,27 @@ def fit_baselines(m: model_lib.Model, ds: data.Dataset, split: str,
   return decoders, encoders, hparams
 
 
+def _load(ckpt: str | os.PathLike, allow_unfinished: bool) -> model_lib.Model:
+  """The newest checkpoint of `ckpt` that restores (saying which damaged ones were skipped);
+  refuses a run that has not finished unless `allow_unfinished`."""
+
+  def skipped(step: int, reason: str) -> None:
+    print(f'note: checkpoint step {step} does not restore, skipped: {reason}', file=sys.stderr)
+
+  m = model_lib.load(ckpt, skipped=skipped)
+  meta = m.meta
+  if not meta.get('finished') and not allow_unfinished:
+    raise ValueError(
+        f'the run at {ckpt} has not finished: its newest usable checkpoint is step '
+        f'{meta.get("step")} (stage {meta.get("stage")}, step {meta.get("stage_step")} of the '
+        'stage); finish it (train.py with the same --workdir), or pass --allow_unfinished to score '
+        'it as it is')
+  return m
+
+
 def evaluate(ckpt: str | os.PathLike, split: str = 'test', out: str | os.PathLike | None = None,
              data_dir: str | None = None, *, mlp_steps: int = MLP_STEPS,
-             verbose: bool = True) -> dict[str, Any]:
+             verbose: bool = True, allow_unfinished: bool = False) -> dict[str, Any]:
   """Evaluates the checkpoint at `ckpt` on `split`, beside the baselines, and writes the results.
 
   Writes `<out>/metrics.json` (DESIGN.md's shape, plus `session`, `checkpoint_step`,
@@ -144,12 +162,14 @@ def evaluate(ckpt: str | os.PathLike, split: str = 'test', out: str | os.PathLik
     data_dir: the dataset's own folder, overriding the checkpoint's config.data.dir.
     mlp_steps: most optimisation steps of each MLP baseline.
     verbose: print a progress line per phase to stderr.
+    allow_unfinished: score a run that has not finished training (else ValueError).
 
   Returns:
     the metrics dict written to metrics.json.
 
   Raises:
-    ValueError: a bad split name, an empty split, or data that do not fit the checkpoint.
+    ValueError: a bad split name, an empty split, data that do not fit the checkpoint, or an
+      unfinished run (unless `allow_unfinished`).
     FileNotFoundError: no checkpoint at `ckpt`.
     data.DataError: the dataset cannot be read.
   """
@@ -158,7 +178,9 @@ def evaluate(ckpt: str | os.PathLike, split: str = 'test', out: str | os.PathLik
                      f'{SPLITS}')
   log = _progress(verbose)
   log(f'loading the checkpoint at {ckpt}')
-  m = model_lib.load(ckpt)
+  m = _load(ckpt, allow_unfinished)
+  log(f'scoring checkpoint step {m.meta["step"]}'
+      + ('' if m.meta.get('finished') else ' (an unfinished run, --allow_unfinished)'))
   ds = data.from_config(_data_config(m.config, data_dir))
   _check_match(m, ds, str(ckpt))
   scored = getattr(ds, split)

@@ -6,8 +6,9 @@ discriminator) with the encoder frozen. Checkpoints live in `<workdir>/checkpoin
 the same workdir continues from the latest one (stage, step, optimiser state, RNG and data position,
 which is the step itself).
 
-The path through a run: `make_context` -> `restore_or_init` (the latest checkpoint's state, or a
-fresh stage-1 state) -> `stage1` -> `run_stage` -> `stage2` -> `run_stage`.
+The path through a run: `resume.start_point` (the newest checkpoint that restores, checked against
+the config) -> `make_context` -> `restore_or_init` (that checkpoint's state, or a fresh stage-1
+state) -> `stage1` -> `run_stage` -> `stage2` -> `run_stage`.
 """
 
 import dataclasses
@@ -23,12 +24,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from flig_jax import checkpointing, data, plotting
+from flig_jax import checkpointing, data, plotting, workdir_lock
 from flig_jax import model as model_lib
 from flig_jax.nn import compiled
 from flig_jax.nn import discriminator as disc_lib
 from flig_jax.nn.adapter import Adapter
-from flig_jax.training import TrainingDiverged, parallel, progress, steps
+from flig_jax.training import Preempted, TrainingDiverged, parallel, progress, resume, steps
 
 State = steps.Stage1State | steps.Stage2State
 
@@ -67,8 +68,10 @@ class Stage:
   save: Callable[[State], None]
 
 
-def make_context(config: ml_collections.ConfigDict, workdir: str | Path) -> Context:
-  """Loads the data and builds the module, mesh, checkpoint manager and log of a run."""
+def make_context(config: ml_collections.ConfigDict, workdir: str | Path,
+                 resume_step: int = 0) -> Context:
+  """Loads the data and builds the module, mesh, checkpoint manager and log of a run (resuming
+  from checkpoint `resume_step`, or 0)."""
   parallel.maybe_initialize_distributed(config.distributed)
   workdir = Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
@@ -76,22 +79,38 @@ def make_context(config: ml_collections.ConfigDict, workdir: str | Path) -> Cont
   dataset = data.from_config(config)
   module = model_lib.FLIG.from_config(config.model, dataset.image_shape)
   mgr = checkpointing.manager(workdir, keep=config.checkpoint.keep)
-  log = progress.RunLog(workdir)
+  log = progress.RunLog(workdir, stage1_steps=config.stage1.steps, resume_step=resume_step)
   log.info(f'{dataset.name}: train {len(dataset.train)}, val {len(dataset.val)}, '
            f'test {len(dataset.test)}, {dataset.num_units} units, images {dataset.image_shape}; '
            f'{mesh.size} device(s) in {jax.process_count()} process(es)')
   return Context(config, workdir, dataset, module, mesh, mgr, log)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
+def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
+          allow_config_change: bool = False) -> Path:
   """Trains both stages (resuming from `workdir` if it holds checkpoints) and returns the workdir.
 
   Writes `stage1_reconstructions.png` and `stage2_decoding.png` (validation pairs) beside the
-  checkpoints; scoring is `evaluation.run.evaluate`'s job.
+  checkpoints; scoring is `evaluation.run.evaluate`'s job. One run at a time holds the workdir
+  (`workdir_lock`). A resumed run starts from the newest checkpoint that restores and must keep the
+  saved config's model, data and optimiser fields unless `allow_config_change`
+  (`resume.start_point`). SIGTERM, like Ctrl-C, saves at the next step boundary, then raises
+  `Preempted`.
   """
-  ctx = make_context(config, workdir)
+  parallel.maybe_initialize_distributed(config.distributed)
+  writer = jax.process_index() == 0
+  with _TerminateRaises(), workdir_lock.WorkdirLock(Path(workdir), active=writer,
+                                                    note=progress.note):
+    latest = resume.start_point(config, workdir, allow_config_change=allow_config_change,
+                                writer=writer, note=progress.note)
+    return _train(config, workdir, latest)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str | Path,
+           latest: tuple[int, dict[str, Any]] | None) -> Path:
+  ctx = make_context(config, workdir, resume_step=latest[0] if latest else 0)
   try:
-    state = restore_or_init(ctx)
+    state = restore_or_init(ctx, latest)
     if isinstance(state, steps.Stage1State):
       state = run_stage(ctx, stage1(ctx, state))
       _stage1_figure(ctx, state.params)
@@ -103,9 +122,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
   return ctx.workdir
 
 
-def restore_or_init(ctx: Context) -> State:
-  """The state of the latest checkpoint (of either stage), or a fresh stage-1 state."""
-  latest = checkpointing.latest_meta(ctx.mgr)
+def restore_or_init(ctx: Context, latest: tuple[int, dict[str, Any]] | None = None) -> State:
+  """The state of checkpoint `latest` (step, meta; default: the manager's latest) of either stage,
+  or a fresh stage-1 state when there is none."""
+  latest = latest or checkpointing.latest_meta(ctx.mgr)
   if latest is None:
     return parallel.jit_init(functools.partial(_init_stage1, ctx), ctx.mesh)()
   step, meta = latest
@@ -132,33 +152,57 @@ def _base_meta(config, dataset, stage: int, stage_step: int) -> dict[str, Any]:
           'finished': stage == 2 and stage_step == config.stage2.steps}
 
 
-class _InterruptRequest:
-  """While active, Ctrl-C (SIGINT) only sets `requested`; the loop stops at the next step boundary,
-  where the state is whole and no checkpoint is being written. A second Ctrl-C interrupts at once."""
+def _raise_preempted(signum, frame):
+  del signum, frame
+  raise Preempted('terminated (SIGTERM) outside the training steps')
 
-  def __init__(self):
-    self.requested = False
-    self._previous = None
+
+class _TerminateRaises:
+  """While active, SIGTERM (what SLURM and Kubernetes send) raises `Preempted` at once, as Ctrl-C
+  raises KeyboardInterrupt, so that `finally` blocks finish the checkpoint writes under way."""
 
   def __enter__(self):
+    self._previous = None
     if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGINT, self._handle)
+      self._previous = signal.signal(signal.SIGTERM, _raise_preempted)
     return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-    signal.signal(signal.SIGINT, self._previous)
 
   def __exit__(self, *exc):
     if self._previous is not None:
-      signal.signal(signal.SIGINT, self._previous)
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+class _InterruptRequest:
+  """While active, Ctrl-C (SIGINT) or SIGTERM only sets `requested` (to the signal); the loop stops
+  at the next step boundary, where the state is whole and no checkpoint is being written. A second
+  signal of the same kind interrupts at once."""
+
+  SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+  def __init__(self):
+    self.requested = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.requested = signum
+    signal.signal(signum, self._previous[signum])
+
+  def __exit__(self, *exc):
+    for s, previous in self._previous.items():
+      signal.signal(s, previous)
 
 
 def run_stage(ctx: Context, stage: Stage) -> State:
   """Runs steps state.step..total-1, logging, checking for divergence and saving as it goes.
 
-  Ctrl-C saves the state at the step reached, then raises KeyboardInterrupt.
+  Ctrl-C saves the state at the step reached, then raises KeyboardInterrupt; SIGTERM does the same
+  and raises Preempted.
   """
   log, mesh, config = ctx.log, ctx.mesh, ctx.config
   state, number, total = stage.state, stage.number, stage.total_steps
@@ -184,7 +228,10 @@ def run_stage(ctx: Context, stage: Stage) -> State:
         stage.save(state)
         saved = done
       if interrupt.requested:
-        log.info(f'interrupted: stage {number} saved at step {done}')
+        saved_at = f'stage {number} saved at step {done}'
+        if interrupt.requested == signal.SIGTERM:
+          raise Preempted(f'terminated (SIGTERM): {saved_at}')
+        log.info(f'interrupted: {saved_at}')
         raise KeyboardInterrupt
   log.close()
   return state

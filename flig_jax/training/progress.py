@@ -1,6 +1,7 @@
 """Progress bar and metric logs of a training run; only process 0 prints or writes."""
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -9,14 +10,32 @@ import jax
 import numpy as np
 import tqdm
 
+from flig_jax.training import metrics_file, tensorboard
+
+
+def note(message: str) -> None:
+  """Prints a line for the user to stderr (process 0 only), around any progress bar."""
+  if jax.process_index() == 0:
+    tqdm.tqdm.write(message, file=sys.stderr)
+
 
 class RunLog:
-  """Appends metrics as JSON lines to `<workdir>/metrics.jsonl` and drives a tqdm progress bar."""
+  """Appends metrics as JSON lines to `<workdir>/metrics.jsonl`, writes them as TensorBoard scalars
+  to `<workdir>/tensorboard`, and drives a tqdm progress bar.
 
-  def __init__(self, workdir: Path):
+  Args:
+    workdir: the run's working directory.
+    stage1_steps: stage 1's length; TensorBoard numbers stage-2 steps after it.
+    resume_step: the checkpoint step the run resumes from (TensorBoard hides what an interrupted
+      earlier run logged from there on).
+  """
+
+  def __init__(self, workdir: Path, stage1_steps: int = 0, resume_step: int = 0):
     self.active = jax.process_index() == 0
-    self.path = Path(workdir) / 'metrics.jsonl'
+    self.path = Path(workdir) / metrics_file.NAME
     self._bar = None
+    self._stage1_steps = int(stage1_steps)
+    self.events = tensorboard.ScalarWriter(workdir, purge_step=int(resume_step))
 
   def start(self, stage: int, first_step: int, total_steps: int) -> None:
     if self.active:
@@ -39,6 +58,9 @@ class RunLog:
       return
     with self.path.open('a') as f:
       f.write(json.dumps(record) + '\n')
+    offset = self._stage1_steps if self._stage == 2 else 0
+    self.events.write(step + offset, {f'stage{self._stage}/{k}': v for k, v in record.items()
+                                      if k not in ('stage', 'step')})
     if self._bar is not None:
       shown = {k: f'{v:.4g}' for k, v in record.items() if k not in ('stage', 'step')}
       self._bar.set_postfix(shown, refresh=False)
@@ -51,3 +73,4 @@ class RunLog:
     if self._bar is not None:
       self._bar.close()
       self._bar = None
+    self.events.close()
