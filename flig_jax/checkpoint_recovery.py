@@ -85,13 +85,26 @@ def _array_problem(item_dir: Path) -> str | None:
   return None
 
 
+def steps_holding(directory: str | os.PathLike, item_name: str | None = None) -> list[int]:
+  """The committed steps (ascending) under a checkpoint directory that hold `item_name` (None: any
+  item), from the folder names alone (orbax writes a step under a temporary name and renames it to
+  its number once complete), so a damaged step is listed instead of failing the listing."""
+  directory = Path(directory)
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir()
+                and (item_name is None or (p / item_name).is_dir()))
+
+
 def problem(step_dir: str | os.PathLike) -> str | None:
   """Why the checkpoint step at `step_dir` does not restore, in a line, or None if it does."""
   step_dir = Path(step_dir)
   if not step_dir.is_dir():
     return f'{step_dir} is missing'
   for name in JSON_ITEMS:
-    if (step_dir / name).exists() and (reason := _json_problem(step_dir / name)):
+    if not (step_dir / name).is_dir():
+      return f'{step_dir} has no {name!r} item'
+    if reason := _json_problem(step_dir / name):
       return reason
   for name in ARRAY_ITEMS:
     if (step_dir / name).exists() and (reason := _array_problem(step_dir / name)):

@@ -176,7 +176,9 @@ def restore(mgr: ocp.CheckpointManager, step: int, item_name: str, abstract_targ
     FileNotFoundError: the step has no such item.
   """
   mgr.wait_until_finished()
-  if int(step) not in steps_with(mgr, item_name):
+  mgr.reload()
+  # This step's items only: reading every step's metadata would fail on a damaged other step.
+  if int(step) not in mgr.all_steps() or item_name not in mgr.item_metadata(int(step)):
     raise FileNotFoundError(
         f'{mgr.directory} has no item {item_name!r} at step {step}')
   args = ocp.args.Composite(**{item_name: ocp.args.StandardRestore(with_sharding(abstract_target))})

@@ -53,7 +53,7 @@ def enable_compilation_cache() -> Path | None:
 
 
 def _unknown_field(error: BaseException, argv: Sequence[str]) -> str | None:
-  """'--config.a.b=v: unknown field ...' for ml_collections' "Did you mean" lookup error, or None."""
+  """'--config.a.b=v: unknown field ...' for ml_collections' "did you mean" error, or None."""
   while error.args and isinstance(error.args[0], BaseException):
     error = error.args[0]
   text = str(error.args[0]) if error.args else str(error)

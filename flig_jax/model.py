@@ -412,7 +412,7 @@ def load(path: str | os.PathLike, step: int | None = None,
   """
   mgr = checkpointing.manager(path, read_only=True)
   try:
-    steps = checkpointing.steps_with(mgr, 'model')
+    steps = checkpoint_recovery.steps_holding(mgr.directory, 'model')
     if not steps:
       raise FileNotFoundError(f'no checkpoint with a model under {path}')
     if step is not None and int(step) not in steps:

@@ -78,8 +78,8 @@ def test_read_metrics_names_a_bad_file(tmp_path):
 
 
 def test_evaluate_several_checkpoints_prints_mean_and_sd(tmp_path, monkeypatch, capsys):
-  def fake_evaluation(ckpt, split, out, data_dir):
-    del data_dir
+  def fake_evaluation(ckpt, split, out, data_dir, allow_unfinished=False):
+    del data_dir, allow_unfinished
     assert out == f'{ckpt}/eval_{split}'
     report.write_metrics(f'{out}/metrics.json', fake_metrics(offset=0.1 * ckpt.endswith('b')))
     return 0

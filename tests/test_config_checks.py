@@ -27,9 +27,12 @@ def test_shipped_configs_pass_and_every_field_has_one_check(config):
     ('stage2.batch_size', 0, 'config.stage2.batch_size = 0: must be an integer >= 1'),
     ('stage2.adversarial', -0.5, 'config.stage2.adversarial = -0.5: must be a number >= 0'),
     ('stage1.learning_rate', 0.0, 'config.stage1.learning_rate = 0.0: must be a number > 0'),
-    ('stage1.learning_rate', float('nan'), 'config.stage1.learning_rate = nan: must be a number > 0'),
-    ('data.val_fraction', 1.0, 'config.data.val_fraction = 1.0: must be a number >= 0 and < 1'),
-    ('model.coupling', 'splin', "config.model.coupling = 'splin': must be one of 'affine', 'spline'"),
+    ('stage1.learning_rate', float('nan'),
+     'config.stage1.learning_rate = nan: must be a number > 0'),
+    ('data.val_fraction', 1.0,
+     'config.data.val_fraction = 1.0: must be a number >= 0 and < 1'),
+    ('model.coupling', 'splin',
+     "config.model.coupling = 'splin': must be one of 'affine', 'spline'"),
     ('data.name', 'mnist', ("config.data.name = 'mnist': must be one of 'digit69', 'cowley_v4', "
      "'npz', 'synthetic'")),
     ('model.cae_widths', (), ('config.model.cae_widths = (): must be a non-empty tuple of integers '
@@ -55,7 +58,7 @@ def test_unknown_field_in_a_config_file_is_refused():
 
 
 def test_unknown_variant_is_refused():
-  with pytest.raises(ValueError, match="configs/fmri.py: unknown variant 'smok'; choose from smoke"):
+  with pytest.raises(ValueError, match="fmri.py: unknown variant 'smok'; choose from smoke"):
     fmri.get_config('smok')
   assert synthetic.get_config('smoke,spikes').data.synthetic_mode == 'spikes'
 

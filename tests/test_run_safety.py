@@ -25,8 +25,8 @@ _LONG = ('--config.stage1.steps=150', '--config.stage2.steps=150',
 
 
 def _rows(workdir: Path) -> list[tuple[int, int]]:
-  return [(r['stage'], r['step']) for r in map(json.loads,
-                                                (workdir / 'metrics.jsonl').read_text().splitlines())]
+  lines = (workdir / 'metrics.jsonl').read_text().splitlines()
+  return [(r['stage'], r['step']) for r in map(json.loads, lines)]
 
 
 def _errors(proc: subprocess.CompletedProcess) -> list[str]:

@@ -24,12 +24,8 @@ class ConfigChanged(ValueError):
 
 
 def saved_steps(directory: str | os.PathLike) -> list[int]:
-  """The committed steps under a checkpoint directory, ascending (orbax writes a step under a
-  temporary name and renames it to its number once complete)."""
-  directory = Path(directory)
-  if not directory.is_dir():
-    return []
-  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+  """The committed steps under a checkpoint directory, ascending, damaged or not."""
+  return checkpoint_recovery.steps_holding(directory)
 
 
 def _read_json_item(step_dir: Path, name: str) -> dict[str, Any]:
