@@ -29,6 +29,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.feature_dim = 32      # D: size of the CAE feature vector and of the flow
+  c.model.flow_type = 'augmented'  # augmented: f on [h, e_h] -> [A(r), e_a], R^2D, starting from
+                                   # the ridge encoder/decoder (DESIGN.md); plain: the paper's f on R^D
   c.model.cae_widths = (16, 32)  # channels of the stride-2 conv stages (one halving of H, W each)
   c.model.adapter_components = 0  # cap on k, the adapter's signal coordinates (0: min(D, rank))
   c.model.flow_blocks = 4       # K
@@ -64,6 +66,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.stage2.response_noise = 0.0  # std of Gaussian noise added to the whitened responses in training
   c.stage2.pixel = 0.0           # ||G(f^-1(a)) - x||^2 through the frozen decoder
   c.stage2.gradient_penalty = 1.0  # R1 penalty on the discriminator's real inputs
+  c.stage2.eval_every_steps = 100  # validation scores (decoding and encoding PCC) every N steps
+  c.stage2.select_by = 'val_pcc'   # the flow kept: val_pcc (best decoding PCC + encoding mean PCC
+                                   # on the validation split, step 0 included) | last
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 200

@@ -3,6 +3,10 @@ numpy-friendly `Model` that notebooks and tools use, and `save` / `load` of chec
 
   encode: r_hat = A^-1(f((E(x) - mean) / std))
   decode: x_hat = G(f^-1(A(r)) * std + mean)
+
+With the augmented flow (the default) f acts on [h, e_h] -> [a, e_a] and the noise coordinates are
+zero at inference: encode reads the first D outputs of f([h, 0]), decode the first D of
+f^-1([A(r), 0]).
 """
 
 import os
@@ -25,6 +29,7 @@ from flig_jax.nn.flow import Flow
 
 Array = jax.Array
 Variables = dict[str, Any]
+FLOW_TYPES = ('augmented', 'plain')
 CHUNK = 256
 _STD_FLOOR = 1e-6
 
@@ -45,6 +50,7 @@ class FLIG(nn.Module):
   coupling: str = 'affine'
   spline_bins: int = 8
   spline_range: float = 4.0
+  flow_type: str = 'augmented'
 
   @classmethod
   def from_config(cls, model_config: ml_collections.ConfigDict,
@@ -55,13 +61,17 @@ class FLIG(nn.Module):
                feature_dim=int(c.feature_dim), cae_widths=tuple(int(w) for w in c.cae_widths),
                flow_blocks=int(c.flow_blocks), flow_hidden=int(c.flow_hidden),
                coupling=str(c.coupling), spline_bins=int(c.spline_bins),
-               spline_range=float(c.spline_range))
+               spline_range=float(c.spline_range),
+               flow_type=str(c.get('flow_type', 'plain')))  # runs saved before the option: plain
 
   def setup(self):
     self.autoencoder = Autoencoder(tuple(self.image_shape), self.feature_dim,
                                    tuple(self.cae_widths))
+    if self.flow_type not in FLOW_TYPES:
+      raise ValueError(f'unknown model.flow_type {self.flow_type!r}; use one of {FLOW_TYPES}')
     self.flow = Flow(self.feature_dim, self.flow_blocks, self.flow_hidden, self.coupling,
-                     self.spline_bins, self.spline_range)
+                     self.spline_bins, self.spline_range,
+                     augmented=self.flow_type == 'augmented')
 
   # --- the fixed parts, read from the `stats` and `adapter` collections ---
 
@@ -99,17 +109,35 @@ class FLIG(nn.Module):
     """G(E(x))."""
     return self.autoencoder(x)
 
-  def flow_forward(self, h: Array) -> tuple[Array, Array]:
-    """f(h) on standardised features and log|det df/dh|, (N, D) and (N,)."""
-    return self.flow.forward(h)
+  def flow_forward(self, x: Array) -> tuple[Array, Array]:
+    """f(x) and log|det df/dx|: (N, S) and (N,), S = D (plain) or 2D (augmented)."""
+    return self.flow.forward(x)
 
-  def flow_inverse(self, a: Array) -> tuple[Array, Array]:
-    """f^-1(a) (standardised features) and log|det df^-1/da|, (N, D) and (N,)."""
-    return self.flow.inverse(a)
+  def flow_inverse(self, y: Array) -> tuple[Array, Array]:
+    """f^-1(y) and log|det df^-1/dy|: (N, S) and (N,)."""
+    return self.flow.inverse(y)
+
+  def augment(self, v: Array, noise: Array | None = None) -> Array:
+    """[v, noise] (zeros when None) for the augmented flow; v itself for the plain one."""
+    if self.flow_type != 'augmented':
+      return v
+    return jnp.concatenate([v, jnp.zeros_like(v) if noise is None else noise], axis=-1)
+
+  def head(self, y: Array) -> Array:
+    """The first D coordinates of an (augmented) flow vector: features or adapted responses."""
+    return y[..., :self.feature_dim]
+
+  def encode_standardised(self, h: Array) -> Array:
+    """f([h, 0]) read on the response side: standardised features -> adapted responses (N, D)."""
+    return self.head(self.flow_forward(self.augment(h))[0])
+
+  def decode_adapted(self, a: Array) -> Array:
+    """f^-1([a, 0]) read on the feature side: adapted responses -> standardised features."""
+    return self.head(self.flow_inverse(self.augment(a))[0])
 
   def latent(self, x: Array) -> Array:
-    """f(standardise(E(x))), images -> (N, D) in the adapter's space."""
-    return self.flow_forward(self.standardise(self.features(x)))[0]
+    """The encoder's prediction in the adapter's space, images -> (N, D)."""
+    return self.encode_standardised(self.standardise(self.features(x)))
 
   # --- the two directions ---
 
@@ -120,11 +148,13 @@ class FLIG(nn.Module):
   def decode(self, r: Array, pad: str = 'zeros', rng: Array | None = None) -> Array:
     """G(unstandardise(f^-1(A(r)))): responses (N, U) -> images (N, H, W, C) in [0, 1]."""
     a = self.adapter().forward(r, pad=pad, rng=rng)
-    return self.decode_features(self.unstandardise(self.flow_inverse(a)[0]))
+    return self.decode_features(self.unstandardise(self.decode_adapted(a)))
 
   def roundtrip(self, x: Array) -> Array:
-    """G(unstandardise(f^-1(f(standardise(E(x)))))), which must equal G(E(x))."""
-    return self.decode_features(self.unstandardise(self.flow_inverse(self.latent(x))[0]))
+    """G(unstandardise(f^-1(f(standardise(E(x)))))) on the whole (augmented) vector, which must
+    equal G(E(x))."""
+    y = self.flow_forward(self.augment(self.standardise(self.features(x))))[0]
+    return self.decode_features(self.unstandardise(self.head(self.flow_inverse(y)[0])))
 
   def __call__(self, x: Array) -> Array:
     return self.encode(x)
@@ -138,7 +168,7 @@ class FLIG(nn.Module):
   def init_flow(self, rng: Array, h: Array) -> Any:
     """Fresh flow parameters; ActNorm's data-dependent start sees standardised features h (N, D),
     N >= 2. Each coupling starts as the identity."""
-    return self.init(rng, h, method=FLIG.flow_forward)['params']['flow']
+    return self.init(rng, h, method=FLIG.encode_standardised)['params']['flow']
 
 
 @flax.struct.dataclass

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from flig_jax import ridge
 from flig_jax.evaluation import baselines
 
 
@@ -37,7 +38,7 @@ def test_ridge_dual_and_primal_forms_agree():
   rng = np.random.default_rng(0)
   x, y = rng.standard_normal((20, 30)), rng.standard_normal((20, 3))
   xc, yc = x - x.mean(0), y - y.mean(0)
-  dual = baselines._ridge_path(xc, yc)(5.0)
+  dual = ridge._ridge_path(xc, yc)(5.0)
   primal = np.linalg.solve(xc.T @ xc + 5.0 * np.eye(30), xc.T @ yc)
   np.testing.assert_allclose(dual, primal, atol=1e-8)
 

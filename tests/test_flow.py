@@ -9,7 +9,7 @@ import pytest
 from flig_jax.nn import flow
 
 D = 4
-CASES = sorted(flow.BIJECTORS) + ['flow_affine', 'flow_spline']
+CASES = sorted(flow.BIJECTORS) + ['flow_affine', 'flow_spline', 'flow_augmented']
 
 
 @pytest.fixture(autouse=True)
@@ -29,9 +29,12 @@ def x64():
 
 def _build(name: str):
   """(module, forward(params, x), inverse(params, y)) for a registry entry or a whole Flow."""
-  if name.startswith('flow_'):
+  if name == 'flow_augmented':  # on [h, e] of size D: K blocks, then the LinearPair
+    module = flow.Flow(D // 2, num_blocks=2, hidden=16, augmented=True)
+  elif name.startswith('flow_'):
     module = flow.Flow(D, num_blocks=2, hidden=16, coupling=name[len('flow_'):], num_bins=4,
                        spline_range=3.0)
+  if name.startswith('flow_'):
     fwd = lambda p, x: module.apply(p, x, method=flow.Flow.forward)
     inv = lambda p, y: module.apply(p, y, method=flow.Flow.inverse)
   else:

@@ -45,7 +45,8 @@ def test_every_flow_loss_term_is_finite_and_reaches_the_flow(parts):
   noise = jnp.zeros_like(batch['adapted'])
   loss = functools.partial(losses.flow_loss, model=model, discriminator=disc, cfg=cfg)
   grads, terms = jax.jit(jax.grad(
-      lambda p, d, f, b, n: loss(p, d, f, batch=b, noise=n), has_aux=True))(
+      lambda p, d, f, b, n: loss(p, d, f, batch=b, noise=n, feature_noise=b['features']),
+      has_aux=True))(
           variables['params']['flow'], disc_params, frozen, batch, noise)
   for term in ('pixel', 'adv_inv'):
     assert np.isfinite(float(terms[term])) and float(terms[term]) > 0

@@ -27,8 +27,9 @@ def _fast_prng():
     yield
 
 
-def _config(coupling: str = 'affine'):
+def _config(coupling: str = 'affine', flow_type: str = 'plain'):
   c = default.get_config()
+  c.model.flow_type = flow_type
   c.model.feature_dim = D
   c.model.cae_widths = (4, 8)
   c.model.flow_blocks = 2
@@ -39,10 +40,10 @@ def _config(coupling: str = 'affine'):
 
 
 @functools.cache
-def _build(image_shape, num_units, coupling='affine', seed=0):
+def _build(image_shape, num_units, coupling='affine', seed=0, flow_type='plain'):
   """(config, module, variables, images, responses), flow parameters randomly perturbed (cached:
   the arrays are never modified)."""
-  config = _config(coupling)
+  config = _config(coupling, flow_type)
   module = FLIG.from_config(config.model, image_shape)
   rng = np.random.default_rng(seed)
   images = rng.uniform(size=(N_TRAIN,) + image_shape).astype(np.float32)
@@ -146,6 +147,28 @@ def test_roundtrip_is_the_reconstruction_with_padding():
   np.testing.assert_allclose(out['roundtrip'], out['reconstruct'], atol=1e-4)
   # The response space cannot hold the padded coordinates: that path loses something.
   assert float(jnp.max(jnp.abs(out['decode_encode'] - out['reconstruct']))) > 1e-4
+
+
+def test_augmented_flow_reads_the_first_half_and_round_trips_exactly():
+  """Augmented: f acts on [h, e] (2D); encode reads f([h, 0]), decode f^-1([A(r), 0]); the whole
+  vector comes back, so G(f^-1(f(E(x)))) is the reconstruction."""
+  _, module, variables, x, r = _build((28, 28, 1), 10, 'affine', flow_type='augmented')
+  ap = lambda method, *args: module.apply(variables, *args, method=method)
+  h = ap(FLIG.standardise, ap(FLIG.features, x))
+  e = jax.random.normal(jax.random.key(3), h.shape)
+  y, ld = ap(FLIG.flow_forward, jnp.concatenate([h, e], 1))
+  back, ld_inv = ap(FLIG.flow_inverse, y)
+  assert y.shape == (N_TRAIN, 2 * D)
+  np.testing.assert_allclose(back, jnp.concatenate([h, e], 1), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(ld, -ld_inv, rtol=1e-5, atol=1e-5)
+  zero = ap(FLIG.flow_forward, jnp.concatenate([h, 0 * h], 1))[0]
+  np.testing.assert_allclose(ap(FLIG.latent, x), zero[:, :D], rtol=1e-5, atol=1e-5)
+  assert float(jnp.max(jnp.abs(y[:, :D] - zero[:, :D]))) > 1e-3   # e does reach the responses
+  a = ap(lambda m, r: m.adapter().forward(r), r)
+  h_dec = ap(FLIG.flow_inverse, jnp.concatenate([a, 0 * a], 1))[0][:, :D]
+  np.testing.assert_allclose(ap(FLIG.decode, r), ap(FLIG.decode_features,
+                                                    ap(FLIG.unstandardise, h_dec)), atol=1e-6)
+  np.testing.assert_allclose(ap(FLIG.roundtrip, x), ap(FLIG.reconstruct, x), atol=1e-5)
 
 
 def _save_and_load(tmp_path, config, variables, image_shape, step=7, **meta):

@@ -9,6 +9,7 @@ Every layer module has `__call__(x, inverse=False) -> (y, logdet)` with `x` of s
 forward direction runs ActNorm's data-dependent initialisation.
 """
 
+import functools
 from collections.abc import Callable
 
 import distrax
@@ -173,6 +174,50 @@ class Coupling(nn.Module):
     return bij.inverse_and_log_det(x) if inverse else bij.forward_and_log_det(x)
 
 
+class LinearPair(nn.Module):
+  """The augmented flow's linear part: a linear encoder and decoder held as one bijection.
+
+  It acts on augmented vectors of size 2D: features with their noise coordinates `[h, e]` on the
+  input side, responses with theirs `[a, e_a]` on the output side (DESIGN.md, the augmented flow).
+  Two shears and two diagonal scales, so any linear encoder `h -> a` and decoder `a -> h` pair is
+  one bijection, with no matrix to invert:
+
+  - forward:  a = h W_enc + b_enc + exp(s_enc) * e;   e_a = exp(s_dec) * (h - a W_dec - b_dec)
+  - inverse:  h = exp(-s_dec) * e_a + a W_dec + b_dec;   e = exp(-s_enc) * (a - h W_enc - b_enc)
+  - log-det:  sum(s_enc) + sum(s_dec) (forward); its negative (inverse).
+
+  With e = 0 the forward pass is the encoder `h W_enc + b_enc`; with e_a = 0 the inverse is the
+  decoder `a W_dec + b_dec`. `s_enc` is the log-std of what the encoder leaves unexplained and
+  `s_dec` minus that of the decoder, so samples with e ~ N(0, I) have the spread of the data.
+  Parameters start at zero (a = e, e_a = h); `closed_form.linear_pair_params` sets them from
+  ridge fits before training.
+  """
+
+  @nn.compact
+  def __call__(self, x: Array, inverse: bool = False) -> tuple[Array, Array]:
+    if x.shape[-1] % 2:
+      raise ValueError(f'LinearPair needs an even number of coordinates, got {x.shape[-1]}')
+    d = x.shape[-1] // 2
+    zeros = nn.initializers.zeros
+    w_enc = self.param('enc_kernel', zeros, (d, d))
+    b_enc = self.param('enc_bias', zeros, (d,))
+    s_enc = self.param('enc_log_scale', zeros, (d,))
+    w_dec = self.param('dec_kernel', zeros, (d, d))
+    b_dec = self.param('dec_bias', zeros, (d,))
+    s_dec = self.param('dec_log_scale', zeros, (d,))
+    logdet = jnp.broadcast_to(jnp.sum(s_enc) + jnp.sum(s_dec), x.shape[:-1])
+    first, second = x[..., :d], x[..., d:]
+    if not inverse:
+      h, e = first, second
+      a = h @ w_enc + b_enc + jnp.exp(s_enc) * e
+      e_a = jnp.exp(s_dec) * (h - a @ w_dec - b_dec)
+      return jnp.concatenate([a, e_a], axis=-1), logdet
+    a, e_a = first, second
+    h = jnp.exp(-s_dec) * e_a + a @ w_dec + b_dec
+    e = jnp.exp(-s_enc) * (a - h @ w_enc - b_enc)
+    return jnp.concatenate([h, e], axis=-1), -logdet
+
+
 # name -> builder(hidden, num_bins, spline_range, swap) -> layer module. The parametrised test in
 # tests/test_flow.py checks every entry for invertibility and log-det against the Jacobian.
 BIJECTORS: dict[str, Callable[..., nn.Module]] = {
@@ -183,15 +228,27 @@ BIJECTORS: dict[str, Callable[..., nn.Module]] = {
         hidden, 'affine', swap=swap),
     'spline_coupling': lambda hidden=16, swap=False, num_bins=8, spline_range=4.0, **_: Coupling(
         hidden, 'spline', swap=swap, num_bins=num_bins, spline_range=spline_range),
+    'linear_pair': lambda **_: LinearPair(),
 }
 
 
 class Flow(nn.Module):
-  """f: R^D -> R^D, K blocks of ActNorm -> LU linear -> coupling (couplings alternate halves).
+  """The normalizing flow f.
 
-  forward(h) -> (z, log|det df/dh|) and inverse(z) -> (h, log|det df^-1/dz|), logdet (N,).
-  Initialise with `Flow(...).init(rng, h, method=Flow.forward)` on a batch of (standardised)
-  features so ActNorm's data-dependent initialisation sees them.
+  Plain (the paper's flow) on R^D: K blocks of ActNorm -> LU linear -> coupling, the couplings
+  alternating halves. Initialise with `Flow(...).init(rng, h, method=Flow.forward)` on a batch of
+  (standardised) features so ActNorm's data-dependent initialisation sees them.
+
+  Augmented (`augmented=True`, DESIGN.md) on R^2D, features with noise coordinates `[h, e_h]` to
+  responses with theirs `[a, e_a]`: an encoder coupling (e_h moved by an MLP of h), the
+  `LinearPair` (the linear encoder and decoder), and a decoder coupling (e_a moved by an MLP of
+  a). With the noise at zero, encoding is `a = h W_enc + b_enc + exp(s_enc) t_enc(h)` and decoding
+  `h = a W_dec + b_dec - exp(-s_dec) t_dec(a)`: each direction is the linear map plus a learned
+  residual that the other direction never sees. The couplings start as the identity, so f starts
+  as the linear pair that `closed_form.linear_pair_params` writes into it. `num_blocks` is unused:
+  more couplings of the same side would compose to one.
+
+  forward(x) -> (y, log|det df/dx|) and inverse(y) -> (x, log|det df^-1/dy|), logdet (N,).
   """
   features: int
   num_blocks: int
@@ -199,24 +256,33 @@ class Flow(nn.Module):
   coupling: str = 'affine'
   num_bins: int = 8
   spline_range: float = 4.0
+  augmented: bool = False
+
+  @property
+  def size(self) -> int:
+    """The number of coordinates f acts on: D, or 2D when augmented."""
+    return 2 * self.features if self.augmented else self.features
 
   def setup(self):
     if self.coupling not in ('affine', 'spline'):
-      raise ValueError(
-          f"unknown coupling '{self.coupling}' (use 'affine' or 'spline')")
+      raise ValueError(f"unknown coupling '{self.coupling}' (use 'affine' or 'spline')")
+    coupling = functools.partial(Coupling, self.hidden, self.coupling, num_bins=self.num_bins,
+                                 spline_range=self.spline_range)
+    if self.augmented:
+      # swap=False: the first half (h, then a) conditions the second (e_h, then e_a).
+      self.layers = [coupling(name='enc_coupling'), LinearPair(name='linear_pair'),
+                     coupling(name='dec_coupling')]
+      return
     layers = []
     for k in range(self.num_blocks):
       layers.append(ActNorm(name=f'actnorm_{k}'))
       layers.append(LULinear(name=f'linear_{k}'))
-      layers.append(Coupling(
-          self.hidden, self.coupling, swap=bool(k % 2), num_bins=self.num_bins,
-          spline_range=self.spline_range, name=f'coupling_{k}'))
+      layers.append(coupling(swap=bool(k % 2), name=f'coupling_{k}'))
     self.layers = layers
 
   def _check(self, x: Array) -> None:
-    if x.shape[-1] != self.features:
-      raise ValueError(
-          f'Flow expects (..., {self.features}), got {tuple(x.shape)}')
+    if x.shape[-1] != self.size:
+      raise ValueError(f'Flow expects (..., {self.size}), got {tuple(x.shape)}')
 
   def forward(self, h: Array) -> tuple[Array, Array]:
     """z = f(h) and log|det df/dh| per row."""

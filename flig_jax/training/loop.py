@@ -29,7 +29,8 @@ from flig_jax import model as model_lib
 from flig_jax.nn import compiled
 from flig_jax.nn import discriminator as disc_lib
 from flig_jax.nn.adapter import Adapter
-from flig_jax.training import Preempted, TrainingDiverged, parallel, progress, resume, steps
+from flig_jax.training import (Preempted, TrainingDiverged, closed_form, parallel, progress,
+                               resume, steps, validation)
 
 State = steps.Stage1State | steps.Stage2State
 
@@ -66,6 +67,11 @@ class Stage:
   stream: data.BatchStream
   total_steps: int
   save: Callable[[State], None]
+  # Stage 2's model selection: `state, scores = validate(state)` scores the current flow on the
+  # validation split and keeps it when it beats the kept one; run at step 0 and every
+  # `validate_every` steps (None: no selection, the last step is kept).
+  validate: Callable[[State], tuple[State, dict[str, jax.Array]]] | None = None
+  validate_every: int = 0
 
 
 def make_context(config: ml_collections.ConfigDict, workdir: str | Path,
@@ -115,6 +121,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
       state = run_stage(ctx, stage1(ctx, state))
       _stage1_figure(ctx, state.params)
     state = run_stage(ctx, stage2(ctx, state))
+    if int(state.best_step) >= 0:
+      ctx.log.info(f'stage 2 keeps the flow of step {int(state.best_step)}, the best on the '
+                   f'validation split (decoding PCC + encoding mean PCC {float(state.best_score):.4f})')
     _stage2_figure(ctx, state.model_variables())
   finally:
     ctx.mgr.wait_until_finished()
@@ -209,6 +218,8 @@ def run_stage(ctx: Context, stage: Stage) -> State:
   every, log_every = config.checkpoint.every_steps, config.log_every_steps
   first = saved = int(state.step)
   log.start(number, first, total)
+  if stage.validate is not None and first == 0:
+    state = _validate(log, stage, state, 0)
   sums, count = None, 0
   with _InterruptRequest() as interrupt:
     for step in range(first, total):
@@ -224,6 +235,8 @@ def run_stage(ctx: Context, stage: Stage) -> State:
       if at_log:
         log.write(done, {k: float(v) / count for k, v in jax.device_get(sums).items()})
         sums, count = None, 0
+      if stage.validate is not None and (done % stage.validate_every == 0 or done == total):
+        state = _validate(log, stage, state, done)
       if (at_save or interrupt.requested) and done != saved:
         stage.save(state)
         saved = done
@@ -238,6 +251,13 @@ def run_stage(ctx: Context, stage: Stage) -> State:
 
 
 _add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
+
+
+def _validate(log: progress.RunLog, stage: Stage, state: State, done: int) -> State:
+  """Scores the current flow on the validation split, logs the scores, keeps the better flow."""
+  state, scores = stage.validate(state)
+  log.write(done, {k: float(v) for k, v in jax.device_get(scores).items()})
+  return state
 
 
 def _check_finite(stage: int, state: State, workdir: Path) -> None:
@@ -295,24 +315,30 @@ def _stage2_parts(config: ml_collections.ConfigDict):
 
 
 def initial_flow_params(module: model_lib.FLIG, rng: jax.Array,
-                        first_batch: dict[str, jax.Array]) -> Any:
-  """Where the flow starts (the one place): ActNorm set from the standardised features of the
-  first global batch, every coupling at the identity."""
-  return module.init_flow(rng, first_batch['features'])
+                        first_batch: dict[str, jax.Array], linear_pair: Any = None) -> Any:
+  """Where the flow starts (the one place). Plain: ActNorm set from the standardised features of
+  the first global batch, every coupling at the identity. Augmented: every block at the identity
+  and the `LinearPair` at `linear_pair`, the closed-form ridge start (`closed_form`)."""
+  params = module.init_flow(rng, first_batch['features'])
+  if linear_pair is not None:
+    params = {**params, 'linear_pair': jax.tree.map(jnp.asarray, linear_pair)}
+  return params
 
 
-def _init_stage2(ctx: Context, frozen: model_lib.Frozen,
-                 first_batch: dict[str, jax.Array]) -> steps.Stage2State:
+def _init_stage2(ctx: Context, frozen: model_lib.Frozen, first_batch: dict[str, jax.Array],
+                 linear_pair: Any = None) -> steps.Stage2State:
   discriminator, flow_tx, disc_tx = _stage2_parts(ctx.config)
   k_flow, k_fwd, k_inv, k_state = jax.random.split(jax.random.key(ctx.config.seed + 2), 4)
-  flow_params = initial_flow_params(ctx.module, k_flow, first_batch)
+  flow_params = initial_flow_params(ctx.module, k_flow, first_batch, linear_pair)
   probe = jnp.zeros((1, ctx.module.feature_dim))
   disc_params = {'forward': discriminator.init(k_fwd, probe)['params'],
                  'inverse': discriminator.init(k_inv, probe)['params']}
   return steps.Stage2State(
       step=jnp.zeros((), jnp.int32), flow_params=flow_params, disc_params=disc_params,
       flow_opt_state=flow_tx.init(flow_params), disc_opt_state=disc_tx.init(disc_params),
-      rng=k_state, nonfinite_step=jnp.full((), -1, jnp.int32), frozen=frozen)
+      rng=k_state, nonfinite_step=jnp.full((), -1, jnp.int32), frozen=frozen,
+      best_flow_params=flow_params, best_score=jnp.full((), -jnp.inf, jnp.float32),
+      best_step=jnp.full((), -1, jnp.int32))
 
 
 def _first_batch_shape(ctx: Context) -> dict[str, jax.ShapeDtypeStruct]:
@@ -320,18 +346,19 @@ def _first_batch_shape(ctx: Context) -> dict[str, jax.ShapeDtypeStruct]:
   return {k: jax.ShapeDtypeStruct((b, d), jnp.float32) for k in ('features', 'adapted')}
 
 
-def _train_features(ctx: Context, autoencoder: Any) -> np.ndarray:
-  """Raw features E(x) of the training split (computed once: the encoder is frozen in stage 2)."""
+def _features(ctx: Context, autoencoder: Any, images: np.ndarray) -> np.ndarray:
+  """Raw features E(x) of a split (computed once: the encoder is frozen in stage 2)."""
   features = compiled.apply(ctx.module, 'features')
   variables = {'params': {'autoencoder': autoencoder}}
-  return model_lib.map_in_chunks(lambda x: features(variables, x), ctx.dataset.train.images)
+  return model_lib.map_in_chunks(lambda x: features(variables, x), images)
 
 
 @jax.jit
 def _pairs(frozen: model_lib.Frozen, raw_features: jax.Array,
            responses: jax.Array) -> dict[str, jax.Array]:
   """Stage 2's training pairs: standardised features h and adapted responses A(r)."""
-  return {'features': (raw_features - frozen.feature_mean) / frozen.feature_std,
+  return {'raw_features': raw_features,
+          'features': (raw_features - frozen.feature_mean) / frozen.feature_std,
           'adapted': frozen.adapter.forward(responses)}
 
 
@@ -344,7 +371,7 @@ def stage2(ctx: Context, start: State) -> Stage:
   train = dataset.train
   resumed = isinstance(start, steps.Stage2State)
   autoencoder = start.frozen.autoencoder if resumed else start.params
-  raw_features = _train_features(ctx, autoencoder)
+  raw_features = _features(ctx, autoencoder, train.images)
   if resumed:
     frozen = start.frozen
   else:
@@ -352,30 +379,55 @@ def stage2(ctx: Context, start: State) -> Stage:
                           config.model.adapter_components)
     frozen = parallel.replicate(
         jax.jit(model_lib.Frozen.fit)(autoencoder, raw_features, adapter), mesh)
-  arrays = {**jax.device_get(_pairs(frozen, raw_features, train.responses)),
-            'images': train.images}
+  pairs = jax.device_get(_pairs(frozen, raw_features, train.responses))
+  arrays = {'features': pairs['features'], 'adapted': pairs['adapted'], 'images': train.images}
   stream = data.BatchStream(arrays, cfg.batch_size, seed=config.seed + 1,
                             process_index=jax.process_index(),
                             process_count=jax.process_count())
+  val = None
+  if len(dataset.val) >= 2:
+    val_pairs = jax.device_get(
+        _pairs(frozen, _features(ctx, autoencoder, dataset.val.images), dataset.val.responses))
+    val = validation.ValidationSet(raw_features=val_pairs['raw_features'],
+                                   features=val_pairs['features'], adapted=val_pairs['adapted'],
+                                   images=dataset.val.images, responses=dataset.val.responses)
   if resumed:
     state = start
   else:
+    linear_pair = None
+    if ctx.module.flow_type == 'augmented':
+      k = frozen.adapter.k
+      linear_pair = closed_form.linear_pair_params(
+          raw_features, arrays['adapted'][:, :k], None if val is None else val.raw_features,
+          None if val is None else val.adapted[:, :k], np.asarray(frozen.feature_mean),
+          np.asarray(frozen.feature_std), ctx.module.feature_dim)
     # The whole first global batch (the same on every process) starts the flow.
     first = data.BatchStream(arrays, cfg.batch_size, seed=config.seed + 1).batch(0)
     first = {k: first[k] for k in ('features', 'adapted')}
-    state = parallel.jit_init(functools.partial(_init_stage2, ctx), mesh)(frozen, first)
+    state = parallel.jit_init(functools.partial(_init_stage2, ctx), mesh)(frozen, first,
+                                                                         linear_pair)
 
   def save(s):
     variables = s.model_variables()
     meta = {**_base_meta(config, dataset, 2, int(s.step)),
-            **model_lib.model_meta(variables, dataset.image_shape)}
+            **model_lib.model_meta(variables, dataset.image_shape),
+            'selected_step': int(s.selected_step())}
     checkpointing.save(ctx.mgr, meta['step'], state=s, model=variables, config=config, meta=meta)
 
   discriminator, flow_tx, disc_tx = _stage2_parts(config)
   step_fn = parallel.jit_step(
       functools.partial(steps.stage2_step, model=ctx.module, discriminator=discriminator,
                         flow_tx=flow_tx, disc_tx=disc_tx, cfg=cfg), mesh)
-  return Stage(2, state, step_fn, stream, cfg.steps, save)
+  validate = None
+  if cfg.select_by == 'val_pcc':
+    if val is None:
+      ctx.log.info('no validation split (data.val_fraction): stage 2 keeps its last step')
+    else:
+      val_set = parallel.replicate(val.replace(raw_features=None), mesh)
+      validate = functools.partial(
+          parallel.jit_replicated(functools.partial(steps.stage2_validate, model=ctx.module),
+                                  mesh), val=val_set)
+  return Stage(2, state, step_fn, stream, cfg.steps, save, validate, cfg.eval_every_steps)
 
 
 # --- figures of validation pairs (training pairs when there is no validation split) ---

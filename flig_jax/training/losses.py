@@ -45,36 +45,59 @@ def _bce(logits: jax.Array, label: float) -> jax.Array:
   return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, jnp.full_like(logits, label)))
 
 
-def flow_terms(flow_params: Any, model: Any, batch: dict[str, jax.Array],
-               noise: jax.Array) -> dict[str, jax.Array]:
-  """Runs f on the features and f^-1 on the adapted responses of a batch plus `noise`.
+def flow_terms(flow_params: Any, model: Any, batch: dict[str, jax.Array], noise: jax.Array,
+               feature_noise: jax.Array) -> dict[str, jax.Array]:
+  """Runs f on the features and f^-1 on the adapted responses of a batch.
 
-  The adapted responses are zero on the padding coordinates, so `noise` fills the padding (N(0, 1)
-  there) and, where `config.stage2.response_noise` > 0, perturbs the signal coordinates too.
+  Args:
+    flow_params: the flow's parameters.
+    model: the FLIG module.
+    batch: 'features' h (N, D) standardised, 'adapted' A(r) (N, D) zero on the padding.
+    noise: (N, D) added to A(r): N(0, 1) on the padding and, where `config.stage2.response_noise`
+      > 0, a perturbation of the signal coordinates.
+    feature_noise: (N, D) N(0, 1) draws e_h for the augmented flow's noise coordinates (unused
+      by the plain flow).
+
+  Returns:
+    'encoded': the encoder's prediction, f([h, 0]) on the response side (plain: f(h));
+    'sample': f([h, e_h]) on the response side, what the adversary sees (plain: f(h));
+    'y', 'logdet': the whole f([h, e_h]) and its log|det|, for the likelihood;
+    'h_back': the decoder's prediction f^-1([A(r) + noise, 0]) on the feature side;
+    'a_padded': A(r) + noise.
   """
-  variables = {'params': {'flow': flow_params}}
+  def apply(x, method):
+    return model.apply({'params': {'flow': flow_params}}, x, method=method)
+
   h = batch['features']
   a_padded = batch['adapted'] + noise
-  z, logdet = model.apply(variables, h, method=FLIG.flow_forward)
-  h_back, _ = model.apply(variables, a_padded, method=FLIG.flow_inverse)
-  return {'z': z, 'logdet': logdet, 'h_back': h_back, 'a_padded': a_padded}
+  y, logdet = apply(model.augment(h, feature_noise), FLIG.flow_forward)
+  sample = model.head(y)
+  encoded = apply(h, FLIG.encode_standardised) if model.flow_type == 'augmented' else sample
+  h_back = apply(a_padded, FLIG.decode_adapted)
+  return {'encoded': encoded, 'sample': sample, 'y': y, 'logdet': logdet, 'h_back': h_back,
+          'a_padded': a_padded}
 
 
 def flow_loss(flow_params: Any, disc_params: Any, frozen: Frozen, model: Any,
               discriminator: Any, batch: dict[str, jax.Array], noise: jax.Array,
+              feature_noise: jax.Array,
               cfg: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """The flow's stage-2 objective; every weight comes from `cfg` (config.stage2)."""
-  out = flow_terms(flow_params, model, batch, noise)
+  """The flow's stage-2 objective; every weight comes from `cfg` (config.stage2).
+
+  Local terms compare the encoder's and decoder's point predictions with their targets; the
+  likelihood (per coordinate of f's space, D or 2D) and the adversary see samples.
+  """
+  out = flow_terms(flow_params, model, batch, noise, feature_noise)
   h, a, mask = batch['features'], batch['adapted'], frozen.signal_mask
-  z, h_back = out['z'], out['h_back']
-  dim = h.shape[-1]
+  z, h_back, y = out['encoded'], out['h_back'], out['y']
+  size = y.shape[-1]
   k = jnp.sum(mask)
 
   local_fwd = jnp.mean(jnp.sum(mask * (z - a) ** 2, axis=-1)) / k
   local_inv = jnp.mean((h_back - h) ** 2)
-  nll = jnp.mean(0.5 * jnp.sum(z ** 2, axis=-1) + 0.5 * dim * _LOG_2PI - out['logdet']) / dim
+  nll = jnp.mean(0.5 * jnp.sum(y ** 2, axis=-1) + 0.5 * size * _LOG_2PI - out['logdet']) / size
   # Non-saturating generator loss: f(h) should look like a real adapted response to Dis.
-  fake_logits = discriminator.apply({'params': disc_params['forward']}, z)
+  fake_logits = discriminator.apply({'params': disc_params['forward']}, out['sample'])
   adv = _bce(fake_logits, 1.0)
   loss = (cfg.local_forward * local_fwd + cfg.local_inverse * local_inv
           + cfg.likelihood * nll + cfg.adversarial * adv)

@@ -91,6 +91,13 @@ def jit_init(init_fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
   return jax.jit(init_fn, out_shardings=replicated(mesh))
 
 
+def jit_replicated(fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
+  """Jits `fn(state, **replicated_inputs) -> (state, outputs)`, everything replicated, the state
+  donated (stage 2's validation and model selection)."""
+  repl = replicated(mesh)
+  return jax.jit(fn, out_shardings=(repl, repl), donate_argnums=(0,))
+
+
 def jit_step(step_fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
   """Jits `step_fn(state, batch) -> (state, metrics)` for data parallelism.
 

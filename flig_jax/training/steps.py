@@ -18,7 +18,7 @@ import optax
 
 from flig_jax.model import Frozen
 from flig_jax.training import augment as augment_lib
-from flig_jax.training import losses
+from flig_jax.training import losses, validation
 
 
 @flax.struct.dataclass
@@ -40,10 +40,23 @@ class Stage2State:
   rng: jax.Array
   nonfinite_step: jax.Array
   frozen: Frozen             # never updated
+  best_flow_params: Any      # the flow kept by model selection on the validation split
+  best_score: jax.Array      # its validation score (-inf before the first validation)
+  best_step: jax.Array       # the step it was taken at, or -1: no selection, keep the last
+
+  def selected_flow_params(self) -> Any:
+    """The flow that the model uses: the kept one, or the current one when nothing was kept."""
+    keep = self.best_step >= 0
+    return jax.tree.map(lambda b, c: jnp.where(keep, b, c), self.best_flow_params,
+                        self.flow_params)
+
+  def selected_step(self) -> jax.Array:
+    """The step of `selected_flow_params`."""
+    return jnp.where(self.best_step >= 0, self.best_step, self.step)
 
   def model_variables(self) -> dict[str, Any]:
-    """The FLIG variables of this state (frozen parts and the current flow)."""
-    return self.frozen.variables(self.flow_params)
+    """The FLIG variables of this state: the frozen parts and the selected flow."""
+    return self.frozen.variables(self.selected_flow_params())
 
 
 def optimizer(learning_rate: float, weight_decay: float, steps: int) -> optax.GradientTransformation:
@@ -107,17 +120,19 @@ def stage2_step(state: Stage2State, batch: dict[str, jax.Array], *,
   d = state.frozen.feature_mean.shape[0]
   chex.assert_shape([batch['features'], batch['adapted']], (None, d))
   chex.assert_rank(batch['images'], 4)
-  rng, mix_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
+  rng, mix_rng, feature_rng = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
   if cfg.mixup:
     batch = _mixup(mix_rng, batch, cfg.mixup)
   # N(0, 1) on the padding coordinates, N(0, response_noise^2) on the signal ones.
   mask = state.frozen.signal_mask
   noise = jax.random.normal(rng, batch['adapted'].shape, batch['adapted'].dtype)
   noise = noise * (1.0 - mask + cfg.response_noise * mask)
+  feature_noise = jax.random.normal(feature_rng, batch['features'].shape, batch['features'].dtype)
 
   # Discriminator: real adapted responses vs f(h) (and features vs f^-1(a)), flow held fixed.
-  out = jax.lax.stop_gradient(losses.flow_terms(state.flow_params, model, batch, noise))
-  real, fake = {'forward': out['a_padded']}, {'forward': out['z']}
+  out = jax.lax.stop_gradient(
+      losses.flow_terms(state.flow_params, model, batch, noise, feature_noise))
+  real, fake = {'forward': out['a_padded']}, {'forward': out['sample']}
   if cfg.adversarial_inverse:
     real['inverse'], fake['inverse'] = batch['features'], out['h_back']
   disc_grad_fn = jax.value_and_grad(losses.discriminator_loss, has_aux=True)
@@ -129,7 +144,7 @@ def stage2_step(state: Stage2State, batch: dict[str, jax.Array], *,
   # Flow: all constraints against the updated discriminator.
   flow_grad_fn = jax.value_and_grad(losses.flow_loss, has_aux=True)
   (loss, terms), grads = flow_grad_fn(state.flow_params, disc_params, state.frozen, model,
-                                      discriminator, batch, noise, cfg)
+                                      discriminator, batch, noise, feature_noise, cfg)
   updates, flow_opt_state = flow_tx.update(grads, state.flow_opt_state, state.flow_params)
   flow_params = optax.apply_updates(state.flow_params, updates)
   new_state = state.replace(
@@ -138,3 +153,10 @@ def stage2_step(state: Stage2State, batch: dict[str, jax.Array], *,
       nonfinite_step=_track_nonfinite(state.nonfinite_step, state.step, loss, grads, disc_grads,
                                       flow_params, disc_params))
   return new_state, {'loss': loss, **terms, **disc_terms}
+
+
+def stage2_validate(state: Stage2State, val: validation.ValidationSet, *,
+                    model: Any) -> tuple[Stage2State, dict[str, jax.Array]]:
+  """Scores the current flow on the validation split; keeps it when it beats the kept one."""
+  scores = validation.scores(model, state.frozen.variables(state.flow_params), val)
+  return validation.keep_best(state, scores['val_score']), scores

@@ -1,0 +1,71 @@
+"""The closed-form start of the augmented flow: ridge maps both ways, written into its `LinearPair`.
+
+At step 0 the augmented flow's blocks are the identity, so FLIG's encoder and decoder are exactly
+the ridge maps fitted here: the `cae_ridge` ablation of `evaluate.py` (same features, adapter,
+regularisers chosen on the validation split). Training can then only add to it, and the stage-2
+step kept is chosen on validation scores, step 0 included.
+"""
+
+from typing import Any
+
+import numpy as np
+
+from flig_jax import ridge
+
+_MIN_STD = 1e-3  # floor of the residual spreads that set the noise scales
+
+
+def _affine(fit: ridge.Ridge) -> tuple[np.ndarray, np.ndarray]:
+  """A fitted ridge map as y = x W + b on the raw inputs."""
+  w = fit.coef / fit.x_std[:, None]
+  return w, fit.y_mean - (fit.x_mean / fit.x_std) @ fit.coef
+
+
+def linear_pair_params(features: np.ndarray, signal: np.ndarray, val_features: np.ndarray | None,
+                       val_signal: np.ndarray | None, feature_mean: np.ndarray,
+                       feature_std: np.ndarray, dim: int) -> dict[str, np.ndarray]:
+  """`LinearPair` parameters that make the augmented flow start as the ridge encoder and decoder.
+
+  The ridge maps are fitted exactly as `cae_ridge` fits them (raw features E(x) <-> the adapter's
+  k signal coordinates, alpha chosen on the validation split), then rewritten for the flow's
+  coordinates: standardised features h = (E(x) - mean) / std, and A(r) whose D - k padding
+  coordinates the encoder leaves to the noise and the decoder ignores.
+
+  Args:
+    features: (N, D) raw training features E(x).
+    signal: (N, k) the adapter's signal coordinates of the training responses.
+    val_features: (M, D) raw validation features, or None (alpha by cross-validation).
+    val_signal: (M, k) their responses' signal coordinates, or None.
+    feature_mean: (D,) the standardisation's mean.
+    feature_std: (D,) its std.
+    dim: D.
+
+  Returns:
+    the `linear_pair` parameter dict (float32).
+  """
+  d, k = dim, signal.shape[1]
+  m, s = np.asarray(feature_mean, np.float64), np.asarray(feature_std, np.float64)
+  enc = ridge.fit_ridge(features, signal, val_features, val_signal, refit_on_val=False)
+  dec = ridge.fit_ridge(signal, features, val_signal, val_features, refit_on_val=False)
+  w_e, b_e = _affine(enc)                         # raw h -> a_k
+  w_d, b_d = _affine(dec)                         # a_k -> raw h
+  h = (np.asarray(features, np.float64) - m) / s  # standardised training features
+
+  enc_kernel = np.zeros((d, d))
+  enc_bias = np.zeros(d)
+  enc_log_scale = np.zeros(d)
+  enc_kernel[:, :k] = s[:, None] * w_e
+  enc_bias[:k] = m @ w_e + b_e
+  residual = signal - (h @ enc_kernel[:, :k] + enc_bias[:k])
+  enc_log_scale[:k] = np.log(np.maximum(residual.std(axis=0), _MIN_STD))
+
+  dec_kernel = np.zeros((d, d))
+  dec_kernel[:k] = w_d / s[None, :]
+  dec_bias = (b_d - m) / s
+  residual = h - (signal @ dec_kernel[:k] + dec_bias)
+  dec_log_scale = -np.log(np.maximum(residual.std(axis=0), _MIN_STD))
+
+  params: dict[str, Any] = {'enc_kernel': enc_kernel, 'enc_bias': enc_bias,
+                            'enc_log_scale': enc_log_scale, 'dec_kernel': dec_kernel,
+                            'dec_bias': dec_bias, 'dec_log_scale': dec_log_scale}
+  return {name: value.astype(np.float32) for name, value in params.items()}
