@@ -6,9 +6,11 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
-
 from conftest import train
+
+from configs import default
 from flig_jax import checkpointing
 from flig_jax.evaluation import run
 from flig_jax.training import steps, validation
@@ -33,7 +35,7 @@ def test_untrained_flow_predicts_exactly_what_cae_ridge_does(tmp_path):
 def test_run_logs_validation_scores_and_saves_the_selected_step(smoke_workdir):
   rows = [json.loads(line) for line in (smoke_workdir / 'metrics.jsonl').read_text().splitlines()]
   val = [r for r in rows if 'val_score' in r]
-  assert [r['step'] for r in val][0] == 0            # the closed-form start is a candidate
+  assert val[0]['step'] == 0            # the closed-form start is a candidate
   assert val[-1]['step'] == max(r['step'] for r in rows if r['stage'] == 2)
   for r in val:
     assert r['val_score'] == pytest.approx(r['val_dec_pcc'] + r['val_enc_pcc'], abs=1e-5)
@@ -42,36 +44,43 @@ def test_run_logs_validation_scores_and_saves_the_selected_step(smoke_workdir):
     _, meta = checkpointing.latest_meta(mgr)
   finally:
     mgr.close()
-  best = max(val, key=lambda r: r['val_score'])
-  assert meta['selected_step'] == best['step']
+  # The smoke config's augmented flow: the encoder part where encoding scored best, the decoder
+  # part where decoding did (the first such step on ties).
+  best = [max(val, key=lambda r: r[name])['step'] for name in ('val_enc_pcc', 'val_dec_pcc')]
+  assert meta['selected_steps'] == best
 
 
-def _state(flow, best, score, step):
-  """A Stage2State with just what model selection reads."""
-  return steps.Stage2State(step=jnp.asarray(step), flow_params=flow, disc_params=None,
+def _state(step, score, best_step):
+  """A Stage2State with just what model selection reads: groups 'a' and 'b' of the flow, the
+  current ones all ones, the kept ones all zeros."""
+  ones, zeros = {'a': jnp.ones(2), 'b': jnp.ones(3)}, {'a': jnp.zeros(2), 'b': jnp.zeros(3)}
+  return steps.Stage2State(step=jnp.asarray(step), flow_params=ones, disc_params=None,
                            flow_opt_state=None, disc_opt_state=None, rng=None,
-                           nonfinite_step=None, frozen=None, best_flow_params=best,
+                           nonfinite_step=None, frozen=None, best_flow_params=zeros,
                            best_score=jnp.asarray(score, jnp.float32),
-                           best_step=jnp.asarray(-1 if score == -np.inf else 0))
+                           best_step=jnp.asarray(best_step, jnp.int32))
 
 
-def test_keep_best_takes_only_strictly_better_flows():
-  current, kept = {'w': jnp.ones(3)}, {'w': jnp.zeros(3)}
-  state = _state(current, kept, 0.5, step=40)
-  worse = validation.keep_best(state, jnp.asarray(0.4))
-  tie = validation.keep_best(state, jnp.asarray(0.5))
-  nan = validation.keep_best(state, jnp.asarray(jnp.nan))
-  better = validation.keep_best(state, jnp.asarray(0.6))
-  for s in (worse, tie, nan):
-    np.testing.assert_array_equal(s.best_flow_params['w'], 0.0)
-    assert int(s.best_step) == 0 and float(s.best_score) == 0.5
-  np.testing.assert_array_equal(better.best_flow_params['w'], 1.0)
-  assert int(better.best_step) == 40 and float(better.best_score) == pytest.approx(0.6)
-  np.testing.assert_array_equal(better.selected_flow_params()['w'], 1.0)
+def test_keep_best_takes_each_group_only_when_strictly_better():
+  groups = (('enc', ('a',)), ('dec', ('b',)))
+  state = _state(40, [0.5, 0.5], [0, 0])
+  for enc, dec in ((0.4, 0.5), (0.5, jnp.nan)):   # worse, tie, NaN: nothing changes
+    s = validation.keep_best(state, {'enc': jnp.asarray(enc), 'dec': jnp.asarray(dec)}, groups)
+    assert float(jnp.sum(s.best_flow_params['a'])) == 0 == float(jnp.sum(s.best_flow_params['b']))
+    assert s.best_step.tolist() == [0, 0] and s.best_score.tolist() == [0.5, 0.5]
+  s = validation.keep_best(state, {'enc': jnp.asarray(0.6), 'dec': jnp.asarray(0.1)}, groups)
+  np.testing.assert_array_equal(s.best_flow_params['a'], 1.0)     # the encoder part moves on
+  np.testing.assert_array_equal(s.best_flow_params['b'], 0.0)     # the decoder part stays
+  assert s.best_step.tolist() == [40, 0]
+  np.testing.assert_array_equal(s.selected_flow_params()['a'], 1.0)
+  # One group over every parameter (the plain flow).
+  s = validation.keep_best(_state(9, [0.5], [0]), {'sum': jnp.asarray(0.7)}, (('sum', None),))
+  assert s.best_step.tolist() == [9]
+  np.testing.assert_array_equal(s.best_flow_params['b'], 1.0)
   # Before any validation (best_step -1) the model uses the current flow.
-  fresh = _state(current, kept, -np.inf, step=7)
-  np.testing.assert_array_equal(fresh.selected_flow_params()['w'], 1.0)
-  assert int(fresh.selected_step()) == 7
+  fresh = _state(7, [-np.inf, -np.inf], [-1, -1])
+  np.testing.assert_array_equal(fresh.selected_flow_params()['b'], 1.0)
+  assert fresh.selected_steps().tolist() == [7, 7]
 
 
 def test_validation_scores_are_pearson_correlations():
@@ -114,3 +123,23 @@ def test_validation_scores_are_pearson_correlations():
   enc = np.mean([np.corrcoef(encoded[:, u], responses[:, u])[0, 1] for u in range(3)])
   assert float(got['val_dec_pcc']) == pytest.approx(dec, rel=1e-5)
   assert float(got['val_enc_pcc']) == pytest.approx(enc, rel=1e-5)
+
+
+def test_augmented_flow_optimizer_keeps_the_fitted_linear_maps():
+  cfg = default.get_config().stage2
+  params = {'linear_pair': {'enc_kernel': jnp.ones((2, 2)), 'enc_bias': jnp.ones(2),
+                            'enc_log_scale': jnp.ones(2), 'dec_kernel': jnp.ones((2, 2)),
+                            'dec_bias': jnp.ones(2), 'dec_log_scale': jnp.ones(2)},
+            'enc_coupling': {'w': jnp.ones(3)}, 'dec_coupling': {'w': jnp.ones(3)}}
+  grads = jax.tree.map(jnp.ones_like, params)
+  tx = steps.flow_optimizer(cfg, augmented=True)
+  opt_state = tx.init(params)
+  for _ in range(3):   # past the warm-up's zero learning rate
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+  pair = params['linear_pair']
+  for name in ('enc_kernel', 'enc_bias', 'dec_kernel', 'dec_bias'):
+    np.testing.assert_array_equal(pair[name], 1.0)
+  for moved in (pair['enc_log_scale'], pair['dec_log_scale'], params['enc_coupling']['w'],
+                params['dec_coupling']['w']):
+    assert float(jnp.max(jnp.abs(moved - 1.0))) > 0

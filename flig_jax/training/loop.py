@@ -121,9 +121,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
       state = run_stage(ctx, stage1(ctx, state))
       _stage1_figure(ctx, state.params)
     state = run_stage(ctx, stage2(ctx, state))
-    if int(state.best_step) >= 0:
-      ctx.log.info(f'stage 2 keeps the flow of step {int(state.best_step)}, the best on the '
-                   f'validation split (decoding PCC + encoding mean PCC {float(state.best_score):.4f})')
+    if int(state.best_step.min()) >= 0:
+      kept = ', '.join(f'{name} {float(score):.4f} at step {int(step)}' for (name, _), score, step
+                       in zip(validation.GROUPS[ctx.module.flow_type], state.best_score,
+                              state.best_step))
+      ctx.log.info(f'stage 2 keeps the flow parts best on the validation split: {kept}')
     _stage2_figure(ctx, state.model_variables())
   finally:
     ctx.mgr.wait_until_finished()
@@ -310,7 +312,7 @@ def _stage2_parts(config: ml_collections.ConfigDict):
   """The discriminator module and the flow's and discriminator's optimisers."""
   cfg = config.stage2
   return (disc_lib.Discriminator(config.model.disc_hidden),
-          steps.optimizer(cfg.learning_rate, cfg.weight_decay, cfg.steps),
+          steps.flow_optimizer(cfg, config.model.flow_type == 'augmented'),
           steps.optimizer(cfg.disc_learning_rate, 0.0, cfg.steps))
 
 
@@ -330,6 +332,7 @@ def _init_stage2(ctx: Context, frozen: model_lib.Frozen, first_batch: dict[str, 
   discriminator, flow_tx, disc_tx = _stage2_parts(ctx.config)
   k_flow, k_fwd, k_inv, k_state = jax.random.split(jax.random.key(ctx.config.seed + 2), 4)
   flow_params = initial_flow_params(ctx.module, k_flow, first_batch, linear_pair)
+  groups = len(validation.GROUPS[ctx.module.flow_type])
   probe = jnp.zeros((1, ctx.module.feature_dim))
   disc_params = {'forward': discriminator.init(k_fwd, probe)['params'],
                  'inverse': discriminator.init(k_inv, probe)['params']}
@@ -337,8 +340,8 @@ def _init_stage2(ctx: Context, frozen: model_lib.Frozen, first_batch: dict[str, 
       step=jnp.zeros((), jnp.int32), flow_params=flow_params, disc_params=disc_params,
       flow_opt_state=flow_tx.init(flow_params), disc_opt_state=disc_tx.init(disc_params),
       rng=k_state, nonfinite_step=jnp.full((), -1, jnp.int32), frozen=frozen,
-      best_flow_params=flow_params, best_score=jnp.full((), -jnp.inf, jnp.float32),
-      best_step=jnp.full((), -1, jnp.int32))
+      best_flow_params=flow_params, best_score=jnp.full((groups,), -jnp.inf, jnp.float32),
+      best_step=jnp.full((groups,), -1, jnp.int32))
 
 
 def _first_batch_shape(ctx: Context) -> dict[str, jax.ShapeDtypeStruct]:
@@ -411,7 +414,7 @@ def stage2(ctx: Context, start: State) -> Stage:
     variables = s.model_variables()
     meta = {**_base_meta(config, dataset, 2, int(s.step)),
             **model_lib.model_meta(variables, dataset.image_shape),
-            'selected_step': int(s.selected_step())}
+            'selected_steps': [int(v) for v in s.selected_steps()]}
     checkpointing.save(ctx.mgr, meta['step'], state=s, model=variables, config=config, meta=meta)
 
   discriminator, flow_tx, disc_tx = _stage2_parts(config)

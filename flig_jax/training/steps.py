@@ -41,18 +41,18 @@ class Stage2State:
   nonfinite_step: jax.Array
   frozen: Frozen             # never updated
   best_flow_params: Any      # the flow kept by model selection on the validation split
-  best_score: jax.Array      # its validation score (-inf before the first validation)
-  best_step: jax.Array       # the step it was taken at, or -1: no selection, keep the last
+  best_score: jax.Array      # (G,) validation score of each kept group (validation.GROUPS)
+  best_step: jax.Array       # (G,) the step each was taken at; -1: no selection, keep the last
 
   def selected_flow_params(self) -> Any:
     """The flow that the model uses: the kept one, or the current one when nothing was kept."""
-    keep = self.best_step >= 0
+    keep = jnp.all(self.best_step >= 0)
     return jax.tree.map(lambda b, c: jnp.where(keep, b, c), self.best_flow_params,
                         self.flow_params)
 
-  def selected_step(self) -> jax.Array:
-    """The step of `selected_flow_params`."""
-    return jnp.where(self.best_step >= 0, self.best_step, self.step)
+  def selected_steps(self) -> jax.Array:
+    """(G,) the step of each group of `selected_flow_params`."""
+    return jnp.where(jnp.all(self.best_step >= 0), self.best_step, self.step)
 
   def model_variables(self) -> dict[str, Any]:
     """The FLIG variables of this state: the frozen parts and the selected flow."""
@@ -157,6 +157,23 @@ def stage2_step(state: Stage2State, batch: dict[str, jax.Array], *,
 
 def stage2_validate(state: Stage2State, val: validation.ValidationSet, *,
                     model: Any) -> tuple[Stage2State, dict[str, jax.Array]]:
-  """Scores the current flow on the validation split; keeps it when it beats the kept one."""
+  """Scores the current flow on the validation split; keeps each part that beats the kept one."""
   scores = validation.scores(model, state.frozen.variables(state.flow_params), val)
-  return validation.keep_best(state, scores['val_score']), scores
+  return validation.keep_best(state, scores, validation.GROUPS[model.flow_type]), scores
+
+
+def flow_optimizer(cfg: ml_collections.ConfigDict, augmented: bool) -> optax.GradientTransformation:
+  """The flow's optimiser; for the augmented flow the linear pair's fitted maps (kernels and
+  biases, the closed-form start) stay fixed: only its noise scales and the couplings train."""
+  train = optimizer(cfg.learning_rate, cfg.weight_decay, cfg.steps)
+  if not augmented:
+    return train
+
+  def label(path, _):
+    names = [getattr(key, 'key', '') for key in path]
+    fixed = names[0] == 'linear_pair' and not names[-1].endswith('log_scale')
+    return 'fixed' if fixed else 'train'
+
+  def labels(params):
+    return jax.tree_util.tree_map_with_path(label, params)
+  return optax.multi_transform({'train': train, 'fixed': optax.set_to_zero()}, labels)

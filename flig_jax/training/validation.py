@@ -1,11 +1,17 @@
 """Stage-2 model selection: the flow's decoding and encoding scores on the validation split, and
-the step whose flow is kept (the test split is never seen in training).
+the steps whose parameters are kept (the test split is never seen in training).
 
-The score is the sum of the two correlations that `evaluate.py` reports: decoding PCC (per image,
-pixels of G(f^-1(A(r))) against the stimulus, averaged) and encoding mean PCC (per unit, over the
-validation stimuli, of A^-1(f(E(x))) against the measured responses).
+The scores are the two correlations that `evaluate.py` reports: decoding PCC (per image, pixels of
+G(f^-1(A(r))) against the stimulus, averaged) and encoding mean PCC (per unit, over the validation
+stimuli, of A^-1(f(E(x))) against the measured responses).
+
+The augmented flow's two directions have parameters of their own (the encoder coupling with the
+linear pair, whose fitted maps stay fixed, and the decoder coupling), so each part is kept at the
+step where its own direction scored best; the flow so assembled scores exactly those two bests.
+The plain flow shares every parameter between the directions and is kept where their sum is best.
 """
 
+import functools
 from typing import Any
 
 import flax.struct
@@ -14,6 +20,14 @@ import jax.numpy as jnp
 
 SELECT_BY = ('val_pcc', 'last')
 _EPS = 1e-12
+
+# (score, the flow's top-level parameter groups it selects; None: all of them), per flow type.
+Groups = tuple[tuple[str, tuple[str, ...] | None], ...]
+GROUPS: dict[str, Groups] = {
+    'augmented': (('val_enc_pcc', ('enc_coupling', 'linear_pair')),
+                  ('val_dec_pcc', ('dec_coupling',))),
+    'plain': (('val_score', None),),
+}
 
 
 @flax.struct.dataclass
@@ -49,12 +63,19 @@ def scores(module: Any, variables: Any, val: ValidationSet) -> dict[str, jax.Arr
   return {'val_dec_pcc': dec, 'val_enc_pcc': enc, 'val_score': dec + enc}
 
 
-def keep_best(state: Any, score: jax.Array) -> Any:
-  """The stage-2 state with its kept flow replaced by the current one when `score` beats it
-  (strictly: on a tie the earlier step stays)."""
-  better = score > state.best_score
-  pick = lambda new, old: jnp.where(better, new, old)
-  return state.replace(best_flow_params=jax.tree.map(pick, state.flow_params,
-                                                     state.best_flow_params),
-                       best_score=pick(score, state.best_score),
-                       best_step=pick(state.step, state.best_step))
+def keep_best(state: Any, scores: dict[str, jax.Array], groups: Groups) -> Any:
+  """The stage-2 state with each kept parameter group replaced by the current one where its score
+  beats the kept one (strictly: on a tie, or a NaN, the earlier step stays).
+
+  `state.best_score` and `state.best_step` hold one entry per group.
+  """
+  best = dict(state.best_flow_params)
+  best_score, best_step = state.best_score, state.best_step
+  for i, (name, keys) in enumerate(groups):
+    better = scores[name] > best_score[i]
+    pick = functools.partial(jnp.where, better)
+    for key in (tuple(state.flow_params) if keys is None else keys):
+      best[key] = jax.tree.map(pick, state.flow_params[key], best[key])
+    best_score = best_score.at[i].set(jnp.where(better, scores[name], best_score[i]))
+    best_step = best_step.at[i].set(jnp.where(better, state.step, best_step[i]))
+  return state.replace(best_flow_params=best, best_score=best_score, best_step=best_step)
