@@ -83,15 +83,15 @@ TERMS = ('local_forward', 'local_inverse', 'likelihood', 'adversarial', 'adversa
          'pixel')
 
 
-@pytest.fixture(scope='module')
-def case():
+@pytest.fixture(scope='module', params=['plain', 'augmented'])
+def case(request):
   """A flow with padding (k = 3 < D = 4), perturbed away from its start, and a noisy batch."""
   rng = np.random.default_rng(1)
   images = rng.uniform(size=(6, 8, 8, 1)).astype(np.float32)
   adapter = Adapter.fit(rng.normal(size=(6, 3)).astype(np.float32), D)
   assert adapter.k == 3
   model = FLIG(image_shape=(8, 8, 1), feature_dim=D, cae_widths=(4,), flow_blocks=2,
-               flow_hidden=8)
+               flow_hidden=8, flow_type=request.param)
   frozen = Frozen(model.init_autoencoder(jax.random.key(0), images),
                   jnp.asarray(rng.normal(size=D), jnp.float32),
                   jnp.asarray(rng.uniform(0.5, 2.0, size=D), jnp.float32), adapter)
@@ -104,29 +104,41 @@ def case():
            'adapted': adapter.forward(jnp.asarray(rng.normal(size=(6, 3)), jnp.float32)),
            'images': jnp.asarray(images)}
   noise = jnp.asarray(rng.normal(size=(6, D)), jnp.float32)
-  return model, frozen, flow, disc, disc_params, batch, noise
+  feature_noise = jnp.asarray(rng.normal(size=(6, D)), jnp.float32)
+  return model, frozen, flow, disc, disc_params, batch, noise, feature_noise
 
 
 def _reference_terms(flow, case):
   """Each term from the module's pieces and textbook formulas (numpy / jax.scipy), not losses.py;
-  the log-determinant is that of the Jacobian, not the flow's own."""
-  model, frozen, _, disc, disc_params, batch, noise = case
+  the log-determinant is that of the Jacobian, not the flow's own. Augmented: the local terms and
+  the decoder read the first D coordinates with zero noise, the likelihood and the adversary
+  f([h, e_h]) with the drawn e_h."""
+  model, frozen, _, disc, disc_params, batch, noise, e_h = case
   variables = frozen.variables(flow)
   h, a, x = batch['features'], batch['adapted'], batch['images']
   k = frozen.adapter.k
   a_noisy = a + noise
-  z = model.apply(variables, h, method=FLIG.flow_forward)[0]
-  h_back = model.apply(variables, a_noisy, method=FLIG.flow_inverse)[0]
-  f = lambda row: model.apply(variables, row[None], method=FLIG.flow_forward)[0][0]
-  logdet = jnp.linalg.slogdet(jax.vmap(jax.jacfwd(f))(h))[1]
-  log_p = jax.scipy.stats.multivariate_normal.logpdf(z, jnp.zeros(D), jnp.eye(D)) + logdet
+  f = lambda v: model.apply(variables, v, method=FLIG.flow_forward)[0]
+  f_inv = lambda v: model.apply(variables, v, method=FLIG.flow_inverse)[0]
+  if model.flow_type == 'augmented':
+    full = jnp.concatenate([h, e_h], axis=1)
+    y, z = f(full), f(jnp.concatenate([h, 0 * h], axis=1))[:, :D]
+    h_back = f_inv(jnp.concatenate([a_noisy, 0 * a_noisy], axis=1))[:, :D]
+    sample = y[:, :D]
+  else:
+    full, y = h, f(h)
+    z = sample = y
+    h_back = f_inv(a_noisy)
+  size = full.shape[1]
+  logdet = jnp.linalg.slogdet(jax.vmap(jax.jacfwd(lambda row: f(row[None])[0]))(full))[1]
+  log_p = jax.scipy.stats.multivariate_normal.logpdf(y, jnp.zeros(size), jnp.eye(size)) + logdet
   logit = lambda name, v: disc.apply({'params': disc_params[name]}, v)
   images = model.apply(variables, model.apply(variables, h_back, method=FLIG.unstandardise),
                        method=FLIG.decode_features)
   return {'local_forward': jnp.mean(jnp.sum((z[:, :k] - a[:, :k]) ** 2, axis=1)) / k,
           'local_inverse': jnp.mean((h_back - h) ** 2),
-          'likelihood': -jnp.mean(log_p) / D,
-          'adversarial': -jnp.mean(jax.nn.log_sigmoid(logit('forward', z))),
+          'likelihood': -jnp.mean(log_p) / size,
+          'adversarial': -jnp.mean(jax.nn.log_sigmoid(logit('forward', sample))),
           'adversarial_inverse': -jnp.mean(jax.nn.log_sigmoid(logit('inverse', h_back))),
           'pixel': jnp.mean((images - x) ** 2)}
 
@@ -140,11 +152,12 @@ def _only(term: str):
 
 @pytest.mark.parametrize('term', TERMS)
 def test_each_term_and_its_gradient_match_the_reference(case, term):
-  model, frozen, flow, disc, disc_params, batch, noise = case
+  model, frozen, flow, disc, disc_params, batch, noise, feature_noise = case
   cfg = _only(term)
 
   def ours(p):
-    return losses.flow_loss(p, disc_params, frozen, model, disc, batch, noise, cfg)[0]
+    return losses.flow_loss(p, disc_params, frozen, model, disc, batch, noise, feature_noise,
+                            cfg)[0]
 
   value, grads = jax.jit(jax.value_and_grad(ours))(flow)
   ref_value, ref_grads = jax.jit(jax.value_and_grad(
