@@ -17,8 +17,9 @@ from flig_jax import checkpointing, model
 
 
 def _losses(workdir: Path) -> list[dict]:
+  """The training rows of metrics.jsonl (stage 2's validation rows hold scores, not losses)."""
   lines = (workdir / 'metrics.jsonl').read_text().splitlines()
-  return [json.loads(line) for line in lines]
+  return [row for row in map(json.loads, lines) if 'loss' in row]
 
 
 def _final_params(workdir: Path) -> list[np.ndarray]:

@@ -29,8 +29,16 @@ from flig_jax import model as model_lib
 from flig_jax.nn import compiled
 from flig_jax.nn import discriminator as disc_lib
 from flig_jax.nn.adapter import Adapter
-from flig_jax.training import (Preempted, TrainingDiverged, closed_form, parallel, progress,
-                               resume, steps, validation)
+from flig_jax.training import (
+  Preempted,
+  TrainingDiverged,
+  closed_form,
+  parallel,
+  progress,
+  resume,
+  steps,
+  validation,
+)
 
 State = steps.Stage1State | steps.Stage2State
 
