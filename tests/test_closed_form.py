@@ -66,3 +66,25 @@ def test_noise_scales_match_the_residuals():
   np.testing.assert_allclose(np.exp(pair['enc_log_scale'][:K]), residual.std(0), rtol=1e-5)
   assert np.all(pair['enc_log_scale'][K:] == 0) and np.all(pair['enc_kernel'][:, K:] == 0)
   assert np.all(pair['dec_kernel'][K:] == 0)  # the decoder ignores the padding
+
+
+def test_encoding_grows_at_most_linearly_far_from_the_training_features():
+  """The encoder is the linear map plus an MLP residual (no compounded exponential scales), so
+  features far outside the training range (V4 190927 once sent the plain flow to |z| = 376) give
+  predictions that grow linearly with the features, not faster."""
+  module = flow.Flow(D, num_blocks=0, hidden=16, augmented=True)
+  params = module.init(jax.random.key(0), jnp.zeros((2, 2 * D)), method=flow.Flow.forward)
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  params = jax.tree.unflatten(tree, [p + jax.random.normal(k, p.shape) for p, k in
+                                     zip(leaves, keys, strict=True)])
+  direction = jax.random.normal(jax.random.key(2), (16, D))
+
+  def encoded_norm(scale):
+    h = scale * direction
+    y = module.apply(params, jnp.concatenate([h, 0 * h], 1), method=flow.Flow.forward)[0]
+    return jnp.linalg.norm(y[:, :D], axis=1)
+
+  growth = jnp.log(encoded_norm(1e4) / encoded_norm(1e2)) / jnp.log(100.0)
+  assert bool(jnp.all(jnp.isfinite(growth)))
+  assert float(jnp.max(growth)) < 1.02, growth
