@@ -1,0 +1,282 @@
+"""flig_jax's training steps against the PyTorch reference (../shared/peer_torch), side by side.
+
+  python benchmarks/vs_torch.py --peer-python /tmp/peer/venv/bin/python [--rounds 7]
+      [--rows s1_b32,s1_v4,s2_b32,s2_b256] [--modes eager,compiled,whole]
+      [--startup fmri:smoke] [--out results.json]
+
+The peer (same layers, initialisation, losses and optimisers as flig_jax, at digit69 sizes; see its
+README) runs in a long-lived child process under its own Python (`--peer-python` or
+$FLIG_PEER_PYTHON), driven by benchmarks/peer_worker.py; torch is never imported here. flig_jax's
+steps are the ones `train.py` runs, built by `training.loop` on the real data ($FLIG_DATA_DIR). Every
+step is compiled and warmed up first; then each round times, for every row and every
+implementation in turn, a block of steps each waited on alone (`step`) and a block run as a training
+loop (`loop`: each batch built on the host and fed as `train.py` feeds it, one wait at the end).
+The table gives the median over rounds, so both sides see the same machine load. Stage 1 runs
+without augmentation, as the peer does.
+
+`--startup SPEC` also times `train.py --config configs/<SPEC>` twice with an empty compilation
+cache: cold (every program compiled) and warm (read from the cache the first run wrote).
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+  sys.path.insert(0, str(ROOT))
+
+ROWS = {  # name: (config, stage, batch size, label)
+    's1_b32': ('fmri', 1, 32, 'stage 1, B=32 (digit69, 28x28)'),
+    's1_v4': ('spikes', 1, 32, 'stage 1, B=32 (V4, 32x32)'),
+    's2_b32': ('fmri', 2, 32, 'stage 2, B=32'),
+    's2_b256': ('fmri', 2, 256, 'stage 2, B=256'),
+}
+MODES = {'eager': 'torch eager', 'compiled': 'torch.compile', 'whole': 'torch, whole step as one graph'}
+BLOCK = {1: 10, 2: 40}  # steps per timed block, by stage
+
+
+class Peer:
+  """The PyTorch worker process: one JSON line in, one JSON line out."""
+
+  def __init__(self, python: str, peer_dir: Path, threads: int):
+    self.proc = subprocess.Popen(
+        [python, str(ROOT / 'benchmarks' / 'peer_worker.py'), '--peer-dir', str(peer_dir),
+         '--threads', str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, 'TORCHINDUCTOR_CACHE_DIR': tempfile.mkdtemp(prefix='inductor_')})
+    self.info = self._read()
+
+  def _read(self) -> dict:
+    line = self.proc.stdout.readline()
+    if not line:
+      raise RuntimeError(f'benchmarks/vs_torch.py: the peer worker exited '
+                         f'(status {self.proc.wait()}); see its stderr above')
+    out = json.loads(line)
+    if 'error' in out:
+      raise RuntimeError(f"benchmarks/vs_torch.py: peer worker: {out['error']}")
+    return out
+
+  def __call__(self, **job) -> dict:
+    self.proc.stdin.write(json.dumps(job) + '\n')
+    self.proc.stdin.flush()
+    return self._read()
+
+  def close(self) -> None:
+    self.proc.stdin.close()
+    self.proc.wait(timeout=60)
+
+
+class JaxRows:
+  """flig_jax's compiled steps for each row, built as `train.py` builds them."""
+
+  def __init__(self, workdir: Path):
+    self.workdir, self.rows, self._runs = workdir, {}, {}
+
+  def _run(self, name: str):
+    from benchmarks import measure  # pylint: disable=g-import-not-at-top
+    from flig_jax.training import loop  # pylint: disable=g-import-not-at-top
+    if name not in self._runs:
+      config = measure.load_config(name)
+      config.stage1.augment = False  # as the peer
+      self._runs[name] = loop.make_run(config, self.workdir / name)
+    return self._runs[name]
+
+  def setup(self, row: str) -> dict:
+    import jax  # pylint: disable=g-import-not-at-top
+    from flig_jax.training import loop  # pylint: disable=g-import-not-at-top
+    config_name, stage_number, batch_size, _ = ROWS[row]
+    run = self._run(config_name)
+    start = time.perf_counter()
+    stage1 = loop.prepare_stage1(run, None)
+    if stage_number == 1:
+      stage = stage1
+    else:
+      config = run.config.copy_and_resolve_references()
+      config.stage2.batch_size = batch_size
+      stage, _ = loop.prepare_stage2(dataclasses.replace(run, config=config), None,
+                                     stage1.state.params)
+    state = stage.state
+    for i in range(3):
+      state, metrics = stage.step_fn(state, *stage.inputs, self._batch(stage, run, i))
+    jax.block_until_ready(metrics)
+    self.rows[row] = [stage, run, state, 3]
+    return {'setup_s': time.perf_counter() - start}
+
+  @staticmethod
+  def _batch(stage, run, i: int):
+    from flig_jax.training import parallel  # pylint: disable=g-import-not-at-top
+    return parallel.global_batch(stage.stream.batch(i), run.mesh)
+
+  def _take(self, row: str, n: int) -> range:
+    entry = self.rows[row]
+    entry[3] += n
+    return range(entry[3] - n, entry[3])
+
+  def steps(self, row: str, n: int) -> list[float]:
+    import jax  # pylint: disable=g-import-not-at-top
+    stage, run, state, _ = self.rows[row]
+    batches = [self._batch(stage, run, i) for i in self._take(row, n)]
+    jax.block_until_ready(batches)
+    times = []
+    for batch in batches:
+      start = time.perf_counter()
+      state, metrics = stage.step_fn(state, *stage.inputs, batch)
+      jax.block_until_ready(metrics)
+      times.append(time.perf_counter() - start)
+    self.rows[row][2] = state
+    return times
+
+  def loop(self, row: str, n: int) -> float:
+    """Mean seconds per step of `n` steps fed as the training loop feeds them."""
+    import jax  # pylint: disable=g-import-not-at-top
+    stage, run, state, _ = self.rows[row]
+    steps = self._take(row, n)
+    start = time.perf_counter()
+    for i in steps:
+      state, metrics = stage.step_fn(state, *stage.inputs, self._batch(stage, run, i))
+    jax.block_until_ready((state, metrics))
+    self.rows[row][2] = state
+    return (time.perf_counter() - start) / n
+
+
+def _has_data(config_name: str) -> bool:
+  from benchmarks import measure  # pylint: disable=g-import-not-at-top
+  from flig_jax import data  # pylint: disable=g-import-not-at-top
+  try:
+    data.from_config(measure.load_config(config_name))
+  except (data.DataError, FileNotFoundError, ValueError):
+    return False
+  return True
+
+
+def compare(peer: Peer, rows: list[str], modes: list[str], rounds: int) -> dict:
+  """Interleaved rounds over every (row, implementation); returns every timing."""
+  jax_rows = JaxRows(Path(tempfile.mkdtemp(prefix='vs_torch_')))
+  impls = {row: ['jax'] + [m for m in modes if not (m == 'whole' and ROWS[row][1] == 1)]
+           for row in rows}
+  setup = {}
+  for row in rows:
+    for impl in impls[row]:
+      out = jax_rows.setup(row) if impl == 'jax' else peer(cmd='setup', row=row, mode=impl)
+      setup[f'{row}/{impl}'] = out['setup_s']
+      print(f'  set up {row} {impl}: {out["setup_s"]:.1f} s', flush=True)
+  times = {f'{row}/{impl}': {'step': [], 'loop': []} for row in rows for impl in impls[row]}
+  for r in range(rounds):
+    for row in rows:
+      n = BLOCK[ROWS[row][1]]
+      order = impls[row][r % len(impls[row]):] + impls[row][:r % len(impls[row])]
+      for impl in order:
+        cell = times[f'{row}/{impl}']
+        if impl == 'jax':
+          cell['step'].append(statistics.median(jax_rows.steps(row, n)))
+          cell['loop'].append(jax_rows.loop(row, n))
+        else:
+          cell['step'].append(statistics.median(peer(cmd='steps', row=row, mode=impl, n=n)['times']))
+          cell['loop'].append(peer(cmd='loop', row=row, mode=impl, n=n)['step_s'])
+    print(f'  round {r + 1}/{rounds} done (load {os.getloadavg()[0]:.1f})', flush=True)
+  medians = {k: {kind: statistics.median(v) for kind, v in cell.items()}
+             for k, cell in times.items()}
+  return {'setup_s': setup, 'times': times, 'median': medians, 'impls': impls}
+
+
+def table(result: dict) -> str:
+  """The comparison as a Markdown table: median ms per step, and flig_jax / the fastest torch."""
+  med, impls = result['median'], result['impls']
+  modes = [m for m in MODES if any(m in v for v in impls.values())]
+  head = ['step', 'flig_jax'] + [MODES[m] for m in modes] + ['flig_jax / fastest torch']
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for kind in ('step', 'loop'):
+    for row, row_impls in impls.items():
+      cells = [ROWS[row][3] + (', loop' if kind == 'loop' else '')]
+      ms = {impl: med[f'{row}/{impl}'][kind] * 1e3 for impl in row_impls}
+      cells.append(f"{ms['jax']:.2f}")
+      cells += [f'{ms[m]:.2f}' if m in ms else '-' for m in modes]
+      fastest = min(v for k, v in ms.items() if k != 'jax')
+      cells.append(f"{ms['jax'] / fastest:.2f}")
+      lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def startup(spec: str) -> dict:
+  """Wall seconds of `train.py --config configs/<spec>`: cold (empty compilation cache), then warm."""
+  name, _, arg = spec.partition(':')
+  with tempfile.TemporaryDirectory() as tmp:
+    env = {**os.environ, 'FLIG_XLA_CACHE_DIR': str(Path(tmp) / 'xla'),
+           'PYTHONPATH': os.pathsep.join(filter(None, [str(ROOT), os.environ.get('PYTHONPATH')]))}
+    env.pop('JAX_COMPILATION_CACHE_DIR', None)
+    out = {}
+    for kind in ('cold', 'warm'):
+      cmd = [sys.executable, str(ROOT / 'train.py'),
+             f"--config={ROOT / 'configs' / name}.py" + (f':{arg}' if arg else ''),
+             f'--workdir={Path(tmp) / kind}']
+      start = time.perf_counter()
+      proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
+      out[kind] = time.perf_counter() - start
+      if proc.returncode:
+        raise RuntimeError(f'benchmarks/vs_torch.py: {" ".join(cmd)} failed:\n{proc.stderr[-2000:]}')
+  return out
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--peer-python', default=os.environ.get('FLIG_PEER_PYTHON', ''),
+                      help="the peer's Python, with torch (default $FLIG_PEER_PYTHON)")
+  parser.add_argument('--peer-dir', default=str(ROOT.parent / 'shared' / 'peer_torch'))
+  parser.add_argument('--rows', default=','.join(ROWS))
+  parser.add_argument('--modes', default=','.join(MODES))
+  parser.add_argument('--rounds', type=int, default=7)
+  parser.add_argument('--threads', type=int, default=os.cpu_count(), help='torch threads')
+  parser.add_argument('--startup', default='fmri:smoke',
+                      help="time train.py cold and warm on this config ('' to skip)")
+  parser.add_argument('--out', default='', help='also write every timing to this JSON file')
+  args = parser.parse_args(argv)
+  rows = [r for r in args.rows.split(',') if r]
+  modes = [m for m in args.modes.split(',') if m]
+  bad = [r for r in rows if r not in ROWS] + [m for m in modes if m not in MODES]
+  if bad:
+    parser.error(f'unknown rows or modes: {bad} (rows: {list(ROWS)}; modes: {list(MODES)})')
+  if not args.peer_python or not Path(args.peer_python).exists():
+    parser.error('give the peer\'s Python with --peer-python or $FLIG_PEER_PYTHON (see '
+                 f'{args.peer_dir}/README.md: a venv with torch==2.13.0 and numpy)')
+  if not (Path(args.peer_dir) / 'bench.py').is_file():
+    parser.error(f'no peer at {args.peer_dir} (--peer-dir)')
+  if not os.environ.get('FLIG_DATA_DIR') and (ROOT.parent / 'shared' / 'data').is_dir():
+    os.environ['FLIG_DATA_DIR'] = str(ROOT.parent / 'shared' / 'data')
+  missing = [r for r in rows if not _has_data(ROWS[r][0])]
+  if missing:
+    print(f'skipping {missing}: no data for their configs (set FLIG_DATA_DIR)', file=sys.stderr)
+    rows = [r for r in rows if r not in missing]
+  result = {'argv': sys.argv[1:], 'load_start': os.getloadavg()}
+  if args.startup:
+    result['startup'] = startup(args.startup)
+    s = result['startup']
+    print(f"train.py --config configs/{args.startup}: cold {s['cold']:.1f} s, "
+          f"warm {s['warm']:.1f} s", flush=True)
+  peer = Peer(args.peer_python, Path(args.peer_dir), args.threads)
+  try:
+    result['peer'] = peer.info
+    result.update(compare(peer, rows, modes, args.rounds))
+  finally:
+    peer.close()
+  result['load_end'] = os.getloadavg()
+  import jax  # pylint: disable=g-import-not-at-top
+  result['jax'] = jax.__version__
+  print(f"\nmedian ms per step over {args.rounds} interleaved rounds (jax {jax.__version__}, "
+        f"torch {peer.info['torch']} on {peer.info['threads']} threads; load "
+        f"{result['load_start'][0]:.1f} -> {result['load_end'][0]:.1f}):\n")
+  print(table(result))
+  if args.out:
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f'\nwrote {args.out}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
