@@ -34,6 +34,7 @@ from flig_jax.training import (
   TrainingDiverged,
   closed_form,
   parallel,
+  prefetch,
   progress,
   resume,
   steps,
@@ -231,10 +232,11 @@ def run_stage(ctx: Context, stage: Stage) -> State:
   if stage.validate is not None and first == 0:
     state = _validate(log, stage, state, 0)
   sums, count = None, 0
-  with _InterruptRequest() as interrupt:
+  # Batches `step + 1` and `step + 2` are built and placed on the devices while step `step` runs.
+  with (_InterruptRequest() as interrupt,
+        prefetch.DeviceBatches(stage.stream, first, mesh) as batches):
     for step in range(first, total):
-      batch = parallel.global_batch(stage.stream.batch(step), mesh)
-      state, metrics = stage.step_fn(state, batch)
+      state, metrics = stage.step_fn(state, next(batches))
       sums = metrics if sums is None else _add(sums, metrics)
       count += 1
       log.advance()
@@ -391,7 +393,9 @@ def stage2(ctx: Context, start: State) -> Stage:
     frozen = parallel.replicate(
         jax.jit(model_lib.Frozen.fit)(autoencoder, raw_features, adapter), mesh)
   pairs = jax.device_get(_pairs(frozen, raw_features, train.responses))
-  arrays = {'features': pairs['features'], 'adapted': pairs['adapted'], 'images': train.images}
+  arrays = {'features': pairs['features'], 'adapted': pairs['adapted']}
+  if cfg.pixel:  # only the pixel term reads the images; otherwise they are not built or sent
+    arrays['images'] = train.images
   stream = data.BatchStream(arrays, cfg.batch_size, seed=config.seed + 1,
                             process_index=jax.process_index(),
                             process_count=jax.process_count())
