@@ -53,8 +53,8 @@ class Worker:
       stream = bench.Batches({'images': _images(864, 32)}, 32, seed=0)
       return lambda b: stage.step(b['images']), stream
     variant = 'whole' if mode == 'whole' else 'func'
-    _, stream, run = bench._make(row, 'compiled' if mode == 'whole' else mode,  # pylint: disable=protected-access
-                                 variant, self.data)
+    make = bench._make  # pylint: disable=protected-access
+    _, stream, run = make(row, 'compiled' if mode == 'whole' else mode, variant, self.data)
     return run, stream
 
   def setup(self, row: str, mode: str) -> dict:

@@ -7,8 +7,8 @@
 The peer (same layers, initialisation, losses and optimisers as flig_jax, at digit69 sizes; see its
 README) runs in a long-lived child process under its own Python (`--peer-python` or
 $FLIG_PEER_PYTHON), driven by benchmarks/peer_worker.py; torch is never imported here. flig_jax's
-steps are the ones `train.py` runs, built by `training.loop` on the real data ($FLIG_DATA_DIR). Every
-step is compiled and warmed up first; then each round times, for every row and every
+steps are the ones `train.py` runs, built by `training.loop` on the real data ($FLIG_DATA_DIR).
+Every step is compiled and warmed up first; then each round times, for every row and every
 implementation in turn, a block of steps each waited on alone (`step`) and a block run as a training
 loop (`loop`: each batch built on the host and fed as `train.py` feeds it, one wait at the end).
 The table gives the median over rounds, so both sides see the same machine load. Stage 1 runs
@@ -39,7 +39,8 @@ ROWS = {  # name: (config, stage, batch size, label)
     's2_b32': ('fmri', 2, 32, 'stage 2, B=32'),
     's2_b256': ('fmri', 2, 256, 'stage 2, B=256'),
 }
-MODES = {'eager': 'torch eager', 'compiled': 'torch.compile', 'whole': 'torch, whole step as one graph'}
+MODES = {'eager': 'torch eager', 'compiled': 'torch.compile',
+         'whole': 'torch, whole step as one graph'}
 BLOCK = {1: 10, 2: 40}  # steps per timed block, by stage
 
 
@@ -77,42 +78,39 @@ class JaxRows:
   """flig_jax's compiled steps for each row, built as `train.py` builds them."""
 
   def __init__(self, workdir: Path):
-    self.workdir, self.rows, self._runs = workdir, {}, {}
+    self.workdir, self.rows, self._contexts = workdir, {}, {}
 
-  def _run(self, name: str):
+  def _context(self, name: str):
     from benchmarks import measure  # pylint: disable=g-import-not-at-top
     from flig_jax.training import loop  # pylint: disable=g-import-not-at-top
-    if name not in self._runs:
+    if name not in self._contexts:
       config = measure.load_config(name)
       config.stage1.augment = False  # as the peer
-      self._runs[name] = loop.make_run(config, self.workdir / name)
-    return self._runs[name]
+      self._contexts[name] = loop.make_context(config, self.workdir / name)
+    return self._contexts[name]
 
   def setup(self, row: str) -> dict:
     import jax  # pylint: disable=g-import-not-at-top
     from flig_jax.training import loop  # pylint: disable=g-import-not-at-top
     config_name, stage_number, batch_size, _ = ROWS[row]
-    run = self._run(config_name)
+    ctx = self._context(config_name)
     start = time.perf_counter()
-    stage1 = loop.prepare_stage1(run, None)
-    if stage_number == 1:
-      stage = stage1
-    else:
-      config = run.config.copy_and_resolve_references()
+    stage = loop.stage1(ctx, loop.restore_or_init(ctx))
+    if stage_number == 2:
+      config = ctx.config.copy_and_resolve_references()
       config.stage2.batch_size = batch_size
-      stage, _ = loop.prepare_stage2(dataclasses.replace(run, config=config), None,
-                                     stage1.state.params)
+      stage = loop.stage2(dataclasses.replace(ctx, config=config), stage.state)
     state = stage.state
     for i in range(3):
-      state, metrics = stage.step_fn(state, *stage.inputs, self._batch(stage, run, i))
+      state, metrics = stage.step_fn(state, self._batch(stage, ctx.mesh, i))
     jax.block_until_ready(metrics)
-    self.rows[row] = [stage, run, state, 3]
+    self.rows[row] = [stage, ctx.mesh, state, 3]
     return {'setup_s': time.perf_counter() - start}
 
   @staticmethod
-  def _batch(stage, run, i: int):
+  def _batch(stage, mesh, i: int):
     from flig_jax.training import parallel  # pylint: disable=g-import-not-at-top
-    return parallel.global_batch(stage.stream.batch(i), run.mesh)
+    return parallel.global_batch(stage.stream.batch(i), mesh)
 
   def _take(self, row: str, n: int) -> range:
     entry = self.rows[row]
@@ -120,28 +118,32 @@ class JaxRows:
     return range(entry[3] - n, entry[3])
 
   def steps(self, row: str, n: int) -> list[float]:
+    """Seconds of `n` steps, each waited on alone, on batches already on the device."""
     import jax  # pylint: disable=g-import-not-at-top
-    stage, run, state, _ = self.rows[row]
-    batches = [self._batch(stage, run, i) for i in self._take(row, n)]
+    stage, mesh, state, _ = self.rows[row]
+    batches = [self._batch(stage, mesh, i) for i in self._take(row, n)]
     jax.block_until_ready(batches)
     times = []
     for batch in batches:
       start = time.perf_counter()
-      state, metrics = stage.step_fn(state, *stage.inputs, batch)
+      state, metrics = stage.step_fn(state, batch)
       jax.block_until_ready(metrics)
       times.append(time.perf_counter() - start)
     self.rows[row][2] = state
     return times
 
   def loop(self, row: str, n: int) -> float:
-    """Mean seconds per step of `n` steps fed as the training loop feeds them."""
+    """Mean seconds per step of `n` steps fed as `training.loop.run_stage` feeds them (batches
+    built ahead by `training.prefetch`), waited on once at the end."""
     import jax  # pylint: disable=g-import-not-at-top
-    stage, run, state, _ = self.rows[row]
-    steps = self._take(row, n)
+    from flig_jax.training import prefetch  # pylint: disable=g-import-not-at-top
+    stage, mesh, state, _ = self.rows[row]
+    first = self._take(row, n).start
     start = time.perf_counter()
-    for i in steps:
-      state, metrics = stage.step_fn(state, *stage.inputs, self._batch(stage, run, i))
-    jax.block_until_ready((state, metrics))
+    with prefetch.DeviceBatches(stage.stream, first, mesh) as batches:
+      for _ in range(n):
+        state, metrics = stage.step_fn(state, next(batches))
+      jax.block_until_ready((state, metrics))
     self.rows[row][2] = state
     return (time.perf_counter() - start) / n
 
@@ -178,7 +180,8 @@ def compare(peer: Peer, rows: list[str], modes: list[str], rounds: int) -> dict:
           cell['step'].append(statistics.median(jax_rows.steps(row, n)))
           cell['loop'].append(jax_rows.loop(row, n))
         else:
-          cell['step'].append(statistics.median(peer(cmd='steps', row=row, mode=impl, n=n)['times']))
+          peer_times = peer(cmd='steps', row=row, mode=impl, n=n)['times']
+          cell['step'].append(statistics.median(peer_times))
           cell['loop'].append(peer(cmd='loop', row=row, mode=impl, n=n)['step_s'])
     print(f'  round {r + 1}/{rounds} done (load {os.getloadavg()[0]:.1f})', flush=True)
   medians = {k: {kind: statistics.median(v) for kind, v in cell.items()}
@@ -201,11 +204,14 @@ def table(result: dict) -> str:
       fastest = min(v for k, v in ms.items() if k != 'jax')
       cells.append(f"{ms['jax'] / fastest:.2f}")
       lines.append('| ' + ' | '.join(cells) + ' |')
-  return '\n'.join(lines)
+  ratios = ', '.join(f"{row} {med[f'{row}/jax']['loop'] / med[f'{row}/jax']['step']:.2f}"
+                     for row in impls)
+  return '\n'.join(lines) + f'\n\nflig_jax loop / step: {ratios}'
 
 
 def startup(spec: str) -> dict:
-  """Wall seconds of `train.py --config configs/<spec>`: cold (empty compilation cache), then warm."""
+  """Wall seconds of `train.py --config configs/<spec>`: cold (an empty compilation cache), then
+  warm (the cache the cold run filled)."""
   name, _, arg = spec.partition(':')
   with tempfile.TemporaryDirectory() as tmp:
     env = {**os.environ, 'FLIG_XLA_CACHE_DIR': str(Path(tmp) / 'xla'),
@@ -220,7 +226,8 @@ def startup(spec: str) -> dict:
       proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
       out[kind] = time.perf_counter() - start
       if proc.returncode:
-        raise RuntimeError(f'benchmarks/vs_torch.py: {" ".join(cmd)} failed:\n{proc.stderr[-2000:]}')
+        raise RuntimeError(f'benchmarks/vs_torch.py: {" ".join(cmd)} failed:\n'
+                           f'{proc.stderr[-2000:]}')
   return out
 
 
