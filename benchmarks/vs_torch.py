@@ -264,8 +264,10 @@ def main(argv: list[str] | None = None) -> int:
   if args.startup:
     result['startup'] = startup(args.startup)
     s = result['startup']
-    print(f"train.py --config configs/{args.startup}: cold {s['cold']:.1f} s, "
-          f"warm {s['warm']:.1f} s", flush=True)
+    name, _, arg = args.startup.partition(':')
+    config = f"configs/{name}.py{':' + arg if arg else ''}"
+    print(f"train.py --config {config}: cold {s['cold']:.1f} s, warm {s['warm']:.1f} s",
+          flush=True)
   peer = Peer(args.peer_python, Path(args.peer_dir), args.threads)
   try:
     result['peer'] = peer.info
