@@ -12,9 +12,10 @@ def _stream():
   return data.BatchStream(arrays, 8, seed=3)
 
 
-def test_device_batches_are_the_stream_batches_from_the_first_step():
+@pytest.mark.parametrize('depth', [0, 1, 2])
+def test_device_batches_are_the_stream_batches_from_the_first_step(depth):
   stream, mesh = _stream(), parallel.make_mesh()
-  with prefetch.DeviceBatches(stream, 5, mesh, depth=2) as batches:
+  with prefetch.DeviceBatches(stream, 5, mesh, depth=depth) as batches:
     got = [next(batches) for _ in range(7)]
   for i, batch in enumerate(got):
     want = stream.batch(5 + i)

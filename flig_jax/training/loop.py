@@ -232,9 +232,12 @@ def run_stage(ctx: Context, stage: Stage) -> State:
   if stage.validate is not None and first == 0:
     state = _validate(log, stage, state, 0)
   sums, count = None, 0
-  # Batches `step + 1` and `step + 2` are built and placed on the devices while step `step` runs.
+  # Batches `step + 1` and `step + 2` are built and placed on the device while step `step` runs.
+  # With several processes they are built in this thread, so every process issues its device
+  # work in one fixed order.
+  depth = 2 if jax.process_count() == 1 else 0
   with (_InterruptRequest() as interrupt,
-        prefetch.DeviceBatches(stage.stream, first, mesh) as batches):
+        prefetch.DeviceBatches(stage.stream, first, mesh, depth) as batches):
     for step in range(first, total):
       state, metrics = stage.step_fn(state, next(batches))
       sums = metrics if sums is None else _add(sums, metrics)

@@ -21,18 +21,22 @@ _POLL_S = 0.05  # how often a blocked producer checks whether it was told to sto
 class DeviceBatches(Iterator[dict[str, jax.Array]]):
   """Global batches `first`, `first + 1`, ... of `stream` on `mesh`, `depth` of them built ahead.
 
-  Use as a context manager (or call `close`) so the thread stops when the loop ends early. An
-  error raised while building a batch is raised again by `next` at that batch.
+  `depth` 0 builds each batch when it is asked for, in the caller's thread. Use as a context
+  manager (or call `close`) so the thread stops when the loop ends early. An error raised while
+  building a batch is raised again by `next` at that batch.
   """
 
   def __init__(self, stream: BatchStream, first: int, mesh: Any, depth: int = 2):
-    if depth < 1:
-      raise ValueError(f'prefetch depth must be >= 1, got {depth}')
-    self._queue: queue.Queue = queue.Queue(maxsize=depth)
+    if depth < 0:
+      raise ValueError(f'prefetch depth must be >= 0, got {depth}')
+    self._stream, self._mesh, self._next_step = stream, mesh, first
+    self._queue: queue.Queue = queue.Queue(maxsize=max(depth, 1))
     self._stop = threading.Event()
-    self._thread = threading.Thread(target=self._fill, args=(stream, first, mesh), daemon=True,
-                                    name='flig_jax-prefetch')
-    self._thread.start()
+    self._thread = None
+    if depth:
+      self._thread = threading.Thread(target=self._fill, args=(stream, first, mesh), daemon=True,
+                                      name='flig_jax-prefetch')
+      self._thread.start()
 
   def _put(self, item: tuple[bool, Any]) -> bool:
     while not self._stop.is_set():
@@ -51,6 +55,9 @@ class DeviceBatches(Iterator[dict[str, jax.Array]]):
       self._put((False, e))
 
   def __next__(self) -> dict[str, jax.Array]:
+    if self._thread is None:
+      self._next_step += 1
+      return parallel.global_batch(self._stream.batch(self._next_step - 1), self._mesh)
     ok, item = self._queue.get()
     if not ok:
       self.close()
@@ -60,7 +67,8 @@ class DeviceBatches(Iterator[dict[str, jax.Array]]):
   def close(self) -> None:
     """Stops the thread and drops the batches built ahead."""
     self._stop.set()
-    self._thread.join()
+    if self._thread is not None:
+      self._thread.join()
 
   def __enter__(self) -> 'DeviceBatches':
     return self
