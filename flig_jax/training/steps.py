@@ -119,7 +119,8 @@ def stage2_step(state: Stage2State, batch: dict[str, jax.Array], *,
   """One discriminator update, then one flow update, on the same batch."""
   d = state.frozen.feature_mean.shape[0]
   chex.assert_shape([batch['features'], batch['adapted']], (None, d))
-  chex.assert_rank(batch['images'], 4)
+  if cfg.pixel:  # the images travel only when the pixel term reads them
+    chex.assert_rank(batch['images'], 4)
   rng, mix_rng, feature_rng = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
   if cfg.mixup:
     batch = _mixup(mix_rng, batch, cfg.mixup)
