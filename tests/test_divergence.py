@@ -58,7 +58,8 @@ def _stage2(lr: float):
   state = steps.Stage2State(
       step=jnp.zeros((), jnp.int32), flow_params=flow, disc_params=disc_params,
       flow_opt_state=flow_tx.init(flow), disc_opt_state=disc_tx.init(disc_params),
-      rng=jax.random.key(2), nonfinite_step=jnp.full((), -1, jnp.int32), frozen=frozen)
+      rng=jax.random.key(2), nonfinite_step=jnp.full((), -1, jnp.int32), frozen=frozen,
+      best_flow_params=flow, best_score=jnp.full((2,), -jnp.inf), best_step=jnp.full((2,), -1))
   batch = {'features': h, 'adapted': adapter.forward(jnp.asarray(rng.normal(size=(6, 5)),
                                                                  jnp.float32)),
            'images': images}

@@ -25,8 +25,9 @@ _LONG = ('--config.stage1.steps=150', '--config.stage2.steps=150',
 
 
 def _rows(workdir: Path) -> list[tuple[int, int]]:
+  """(stage, step) of the training rows of metrics.jsonl (not stage 2's validation rows)."""
   lines = (workdir / 'metrics.jsonl').read_text().splitlines()
-  return [(r['stage'], r['step']) for r in map(json.loads, lines)]
+  return [(r['stage'], r['step']) for r in map(json.loads, lines) if 'loss' in r]
 
 
 def _errors(proc: subprocess.CompletedProcess) -> list[str]:
@@ -95,7 +96,8 @@ def test_resume_with_a_changed_config_is_refused_with_a_diff(copy_of_run, overri
 
 def test_fields_that_may_change_on_resume_are_listed_and_allowed():
   assert resume.may_change().startswith(
-      'may change on resume: data.dir, stage2.steps, checkpoint.*, log_every_steps, '
+      'may change on resume: data.dir, stage2.steps, stage2.eval_every_steps, checkpoint.*, '
+      'log_every_steps, '
       'num_figure_images, distributed; and while the run is in stage 1: model.disc_hidden, '
       'stage1.steps, stage2.*')
   from configs import synthetic
