@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, subprocess_env
+
 from flig_jax import cli
 from flig_jax.evaluation import aggregate, report
 
