@@ -18,7 +18,6 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-SELECT_BY = ('val_pcc', 'last')
 _EPS = 1e-12
 
 # (score, the flow's top-level parameter groups it selects; None: all of them), per flow type.
