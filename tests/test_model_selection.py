@@ -143,3 +143,37 @@ def test_augmented_flow_optimizer_keeps_the_fitted_linear_maps():
   for moved in (pair['enc_log_scale'], pair['dec_log_scale'], params['enc_coupling']['w'],
                 params['dec_coupling']['w']):
     assert float(jnp.max(jnp.abs(moved - 1.0))) > 0
+
+
+def test_augmented_groups_split_the_flow_by_direction():
+  """Every parameter of the augmented flow is kept by exactly one direction's score, and each
+  direction's group holds everything its point prediction reads: what the encoder computes from
+  (h, 0) moves when only encoder-group parameters change, never when decoder-group ones do."""
+  from flax import traverse_util
+
+  from flig_jax.nn import flow
+  d = 3
+  module = flow.Flow(d, num_blocks=0, hidden=8, augmented=True)
+  params = module.init(jax.random.key(0), jnp.zeros((2, 2 * d)), method=flow.Flow.forward)
+  paths = traverse_util.flatten_dict(params['params'], sep='/')
+  (_, enc), (_, dec) = validation.GROUPS['augmented']
+  owner = {p: [g for g, prefixes in (('enc', enc), ('dec', dec))
+               if any(p == q or p.startswith(q + '/') for q in prefixes)] for p in paths}
+  assert all(len(v) == 1 for v in owner.values()), owner
+  h = jax.random.normal(jax.random.key(1), (4, d))
+  a = jax.random.normal(jax.random.key(2), (4, d))
+
+  def predictions(flat):
+    p = {'params': traverse_util.unflatten_dict(flat, sep='/')}
+    encoded = module.apply(p, jnp.concatenate([h, 0 * h], 1), method=flow.Flow.forward)[0][:, :d]
+    decoded = module.apply(p, jnp.concatenate([a, 0 * a], 1), method=flow.Flow.inverse)[0][:, :d]
+    return encoded, decoded
+
+  rng = np.random.default_rng(0)
+  base = {p: v + 0.3 * rng.standard_normal(v.shape) for p, v in paths.items()}
+  enc0, dec0 = predictions(base)
+  for group in ('enc', 'dec'):
+    moved = {p: v + (0.5 if owner[p] == [group] else 0.0) for p, v in base.items()}
+    enc1, dec1 = predictions(moved)
+    other = dec1 - dec0 if group == 'enc' else enc1 - enc0
+    assert float(jnp.max(jnp.abs(other))) < 1e-5, group

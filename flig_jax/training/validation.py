@@ -6,25 +6,26 @@ G(f^-1(A(r))) against the stimulus, averaged) and encoding mean PCC (per unit, o
 stimuli, of A^-1(f(E(x))) against the measured responses).
 
 The augmented flow's two directions have parameters of their own (the encoder coupling with the
-linear pair, whose fitted maps stay fixed, and the decoder coupling), so each part is kept at the
-step where its own direction scored best; the flow so assembled scores exactly those two bests.
+linear pair's encoder half, the decoder coupling with its decoder half), so each part is kept at
+the step where its own direction scored best; the flow so assembled scores exactly those two bests.
 The plain flow shares every parameter between the directions and is kept where their sum is best.
 """
 
-import functools
 from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
 
 _EPS = 1e-12
 
-# (score, the flow's top-level parameter groups it selects; None: all of them), per flow type.
+# (score, the flow parameters it selects as '/'-joined path prefixes; None: all), per flow type.
 Groups = tuple[tuple[str, tuple[str, ...] | None], ...]
+_PAIR_HALF = ('kernel', 'bias', 'log_scale')
 GROUPS: dict[str, Groups] = {
-    'augmented': (('val_enc_pcc', ('enc_coupling', 'linear_pair')),
-                  ('val_dec_pcc', ('dec_coupling',))),
+    'augmented': (('val_enc_pcc', ('enc_coupling', *(f'linear_pair/enc_{n}' for n in _PAIR_HALF))),
+                  ('val_dec_pcc', ('dec_coupling', *(f'linear_pair/dec_{n}' for n in _PAIR_HALF)))),
     'plain': (('val_score', None),),
 }
 
@@ -68,13 +69,15 @@ def keep_best(state: Any, scores: dict[str, jax.Array], groups: Groups) -> Any:
 
   `state.best_score` and `state.best_step` hold one entry per group.
   """
-  best = dict(state.best_flow_params)
+  best = traverse_util.flatten_dict(state.best_flow_params, sep='/')
+  current = traverse_util.flatten_dict(state.flow_params, sep='/')
   best_score, best_step = state.best_score, state.best_step
-  for i, (name, keys) in enumerate(groups):
+  for i, (name, prefixes) in enumerate(groups):
     better = scores[name] > best_score[i]
-    pick = functools.partial(jnp.where, better)
-    for key in (tuple(state.flow_params) if keys is None else keys):
-      best[key] = jax.tree.map(pick, state.flow_params[key], best[key])
+    for path in best:
+      if prefixes is None or any(path == p or path.startswith(p + '/') for p in prefixes):
+        best[path] = jnp.where(better, current[path], best[path])
     best_score = best_score.at[i].set(jnp.where(better, scores[name], best_score[i]))
     best_step = best_step.at[i].set(jnp.where(better, state.step, best_step[i]))
-  return state.replace(best_flow_params=best, best_score=best_score, best_step=best_step)
+  return state.replace(best_flow_params=traverse_util.unflatten_dict(best, sep='/'),
+                       best_score=best_score, best_step=best_step)
