@@ -114,7 +114,8 @@ def stage2_dim(dim: int, batch_size: int, count: int) -> dict:
       step=jnp.zeros((), jnp.int32), flow_params=flow_params, disc_params=disc_params,
       flow_opt_state=flow_tx.init(flow_params), disc_opt_state=disc_tx.init(disc_params),
       rng=k_state, nonfinite_step=jnp.full((), -1, jnp.int32),
-      frozen=_frozen(model, adapter, images))
+      frozen=_frozen(model, adapter, images),
+      **steps.Stage2State.no_selection(flow_params, groups=2, val_size=0))
   step = jax.jit(functools.partial(steps.stage2_step, model=model, discriminator=discriminator,
                                    flow_tx=flow_tx, disc_tx=disc_tx, cfg=cfg), donate_argnums=0)
   return {'dim': dim, 'batch_size': batch_size, **_timed_steps(step, state, batches), **memory()}

@@ -131,6 +131,7 @@ FIELDS: dict[str, Field] = {
     'stage2.gradient_penalty': _WEIGHT,
     'stage2.eval_every_steps': Field(integer(1), ANY_TIME),
     'stage2.select_by': Field(one_of('val_pcc', 'last'), IN_STAGE1),
+    'stage2.select_margin': Field(number(0.0), IN_STAGE1),
     'checkpoint.every_steps': Field(integer(1), ANY_TIME),
     'checkpoint.keep': Field(integer(1), ANY_TIME),
     'log_every_steps': Field(integer(1), ANY_TIME),

@@ -44,43 +44,94 @@ def test_run_logs_validation_scores_and_saves_the_selected_step(smoke_workdir):
     _, meta = checkpointing.latest_meta(mgr)
   finally:
     mgr.close()
-  # The smoke config's augmented flow: the encoder part where encoding scored best, the decoder
-  # part where decoding did (the first such step on ties).
-  best = [max(val, key=lambda r: r[name])['step'] for name in ('val_enc_pcc', 'val_dec_pcc')]
-  assert meta['selected_steps'] == best
+  # The smoke config's augmented flow: the encoder part at the step where encoding scored best
+  # among the steps whose gain over step 0 clears the margin (the decoder part likewise).
+  margin = default.get_config().stage2.select_margin
+  expected = []
+  for name in ('val_enc_pcc', 'val_dec_pcc'):
+    assert val[0][f'{name}_gain_se'] == 0.0
+    kept = val[0]
+    for r in val[1:]:
+      assert r[f'{name}_gain_se'] >= 0.0
+      if r[name] > kept[name] and r[name] - val[0][name] > margin * r[f'{name}_gain_se']:
+        kept = r
+    expected.append(kept['step'])
+  assert meta['selected_steps'] == expected
 
 
-def _state(step, score, best_step):
+def _state(step, score, best_step, ref_score=(0.0, 0.0), ref_replicates=((0.0,) * 4,) * 2):
   """A Stage2State with just what model selection reads: groups 'a' and 'b' of the flow, the
   current ones all ones, the kept ones all zeros."""
   ones, zeros = {'a': jnp.ones(2), 'b': jnp.ones(3)}, {'a': jnp.zeros(2), 'b': jnp.zeros(3)}
+  groups = len(score)
   return steps.Stage2State(step=jnp.asarray(step), flow_params=ones, disc_params=None,
                            flow_opt_state=None, disc_opt_state=None, rng=None,
                            nonfinite_step=None, frozen=None, best_flow_params=zeros,
                            best_score=jnp.asarray(score, jnp.float32),
-                           best_step=jnp.asarray(best_step, jnp.int32))
+                           best_step=jnp.asarray(best_step, jnp.int32),
+                           ref_score=jnp.asarray(ref_score[:groups], jnp.float32),
+                           ref_replicates=jnp.asarray(ref_replicates[:groups], jnp.float32))
+
+
+def _flat(value, m=4):
+  """Jackknife replicates all equal to `value`: a gain with no spread (standard error 0)."""
+  return jnp.full((m,), value, jnp.float32)
 
 
 def test_keep_best_takes_each_group_only_when_strictly_better():
   groups = (('enc', ('a',)), ('dec', ('b',)))
   state = _state(40, [0.5, 0.5], [0, 0])
   for enc, dec in ((0.4, 0.5), (0.5, jnp.nan)):   # worse, tie, NaN: nothing changes
-    s = validation.keep_best(state, {'enc': jnp.asarray(enc), 'dec': jnp.asarray(dec)}, groups)
+    s, _ = validation.keep_best(state, {'enc': jnp.asarray(enc), 'dec': jnp.asarray(dec)},
+                                {'enc': _flat(enc), 'dec': _flat(dec)}, groups, 1.0)
     assert float(jnp.sum(s.best_flow_params['a'])) == 0 == float(jnp.sum(s.best_flow_params['b']))
     assert s.best_step.tolist() == [0, 0] and s.best_score.tolist() == [0.5, 0.5]
-  s = validation.keep_best(state, {'enc': jnp.asarray(0.6), 'dec': jnp.asarray(0.1)}, groups)
+  s, se = validation.keep_best(state, {'enc': jnp.asarray(0.6), 'dec': jnp.asarray(0.1)},
+                               {'enc': _flat(0.6), 'dec': _flat(0.1)}, groups, 1.0)
   np.testing.assert_array_equal(s.best_flow_params['a'], 1.0)     # the encoder part moves on
   np.testing.assert_array_equal(s.best_flow_params['b'], 0.0)     # the decoder part stays
   assert s.best_step.tolist() == [40, 0]
+  assert float(se['enc_gain_se']) == pytest.approx(0.0, abs=1e-6)
   np.testing.assert_array_equal(s.selected_flow_params()['a'], 1.0)
   # One group over every parameter (the plain flow).
-  s = validation.keep_best(_state(9, [0.5], [0]), {'sum': jnp.asarray(0.7)}, (('sum', None),))
+  s, _ = validation.keep_best(_state(9, [0.5], [0]), {'sum': jnp.asarray(0.7)},
+                              {'sum': _flat(0.7)}, (('sum', None),), 1.0)
   assert s.best_step.tolist() == [9]
   np.testing.assert_array_equal(s.best_flow_params['b'], 1.0)
   # Before any validation (best_step -1) the model uses the current flow.
   fresh = _state(7, [-np.inf, -np.inf], [-1, -1])
   np.testing.assert_array_equal(fresh.selected_flow_params()['b'], 1.0)
   assert fresh.selected_steps().tolist() == [7, 7]
+
+
+def test_keep_best_needs_a_gain_over_the_start_beyond_its_standard_error():
+  groups = (('s', None),)
+  # The first validation is kept whatever it scores, and becomes the reference.
+  s, se = validation.keep_best(_state(0, [-np.inf], [-1]), {'s': jnp.asarray(0.2)},
+                               {'s': jnp.asarray([0.1, 0.2, 0.3, 0.2])}, groups, 1.0)
+  assert s.best_step.tolist() == [0] and float(se['s_gain_se']) == 0.0
+  assert float(s.ref_score[0]) == pytest.approx(0.2)
+  np.testing.assert_allclose(s.ref_replicates[0], [0.1, 0.2, 0.3, 0.2])
+  # A later step gains 0.05 on average, but its leave-one-out gains spread widely.
+  later = s.replace(step=jnp.asarray(100))
+  noisy = jnp.asarray([0.1, 0.2, 0.3, 0.2]) + jnp.asarray([0.25, -0.1, 0.15, -0.1])
+  d = np.asarray([0.25, -0.1, 0.15, -0.1])
+  want_se = np.sqrt(3 / 4 * np.sum((d - d.mean()) ** 2))
+  for margin, moves in ((1.0, False), (0.0, True)):
+    t, se = validation.keep_best(later, {'s': jnp.asarray(0.25)}, {'s': noisy}, groups, margin)
+    assert float(se['s_gain_se']) == pytest.approx(want_se, rel=1e-5)
+    assert t.best_step.tolist() == ([100] if moves else [0])
+    assert float(t.ref_score[0]) == pytest.approx(0.2)       # the reference stays step 0's
+
+
+def test_leave_one_out_replicates_match_numpy():
+  rng = np.random.default_rng(1)
+  a, b = rng.standard_normal((7, 5)), rng.standard_normal((7, 5))
+  got = np.asarray(validation._leave_one_out_pearson(jnp.asarray(a), jnp.asarray(b)))
+  for j in range(7):
+    keep = np.arange(7) != j
+    want = [np.corrcoef(a[keep, u], b[keep, u])[0, 1] for u in range(5)]
+    np.testing.assert_allclose(got[j], want, rtol=1e-4, atol=1e-5)
 
 
 def test_validation_scores_are_pearson_correlations():
@@ -116,13 +167,19 @@ def test_validation_scores_are_pearson_correlations():
   val = validation.ValidationSet(raw_features=None, features=jnp.asarray(feats),
                                  adapted=jnp.asarray(adapted), images=jnp.asarray(images),
                                  responses=jnp.asarray(responses))
-  got = jax.jit(lambda v: validation.scores(Known(), None, v))(val)
+  got, loo = jax.jit(lambda v: validation.scores(Known(), None, v))(val)
   decoded = np.tanh(adapted[:, :4])
   dec = np.mean([np.corrcoef(decoded[i], images[i].ravel())[0, 1] for i in range(6)])
   encoded = (2.0 * feats[:, :3]) ** 3
   enc = np.mean([np.corrcoef(encoded[:, u], responses[:, u])[0, 1] for u in range(3)])
   assert float(got['val_dec_pcc']) == pytest.approx(dec, rel=1e-5)
   assert float(got['val_enc_pcc']) == pytest.approx(enc, rel=1e-5)
+  # Leaving out stimulus 0: the same scores over stimuli 1-5.
+  dec0 = np.mean([np.corrcoef(decoded[i], images[i].ravel())[0, 1] for i in range(1, 6)])
+  enc0 = np.mean([np.corrcoef(encoded[1:, u], responses[1:, u])[0, 1] for u in range(3)])
+  assert float(loo['val_dec_pcc'][0]) == pytest.approx(dec0, rel=1e-4)
+  assert float(loo['val_enc_pcc'][0]) == pytest.approx(enc0, rel=1e-4)
+  np.testing.assert_allclose(loo['val_score'], loo['val_dec_pcc'] + loo['val_enc_pcc'], rtol=1e-6)
 
 
 def test_augmented_flow_optimizer_keeps_the_fitted_linear_maps():

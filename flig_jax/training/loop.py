@@ -353,8 +353,13 @@ def _init_stage2(ctx: Context, frozen: model_lib.Frozen, first_batch: dict[str, 
       step=jnp.zeros((), jnp.int32), flow_params=flow_params, disc_params=disc_params,
       flow_opt_state=flow_tx.init(flow_params), disc_opt_state=disc_tx.init(disc_params),
       rng=k_state, nonfinite_step=jnp.full((), -1, jnp.int32), frozen=frozen,
-      best_flow_params=flow_params, best_score=jnp.full((groups,), -jnp.inf, jnp.float32),
-      best_step=jnp.full((groups,), -1, jnp.int32))
+      **steps.Stage2State.no_selection(flow_params, groups, _val_size(ctx)))
+
+
+def _val_size(ctx: Context) -> int:
+  """Validation stimuli that stage 2 scores (none below 2)."""
+  n = len(ctx.dataset.val)
+  return n if n >= 2 else 0
 
 
 def _first_batch_shape(ctx: Context) -> dict[str, jax.ShapeDtypeStruct]:
@@ -403,7 +408,7 @@ def stage2(ctx: Context, start: State) -> Stage:
                             process_index=jax.process_index(),
                             process_count=jax.process_count())
   val = None
-  if len(dataset.val) >= 2:
+  if _val_size(ctx):
     val_pairs = jax.device_get(
         _pairs(frozen, _features(ctx, autoencoder, dataset.val.images), dataset.val.responses))
     val = validation.ValidationSet(raw_features=val_pairs['raw_features'],
@@ -443,7 +448,8 @@ def stage2(ctx: Context, start: State) -> Stage:
     else:
       val_set = parallel.replicate(val.replace(raw_features=None), mesh)
       validate = functools.partial(
-          parallel.jit_replicated(functools.partial(steps.stage2_validate, model=ctx.module),
+          parallel.jit_replicated(functools.partial(steps.stage2_validate, model=ctx.module,
+                                            margin=cfg.select_margin),
                                   mesh), val=val_set)
   return Stage(2, state, step_fn, stream, cfg.steps, save, validate, cfg.eval_every_steps)
 

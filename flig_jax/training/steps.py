@@ -43,6 +43,17 @@ class Stage2State:
   best_flow_params: Any      # the flow kept by model selection on the validation split
   best_score: jax.Array      # (G,) validation score of each kept group (validation.GROUPS)
   best_step: jax.Array       # (G,) the step each was taken at; -1: no selection, keep the last
+  ref_score: jax.Array       # (G,) each group's score at the first validated step (step 0)
+  ref_replicates: jax.Array  # (G, M) its jackknife replicates over the M validation stimuli
+
+  @staticmethod
+  def no_selection(flow_params: Any, groups: int, val_size: int) -> dict[str, Any]:
+    """The model-selection fields of a state that has not been validated yet."""
+    return {'best_flow_params': flow_params,
+            'best_score': jnp.full((groups,), -jnp.inf, jnp.float32),
+            'best_step': jnp.full((groups,), -1, jnp.int32),
+            'ref_score': jnp.zeros((groups,), jnp.float32),
+            'ref_replicates': jnp.zeros((groups, val_size), jnp.float32)}
 
   def selected_flow_params(self) -> Any:
     """The flow that the model uses: the kept one, or the current one when nothing was kept."""
@@ -156,11 +167,15 @@ def stage2_step(state: Stage2State, batch: dict[str, jax.Array], *,
   return new_state, {'loss': loss, **terms, **disc_terms}
 
 
-def stage2_validate(state: Stage2State, val: validation.ValidationSet, *,
-                    model: Any) -> tuple[Stage2State, dict[str, jax.Array]]:
-  """Scores the current flow on the validation split; keeps each part that beats the kept one."""
-  scores = validation.scores(model, state.frozen.variables(state.flow_params), val)
-  return validation.keep_best(state, scores, validation.GROUPS[model.flow_type]), scores
+def stage2_validate(state: Stage2State, val: validation.ValidationSet, *, model: Any,
+                    margin: float) -> tuple[Stage2State, dict[str, jax.Array]]:
+  """Scores the current flow on the validation split; keeps each part that beats the kept one
+  by a clear gain over step 0 (validation.keep_best). Returns the state and what to log: the
+  scores and the standard errors of their gains."""
+  scores, replicates = validation.scores(model, state.frozen.variables(state.flow_params), val)
+  state, gain_se = validation.keep_best(state, scores, replicates,
+                                        validation.GROUPS[model.flow_type], margin)
+  return state, {**scores, **gain_se}
 
 
 def flow_optimizer(cfg: ml_collections.ConfigDict, augmented: bool) -> optax.GradientTransformation:

@@ -9,6 +9,12 @@ The augmented flow's two directions have parameters of their own (the encoder co
 linear pair's encoder half, the decoder coupling with its decoder half), so each part is kept at
 the step where its own direction scored best; the flow so assembled scores exactly those two bests.
 The plain flow shares every parameter between the directions and is kept where their sum is best.
+
+Validation splits can be small (digit69 keeps 9 pairs), and a score that rises by chance on them
+falls on test. So a later step replaces the kept one only where its gain over step 0 (the
+closed-form start) is clear: larger than `margin` jackknife standard errors of that gain, the
+jackknife leaving out one validation stimulus at a time (the one-standard-error rule, with the
+start as the simple model).
 """
 
 from typing import Any
@@ -51,33 +57,74 @@ def _pearson(a: jax.Array, b: jax.Array, axis: int) -> jax.Array:
   return jnp.where(den > _EPS, num / jnp.maximum(den, _EPS), 0.0)
 
 
-def scores(module: Any, variables: Any, val: ValidationSet) -> dict[str, jax.Array]:
-  """'val_dec_pcc', 'val_enc_pcc' and their sum 'val_score' for the FLIG `variables`."""
+def _leave_one_out_pearson(a: jax.Array, b: jax.Array) -> jax.Array:
+  """(M, U) Pearson r per column of `a` and `b` (M, U) with row j left out, from running sums."""
+  a = a - a.mean(axis=0)
+  b = b - b.mean(axis=0)
+  n = a.shape[0] - 1
+  sa, sb = a.sum(0) - a, b.sum(0) - b
+  saa, sbb, sab = (a * a).sum(0) - a * a, (b * b).sum(0) - b * b, (a * b).sum(0) - a * b
+  num = sab - sa * sb / n
+  den = jnp.sqrt(jnp.maximum(saa - sa * sa / n, 0.0) * jnp.maximum(sbb - sb * sb / n, 0.0))
+  return jnp.where(den > _EPS, num / jnp.maximum(den, _EPS), 0.0)
+
+
+def scores(module: Any, variables: Any,
+           val: ValidationSet) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+  """'val_dec_pcc', 'val_enc_pcc' and their sum 'val_score' for the FLIG `variables`, and each
+  score's (M,) jackknife replicates: the score with validation stimulus j left out."""
   decoded = module.apply(variables, val.adapted, method=lambda m, a: m.decode_features(
       m.unstandardise(m.decode_adapted(a))))
   encoded = module.apply(variables, val.features,
                          method=lambda m, h: m.adapter().inverse(m.encode_standardised(h)))
   n = val.images.shape[0]
-  dec = jnp.mean(_pearson(decoded.reshape(n, -1), val.images.reshape(n, -1), axis=1))
+  per_image = _pearson(decoded.reshape(n, -1), val.images.reshape(n, -1), axis=1)
+  dec = jnp.mean(per_image)
   enc = jnp.mean(_pearson(encoded, val.responses, axis=0))
-  return {'val_dec_pcc': dec, 'val_enc_pcc': enc, 'val_score': dec + enc}
+  dec_loo = (jnp.sum(per_image) - per_image) / max(n - 1, 1)
+  enc_loo = jnp.mean(_leave_one_out_pearson(encoded, val.responses), axis=1)
+  return ({'val_dec_pcc': dec, 'val_enc_pcc': enc, 'val_score': dec + enc},
+          {'val_dec_pcc': dec_loo, 'val_enc_pcc': enc_loo, 'val_score': dec_loo + enc_loo})
 
 
-def keep_best(state: Any, scores: dict[str, jax.Array], groups: Groups) -> Any:
+def jackknife_se(replicates: jax.Array) -> jax.Array:
+  """The jackknife standard error from (M,) leave-one-out replicates."""
+  m = replicates.shape[-1]
+  centred = replicates - replicates.mean(axis=-1, keepdims=True)
+  return jnp.sqrt((m - 1) / m * jnp.sum(centred ** 2, axis=-1))
+
+
+def keep_best(state: Any, scores: dict[str, jax.Array], replicates: dict[str, jax.Array],
+              groups: Groups, margin: float) -> tuple[Any, dict[str, jax.Array]]:
   """The stage-2 state with each kept parameter group replaced by the current one where its score
-  beats the kept one (strictly: on a tie, or a NaN, the earlier step stays).
+  beats the kept one (strictly: on a tie, or a NaN, the earlier step stays) and its gain over the
+  first validated step is more than `margin` jackknife standard errors of that gain.
 
-  `state.best_score` and `state.best_step` hold one entry per group.
+  `state.best_score`, `state.best_step` and `state.ref_score` hold one entry per group,
+  `state.ref_replicates` one row per group; the first validation (best_step -1) sets the
+  reference and is kept. Also returns each group's standard error of the gain, as
+  '<score>_gain_se' (0 at the first validation).
   """
   best = traverse_util.flatten_dict(state.best_flow_params, sep='/')
   current = traverse_util.flatten_dict(state.flow_params, sep='/')
   best_score, best_step = state.best_score, state.best_step
+  ref_score, ref_replicates = state.ref_score, state.ref_replicates
+  gain_se = {}
   for i, (name, prefixes) in enumerate(groups):
-    better = scores[name] > best_score[i]
+    first = best_step[i] < 0
+    se = jnp.where(first, 0.0, jackknife_se(replicates[name] - ref_replicates[i]))
+    gain_se[f'{name}_gain_se'] = se
+    clear = first | (scores[name] - ref_score[i] > margin * se)
+    better = (scores[name] > best_score[i]) & clear
+    ref_score = ref_score.at[i].set(jnp.where(first, scores[name], ref_score[i]))
+    ref_replicates = ref_replicates.at[i].set(
+        jnp.where(first, replicates[name], ref_replicates[i]))
     for path in best:
       if prefixes is None or any(path == p or path.startswith(p + '/') for p in prefixes):
         best[path] = jnp.where(better, current[path], best[path])
     best_score = best_score.at[i].set(jnp.where(better, scores[name], best_score[i]))
     best_step = best_step.at[i].set(jnp.where(better, state.step, best_step[i]))
-  return state.replace(best_flow_params=traverse_util.unflatten_dict(best, sep='/'),
-                       best_score=best_score, best_step=best_step)
+  state = state.replace(best_flow_params=traverse_util.unflatten_dict(best, sep='/'),
+                        best_score=best_score, best_step=best_step, ref_score=ref_score,
+                        ref_replicates=ref_replicates)
+  return state, gain_se
