@@ -91,6 +91,7 @@ class JaxRows:
 
   def setup(self, row: str) -> dict:
     import jax  # pylint: disable=g-import-not-at-top
+
     from flig_jax.training import loop  # pylint: disable=g-import-not-at-top
     config_name, stage_number, batch_size, _ = ROWS[row]
     ctx = self._context(config_name)
@@ -136,6 +137,7 @@ class JaxRows:
     """Mean seconds per step of `n` steps fed as `training.loop.run_stage` feeds them (batches
     built ahead by `training.prefetch`), waited on once at the end."""
     import jax  # pylint: disable=g-import-not-at-top
+
     from flig_jax.training import prefetch  # pylint: disable=g-import-not-at-top
     stage, mesh, state, _ = self.rows[row]
     first = self._take(row, n).start

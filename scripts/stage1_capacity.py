@@ -19,8 +19,8 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags, logging
 import numpy as np
+from absl import app, flags, logging
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -34,8 +34,14 @@ def test_close_stops_the_thread():
 def test_an_error_while_building_is_raised_at_that_batch():
   stream = _stream()
   original = stream.batch
-  stream.batch = lambda step: original(step) if step < 2 else {'x': None}
+
+  def batch(step):
+    if step >= 2:
+      raise ValueError(f'cannot build batch {step}')
+    return original(step)
+
+  stream.batch = batch
   with prefetch.DeviceBatches(stream, 0, parallel.make_mesh()) as batches:
     next(batches), next(batches)
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match='cannot build batch 2'):
       next(batches)

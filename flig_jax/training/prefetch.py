@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import jax
+from typing_extensions import Self
 
 from flig_jax.data import BatchStream
 from flig_jax.training import parallel
@@ -70,7 +71,7 @@ class DeviceBatches(Iterator[dict[str, jax.Array]]):
     if self._thread is not None:
       self._thread.join()
 
-  def __enter__(self) -> 'DeviceBatches':
+  def __enter__(self) -> Self:
     return self
 
   def __exit__(self, *exc) -> None:
