@@ -408,7 +408,8 @@ def stage2(ctx: Context, start: State) -> Stage:
                             process_index=jax.process_index(),
                             process_count=jax.process_count())
   val = None
-  if _val_size(ctx):
+  # The validation pairs serve model selection and the closed-form start's regularisers.
+  if _val_size(ctx) and (cfg.select_by == 'val_pcc' or ctx.module.flow_type == 'augmented'):
     val_pairs = jax.device_get(
         _pairs(frozen, _features(ctx, autoencoder, dataset.val.images), dataset.val.responses))
     val = validation.ValidationSet(raw_features=val_pairs['raw_features'],
@@ -447,10 +448,9 @@ def stage2(ctx: Context, start: State) -> Stage:
       ctx.log.info('no validation split (data.val_fraction): stage 2 keeps its last step')
     else:
       val_set = parallel.replicate(val.replace(raw_features=None), mesh)
-      validate = functools.partial(
-          parallel.jit_replicated(functools.partial(steps.stage2_validate, model=ctx.module,
-                                            margin=cfg.select_margin),
-                                  mesh), val=val_set)
+      score = functools.partial(steps.stage2_validate, model=ctx.module,
+                                margin=cfg.select_margin)
+      validate = functools.partial(parallel.jit_replicated(score, mesh), val=val_set)
   return Stage(2, state, step_fn, stream, cfg.steps, save, validate, cfg.eval_every_steps)
 
 
