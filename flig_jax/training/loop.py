@@ -247,7 +247,7 @@ def run_stage(ctx: Context, stage: Stage) -> State:
       at_log, at_save = done % log_every == 0 or done == total, done % every == 0 or done == total
       if at_log or at_save or interrupt.requested:
         _check_finite(number, state, ctx.workdir)
-      if at_log:
+      if at_log or interrupt.requested:  # an interrupted window is logged as far as it got
         log.write(done, {k: float(v) / count for k, v in jax.device_get(sums).items()})
         sums, count = None, 0
       if stage.validate is not None and (done % stage.validate_every == 0 or done == total):
