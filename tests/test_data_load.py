@@ -10,6 +10,7 @@ from conftest import require_data
 
 from configs import default
 from flig_jax import data
+from flig_jax.data.dataset import Split, carve_validation, duplicate_groups
 
 
 def test_from_default_config():
@@ -51,6 +52,40 @@ def test_val_split_empty_and_carved():
   both = np.concatenate([carved.train.responses, carved.val.responses])
   assert sorted(map(bytes, both)) == sorted(map(bytes, ds.train.responses))
   np.testing.assert_array_equal(carved.test.images, ds.test.images)
+
+
+def _split(images):
+  return Split(np.asarray(images, np.float32), np.arange(len(images), dtype=np.float32)[:, None])
+
+
+def test_duplicate_groups_join_near_copies_transitively():
+  rng = np.random.default_rng(0)
+  base = rng.uniform(size=(4, 40, 24, 3))
+  # rows 0, 4 and 5 are one stimulus (5 is near 4, 4 near 0), 2 and 6 another; JPEG-like noise.
+  images = np.concatenate([base, base[:1] + 0.002, base[:1] + 0.004, base[2:3] - 0.003])
+  groups = duplicate_groups(images)
+  assert groups[0] == groups[4] == groups[5] and groups[2] == groups[6]
+  assert len(set(groups.tolist())) == 4
+  # Different images stay apart, however close in mean brightness.
+  assert len(set(duplicate_groups(base * 0.5 + 0.25).tolist())) == 4
+
+
+def test_validation_never_shares_a_stimulus_with_train():
+  rng = np.random.default_rng(1)
+  unique = rng.uniform(size=(30, 8, 8, 1))
+  images = np.concatenate([unique, unique[:15] + 0.001])   # half of them shown twice
+  for seed in range(5):
+    train, val = carve_validation(_split(images), 0.2, seed)
+    assert len(val) == 9 and len(train) == 36
+    ids = lambda s: {int(r) % 30 for r in s.responses[:, 0]}   # row k + 30 shows image k
+    assert not ids(train) & ids(val)
+  # Without duplicates the carve is the first rows of the seeded permutation, as it always was.
+  train, val = carve_validation(_split(unique), 0.2, 3)
+  want = np.sort(np.random.default_rng([3, 1]).permutation(30)[:6])
+  np.testing.assert_array_equal(val.responses[:, 0], want)
+  # All one stimulus: nothing can go to validation without leaving train empty.
+  with pytest.raises(data.DataError, match='1 distinct stimuli'):
+    carve_validation(_split(np.zeros((5, 4, 4, 1))), 0.2, 0)
 
 
 @pytest.mark.parametrize('kwargs, fault', [

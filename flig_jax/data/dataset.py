@@ -163,11 +163,52 @@ def empty_like(split: Split) -> Split:
   return split.take(np.zeros((0,), np.int64))
 
 
+# Images whose root-mean-square pixel difference is below this (on [0, 1] pixels, at most 16 px a
+# side) count as one stimulus: some Cowley sessions show the same image under several indices.
+DUPLICATE_RMS = 0.01
+_DUPLICATE_SIDE = 16
+
+
+def duplicate_groups(images: np.ndarray, rms: float = DUPLICATE_RMS) -> np.ndarray:
+  """(N,) group ids: images within `rms` of each other (transitively) share one.
+
+  The images are block-averaged to at most 16 pixels a side first, so the cost stays
+  N^2 * 256 * C however large the images are.
+  """
+  n, h, w, c = images.shape
+  fy, fx = -(-h // _DUPLICATE_SIDE), -(-w // _DUPLICATE_SIDE)
+  small = images[:, :h - h % fy, :w - w % fx]
+  small = small.reshape(n, small.shape[1] // fy, fy, small.shape[2] // fx, fx, c).mean((2, 4))
+  flat = small.reshape(n, -1).astype(np.float64)
+  sq = np.sum(flat * flat, axis=1)
+  limit = rms * rms * flat.shape[1]
+  parent = np.arange(n)
+
+  def root(i):
+    while parent[i] != i:
+      parent[i] = parent[parent[i]]
+      i = parent[i]
+    return i
+
+  for start in range(0, n, 1024):
+    block = flat[start:start + 1024]
+    d2 = sq[start:start + 1024, None] + sq[None] - 2.0 * block @ flat.T
+    for i, j in zip(*np.nonzero(d2 < limit)):
+      a, b = root(start + i), root(j)
+      if a != b:
+        parent[max(a, b)] = min(a, b)
+  return np.array([root(i) for i in range(n)])
+
+
 def carve_validation(train: Split, val_fraction: float, seed: int) -> tuple[Split, Split]:
   """Moves a seeded random `val_fraction` of `train` into a validation split.
 
-  Both returned splits keep the original row order. `val_fraction == 0` gives an empty validation
-  split; any positive fraction takes at least one row and leaves at least one.
+  Near-duplicate images (`duplicate_groups`) go to the same side, as the test split keeps apart
+  from train: a validation image shown again in training would reward memorising. Rows are taken
+  in a seeded random order, each with its group where the group still fits; without duplicates
+  that is the first `round(val_fraction * N)` rows of the permutation. Both returned splits keep
+  the original row order. `val_fraction == 0` gives an empty validation split; any positive
+  fraction takes at least one row and leaves at least one.
 
   Raises:
     DataError: `val_fraction` outside [0, 1), or a train split too small to carve.
@@ -182,7 +223,22 @@ def carve_validation(train: Split, val_fraction: float, seed: int) -> tuple[Spli
     raise DataError(
         f'val_fraction={val_fraction} of {n} training pairs leaves no training data')
   perm = np.random.default_rng([int(seed), 1]).permutation(n)
-  return train.take(np.sort(perm[n_val:])), train.take(np.sort(perm[:n_val]))
+  groups = duplicate_groups(train.images)
+  sizes = np.bincount(groups, minlength=n)
+  in_val = np.zeros(n, bool)
+  taken, count = set(), 0
+  for i in perm:
+    g = groups[i]
+    if g not in taken and count + sizes[g] <= n_val:
+      taken.add(g)
+      in_val |= groups == g
+      count += sizes[g]
+      if count == n_val:
+        break
+  if count == 0 or count == n:
+    raise DataError(f'val_fraction={val_fraction} of {n} training pairs: their images form '
+                    f'{len(set(groups.tolist()))} distinct stimuli, too few to carve')
+  return train.take(np.nonzero(~in_val)[0]), train.take(np.nonzero(in_val)[0])
 
 
 def assemble(name: str, train: Split, test: Split, meta: dict[str, Any], *, val_fraction: float,
