@@ -127,10 +127,12 @@ def main(argv):
   with open(out / 'summary.json', 'w') as f:
     json.dump(aggregate.to_json(summaries), f, indent=2)
     f.write('\n')
-  (out / 'summary.md').write_text(aggregate.markdown_table(summaries) + '\n')
+  tables = (aggregate.markdown_table(summaries) + '\n\nFLIG minus `cae_ridge` and minus the best '
+            'baseline (paired by seed):\n\n' + aggregate.differences_table(summaries))
+  (out / 'summary.md').write_text(tables + '\n')
   differences = {name: aggregate.flig_minus_best(s) for name, s in summaries.items()}
   plotting.differences_figure(differences, aggregate.HEADLINE_KEYS, figure)
-  print(aggregate.markdown_table(summaries))
+  print(tables)
   print(f'\nwrote {out / "summary.json"}, {out / "summary.md"} and {figure}')
 
 

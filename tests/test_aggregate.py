@@ -68,6 +68,22 @@ def test_tables():
   assert md[-1].startswith('| syn | cae_ridge | 2 | **0.350 ± 0.071** |')
 
 
+def test_differences_table_counts_datasets_where_flig_wins_everywhere():
+  lose = aggregate.aggregate([fake_metrics()])              # flig lowest everywhere
+  win = fake_metrics()
+  for section in ('decoding', 'encoding'):
+    for key in win[section]['flig']:
+      win[section]['flig'][key] = 0.3                         # cae_ridge's value: a tie counts
+  md = aggregate.differences_table({'a': lose, 'b': aggregate.aggregate([win])}).splitlines()
+  assert md[2].startswith('| a - cae_ridge | -0.300 ± 0.000 |')
+  assert md[3].startswith('| a - best | -0.300 ± 0.000 (cae_ridge) |')
+  assert md[5].startswith('| b - best | +0.000 ± 0.000 (cae_ridge) |')
+  assert md[-1] == ('FLIG >= cae_ridge on every metric: 1 of 2 datasets; >= the best baseline on '
+                    'every metric: 1 of 2.')
+  only_ridge = aggregate.flig_minus_best(lose, 'ridge')
+  assert {d['baseline'] for d in only_ridge.values()} == {'ridge'}
+
+
 def test_read_metrics_names_a_bad_file(tmp_path):
   (tmp_path / 'metrics.json').write_text('{"dataset": "x"}')
   with pytest.raises(ValueError, match=r'metrics.json: .*lack the keys'):

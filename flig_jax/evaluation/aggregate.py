@@ -81,20 +81,20 @@ def aggregate(runs: Sequence[Mapping[str, Any]]) -> Summary:
   return out
 
 
-def flig_minus_best(summary: Summary) -> dict[str, dict[str, Any]]:
-  """FLIG minus the best baseline on each headline metric.
+def flig_minus_best(summary: Summary, baseline: str | None = None) -> dict[str, dict[str, Any]]:
+  """FLIG minus the best baseline (or the named `baseline`) on each headline metric.
 
   The best baseline is the one with the highest mean over runs; the difference is taken run by
   run (same seed, same split) against that baseline, then averaged.
 
   Returns:
-    'section/metric' -> {'baseline', 'mean', 'sd', 'values'}; metrics without FLIG or without a
+    'section/metric' -> {'baseline', 'mean', 'sd', 'values'}; metrics without FLIG or without the
     baseline are left out.
   """
   out = {}
   for section, metric in HEADLINE:
     table = summary.get(section, {})
-    baselines = [m for m in table if m != FLIG]
+    baselines = [m for m in table if m != FLIG and baseline in (None, m)]
     if FLIG not in table or not baselines:
       continue
     best = max(baselines, key=lambda m: table[m][metric]['mean'])
@@ -146,6 +146,31 @@ def markdown_table(summaries: Mapping[str, Summary]) -> str:
                else '' for s, k in HEADLINE]
       lines.append('| ' + ' | '.join([name, model, str(summary['runs'])] + cells) + ' |')
   return '\n'.join(lines)
+
+
+def differences_table(summaries: Mapping[str, Summary], ablation: str = 'cae_ridge') -> str:
+  """One markdown table: per dataset and headline metric, FLIG minus `ablation` and FLIG minus the
+  best baseline (named), mean ± sd of the paired differences; a count of the wins below."""
+  header = ['dataset'] + [f'{s[:3]} {k}' for s, k in HEADLINE]
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  wins = {ablation: 0, 'best': 0}
+  for name, summary in summaries.items():
+    for label, diff in ((f'- {ablation}', flig_minus_best(summary, ablation)),
+                        ('- best', flig_minus_best(summary))):
+      cells = [_signed(diff[k], label == '- best') if k in diff else '' for k in HEADLINE_KEYS]
+      lines.append('| ' + ' | '.join([f'{name} {label}'] + cells) + ' |')
+      if len(diff) == len(HEADLINE_KEYS) and all(d['mean'] >= 0 for d in diff.values()):
+        wins['best' if label == '- best' else ablation] += 1
+  lines.append('')
+  lines.append(f'FLIG >= {ablation} on every metric: {wins[ablation]} of {len(summaries)} '
+               f'datasets; >= the best baseline on every metric: {wins["best"]} of '
+               f'{len(summaries)}.')
+  return '\n'.join(lines)
+
+
+def _signed(stat: Mapping[str, Any], named: bool) -> str:
+  text = f'{stat["mean"]:+.3f} ± {stat["sd"]:.3f}'
+  return f'{text} ({stat["baseline"]})' if named else text
 
 
 def to_json(summaries: Mapping[str, Summary]) -> dict[str, Any]:
