@@ -1,0 +1,79 @@
+"""Many models in one program: S independent copies of a training step, `jax.vmap`ped over a
+leading seed axis of the state and of the batch, and jitted as `parallel.jit_step` jits one.
+
+Each model keeps its own parameters, optimiser state and RNG (its row of the stacked state) and
+reads its own batches (its row of the stacked batch); the S models share only the program. Any pure
+step `step(state, batch) -> (state, metrics)` works: `steps.stage1_step` and `steps.stage2_step`
+with their model, optimisers and config bound by `functools.partial`.
+"""
+
+import operator
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from flig_jax.training import parallel
+
+T = TypeVar('T')
+
+
+def seed_batch_sharded(mesh: Mesh) -> NamedSharding:
+  """Stacked batches (S, B, ...): the seed axis whole on every device, the batch axis split."""
+  return NamedSharding(mesh, PartitionSpec(None, parallel.DATA_AXIS))
+
+
+def stack(states: Sequence[T], mesh: Mesh) -> T:
+  """The S states as one, every leaf stacked on a new leading axis, replicated on `mesh`.
+
+  The states must share their structure (the same model and optimiser); static fields (e.g. the
+  adapter's sizes) must be equal.
+  """
+  if not states:
+    raise ValueError('seeds.stack: no states to stack')
+  stack_fn = jax.jit(lambda *trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees),
+                     out_shardings=parallel.replicated(mesh))
+  return stack_fn(*states)
+
+
+def unstack(stacked: T) -> list[T]:
+  """The inverse of `stack`: the S separate states (or metrics) of a stacked one."""
+  count = jax.tree.leaves(stacked)[0].shape[0]
+  return [jax.tree.map(operator.itemgetter(i), stacked) for i in range(count)]
+
+
+def global_batch(local: Sequence[dict[str, np.ndarray]], mesh: Mesh) -> dict[str, jax.Array]:
+  """The stacked global batch of S models from this process's rows of each model's batch.
+
+  Args:
+    local: one batch per model (seed order), each holding this process's rows, as
+      `parallel.global_batch` takes them.
+    mesh: the device mesh.
+
+  Returns:
+    Each field as one (S, B, ...) array, B the global batch size, split over the devices along B.
+  """
+  sharding, count = seed_batch_sharded(mesh), jax.process_count()
+
+  def put(*xs):
+    x = np.stack([np.asarray(v) for v in xs])
+    shape = (x.shape[0], x.shape[1] * count) + x.shape[2:]
+    return jax.make_array_from_process_local_data(sharding, x, shape)
+
+  return {k: put(*(batch[k] for batch in local)) for k in local[0]}
+
+
+def jit_step(step_fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
+  """Jits `step_fn(state, batch) -> (state, metrics)` for S models in one program.
+
+  The returned `step(states, batches) -> (states, metrics)` takes a `stack`ed state and a stacked
+  batch (`global_batch`) and returns the S new states and metrics stacked the same way: row s is
+  exactly what `step_fn` gives on row s alone. As in `parallel.jit_step`, the states are replicated
+  and donated and each batch is split over the devices (along its batch axis, the second).
+  """
+  repl = parallel.replicated(mesh)
+  return jax.jit(jax.vmap(step_fn), in_shardings=(repl, seed_batch_sharded(mesh)),
+                 out_shardings=(repl, repl), donate_argnums=(0,))
