@@ -2,12 +2,14 @@
 stage 1 and stage 2 for each S, and the ratio to one seed trained alone.
 
   FLIG_DATA_DIR=/path/to/data python benchmarks/seeds.py [--config fmri] [--seeds 1,4,8]
-      [--steps 10] [--rounds 3] [--out seeds.json]
+      [--modes vmap,unrolled] [--steps 10] [--rounds 3] [--out seeds.json]
 
 Model s is `configs/<config>.py` with seed s: its own initial parameters, batch order and step keys
 (in stage 2 also its own frozen parts, fitted on its own fresh stage-1 autoencoder), all built by
-`training.loop` as `train.py` builds them, on the same training data. Each S gets one program per
-stage (`seeds.jit_step` over the pure steps of `training.steps`), compiled and warmed up first.
+`training.loop` as `train.py` builds them, on the same training data. Each S and mode gets one
+program per stage (`seeds.jit_step` over the pure steps of `training.steps`; mode `vmap`: the step
+vmapped over the models, `unrolled`: S copies of the step side by side), compiled and warmed up
+first.
 Then each round times, for each stage and each S in turn, `--steps` steps each waited on alone, on
 batches already on the device; the table gives the median over every round, so every S sees the
 same machine load. Row `1 (train.py)` is the step `train.py` runs (`parallel.jit_step`, no vmap):
@@ -108,8 +110,12 @@ def _with_seed(config: ml_collections.ConfigDict, seed: int) -> ml_collections.C
   return config
 
 
-def build(ctx: loop.Context, counts: list[int]) -> dict[str, dict[str, Program]]:
-  """Every program to time: for each stage, `train.py`'s own step and one vmapped step per S."""
+MODES = {'vmap': True, 'unrolled': False}  # name: seeds.jit_step's `vectorize`
+
+
+def build(ctx: loop.Context, counts: list[int],
+          modes: list[str]) -> dict[str, dict[str, Program]]:
+  """Every program to time: for each stage, `train.py`'s own step and one step per S and mode."""
   stages = []  # per model: (stage 1, stage 2), as training.loop builds them
   for seed in range(max(counts)):
     seeded = dataclasses.replace(ctx, config=_with_seed(ctx.config, seed))
@@ -121,27 +127,29 @@ def build(ctx: loop.Context, counts: list[int]) -> dict[str, dict[str, Program]]
     own = [pair[number - 1] for pair in stages]
     rows = {PLAIN: Program(own[0].step_fn, jax.tree.map(lambda x: x.copy(), own[0].state),
                            [own[0].stream], ctx.mesh, plain=True)}
-    for count in counts:
-      rows[str(count)] = Program(seeds.jit_step(pure[number - 1], ctx.mesh),
-                                 seeds.stack([s.state for s in own[:count]], ctx.mesh),
-                                 [s.stream for s in own[:count]], ctx.mesh)
+    for mode in modes:
+      for count in counts:
+        rows[f'{count} {mode}'] = Program(
+            seeds.jit_step(pure[number - 1], ctx.mesh, vectorize=MODES[mode]),
+            seeds.stack([s.state for s in own[:count]], ctx.mesh),
+            [s.stream for s in own[:count]], ctx.mesh)
     programs[f'stage{number}'] = rows
   return programs
 
 
-def measure_seeds(config: ml_collections.ConfigDict, counts: list[int], steps_per_round: int,
-                  rounds: int) -> dict:
+def measure_seeds(config: ml_collections.ConfigDict, counts: list[int], modes: list[str],
+                  steps_per_round: int, rounds: int) -> dict:
   """Compiles every program, then times `rounds` interleaved rounds; returns every figure."""
   with tempfile.TemporaryDirectory() as workdir:
     ctx = loop.make_context(config, workdir)
     try:
       start = time.perf_counter()
-      programs = build(ctx, counts)
+      programs = build(ctx, counts, modes)
       setup_s = time.perf_counter() - start
-      for rows in programs.values():
+      for stage, rows in programs.items():
         for name, program in rows.items():
           program.compile()
-          print(f'  compiled {name:>12} of {len(program.streams)} model(s): '
+          print(f'  compiled {name:>12} (stage {stage[-1]}): '
                 f'{program.compile_s:.1f} s', flush=True)
       for r in range(rounds):
         for rows in programs.values():
@@ -160,7 +168,7 @@ def measure_seeds(config: ml_collections.ConfigDict, counts: list[int], steps_pe
 def table(result: dict) -> str:
   """Median ms per step by S and stage, the ratio to one seed alone, and ms per model."""
   stages = result['stages']
-  head = ['S']
+  head = ['S models']
   for number in (1, 2):
     head += [f'stage {number} ms/step', f'stage {number} / one seed',
              f'stage {number} ms per model', f'stage {number} compile s']
@@ -179,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--config', default='fmri', help='configs/<name>.py[:variant]')
   parser.add_argument('--seeds', default='1,4,8', help='the model counts S to time')
+  parser.add_argument('--modes', default=','.join(MODES), help='how S models share a program')
   parser.add_argument('--steps', type=int, default=10, help='timed steps per round and program')
   parser.add_argument('--rounds', type=int, default=3)
   parser.add_argument('--out', default='', help='also write every timing to this JSON file')
@@ -189,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     counts = []
   if not counts or min(counts) < 1:
     parser.error(f'--seeds must be positive integers separated by commas, got {args.seeds!r}')
+  modes = [m for m in args.modes.split(',') if m]
+  if not modes or set(modes) - set(MODES):
+    parser.error(f'--modes must name some of {", ".join(MODES)}, got {args.modes!r}')
   if args.steps < 1 or args.rounds < 1:
     parser.error('--steps and --rounds must be at least 1')
   try:
@@ -198,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 1
   load_start = os.getloadavg()
-  result = measure_seeds(config, counts, args.steps, args.rounds)
+  result = measure_seeds(config, counts, modes, args.steps, args.rounds)
   result.update({'argv': sys.argv[1:], 'jax': jax.__version__, 'load_start': load_start,
                  'load_end': os.getloadavg()})
   print(f"\n{args.config}: median ms per step over {args.rounds} interleaved rounds of "

@@ -66,14 +66,38 @@ def global_batch(local: Sequence[dict[str, np.ndarray]], mesh: Mesh) -> dict[str
   return {k: put(*(batch[k] for batch in local)) for k in local[0]}
 
 
-def jit_step(step_fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
+def over_models(step_fn: Callable[..., Any], vectorize: bool = True) -> Callable[..., Any]:
+  """`step_fn` for S models: `step(states, batches) -> (states, metrics)`, all stacked.
+
+  Args:
+    step_fn: a pure `step(state, batch) -> (state, metrics)` of one model.
+    vectorize: `jax.vmap` (one batched operation per operation of `step_fn`), else one copy of
+      `step_fn` per model side by side in the program ("unrolled"). Under vmap a convolution with
+      per-model kernels becomes a grouped convolution, and its kernel gradient one with an
+      image-sized window, which XLA's CPU backend runs far slower than S plain ones
+      (benchmarks/seeds.py): convolutional steps on CPU want `vectorize=False`.
+  """
+  if vectorize:
+    return jax.vmap(step_fn)
+
+  def each(states, batches):
+    count = jax.tree.leaves(states)[0].shape[0]
+    outs = [step_fn(*jax.tree.map(operator.itemgetter(i), (states, batches)))
+            for i in range(count)]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+  return each
+
+
+def jit_step(step_fn: Callable[..., Any], mesh: Mesh, vectorize: bool = True) -> Callable[..., Any]:
   """Jits `step_fn(state, batch) -> (state, metrics)` for S models in one program.
 
   The returned `step(states, batches) -> (states, metrics)` takes a `stack`ed state and a stacked
   batch (`global_batch`) and returns the S new states and metrics stacked the same way: row s is
-  exactly what `step_fn` gives on row s alone. As in `parallel.jit_step`, the states are replicated
-  and donated and each batch is split over the devices (along its batch axis, the second).
+  what `step_fn` gives on row s alone (`over_models`; `vectorize` chooses how). As in
+  `parallel.jit_step`, the states are replicated and donated and each batch is split over the
+  devices (along its batch axis, the second).
   """
   repl = parallel.replicated(mesh)
-  return jax.jit(jax.vmap(step_fn), in_shardings=(repl, seed_batch_sharded(mesh)),
+  return jax.jit(over_models(step_fn, vectorize), in_shardings=(repl, seed_batch_sharded(mesh)),
                  out_shardings=(repl, repl), donate_argnums=(0,))
