@@ -41,6 +41,7 @@ from flig_jax.training import loop, parallel, seeds, steps
 
 WARMUP = 2
 PLAIN = '1 (train.py)'
+MODES = {'vmap': True, 'unrolled': False}  # name: seeds.jit_step's `vectorize`
 
 
 @dataclasses.dataclass
@@ -108,9 +109,6 @@ def _with_seed(config: ml_collections.ConfigDict, seed: int) -> ml_collections.C
   config = config.copy_and_resolve_references()
   config.seed = seed
   return config
-
-
-MODES = {'vmap': True, 'unrolled': False}  # name: seeds.jit_step's `vectorize`
 
 
 def build(ctx: loop.Context, counts: list[int],
