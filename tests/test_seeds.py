@@ -56,7 +56,7 @@ def _stage2(seed: int):
       step=jnp.zeros((), jnp.int32), flow_params=flow, disc_params=disc_params,
       flow_opt_state=flow_tx.init(flow), disc_opt_state=disc_tx.init(disc_params),
       rng=jax.random.key(100 + seed), nonfinite_step=jnp.full((), -1, jnp.int32), frozen=frozen,
-      best_flow_params=flow, best_score=jnp.full((2,), -jnp.inf), best_step=jnp.full((2,), -1))
+      **steps.Stage2State.no_selection(flow, groups=2, val_size=3))
   step = functools.partial(steps.stage2_step, model=module, discriminator=disc, flow_tx=flow_tx,
                            disc_tx=disc_tx, cfg=cfg)
   batches = [{'features': rng.normal(size=(B, D)).astype(np.float32),
