@@ -73,11 +73,11 @@ def test_differences_table_counts_datasets_where_flig_wins_everywhere():
   win = fake_metrics()
   for section in ('decoding', 'encoding'):
     for key in win[section]['flig']:
-      win[section]['flig'][key] = 0.3                         # cae_ridge's value: a tie counts
+      win[section]['flig'][key] = 0.3 - 1e-7                  # cae_ridge's value: a tie counts
   md = aggregate.differences_table({'a': lose, 'b': aggregate.aggregate([win])}).splitlines()
   assert md[2].startswith('| a - cae_ridge | -0.300 ± 0.000 |')
   assert md[3].startswith('| a - best | -0.300 ± 0.000 (cae_ridge) |')
-  assert md[5].startswith('| b - best | +0.000 ± 0.000 (cae_ridge) |')
+  assert md[5].startswith('| b - best | -0.000 ± 0.000 (cae_ridge) |')
   assert md[-1] == ('FLIG >= cae_ridge on every metric: 1 of 2 datasets; >= the best baseline on '
                     'every metric: 1 of 2.')
   only_ridge = aggregate.flig_minus_best(lose, 'ridge')

@@ -150,7 +150,8 @@ def markdown_table(summaries: Mapping[str, Summary]) -> str:
 
 def differences_table(summaries: Mapping[str, Summary], ablation: str = 'cae_ridge') -> str:
   """One markdown table: per dataset and headline metric, FLIG minus `ablation` and FLIG minus the
-  best baseline (named), mean ± sd of the paired differences; a count of the wins below."""
+  best baseline (named), mean ± sd of the paired differences; below, on how many datasets FLIG is
+  at least as good on every metric (to the table's three decimals)."""
   header = ['dataset'] + [f'{s[:3]} {k}' for s, k in HEADLINE]
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   wins = {ablation: 0, 'best': 0}
@@ -159,7 +160,9 @@ def differences_table(summaries: Mapping[str, Summary], ablation: str = 'cae_rid
                         ('- best', flig_minus_best(summary))):
       cells = [_signed(diff[k], label == '- best') if k in diff else '' for k in HEADLINE_KEYS]
       lines.append('| ' + ' | '.join([f'{name} {label}'] + cells) + ' |')
-      if len(diff) == len(HEADLINE_KEYS) and all(d['mean'] >= 0 for d in diff.values()):
+      # A tie at the table's three decimals counts (FLIG kept at its start equals cae_ridge up to
+      # float rounding).
+      if len(diff) == len(HEADLINE_KEYS) and all(d['mean'] >= -5e-4 for d in diff.values()):
         wins['best' if label == '- best' else ablation] += 1
   lines.append('')
   lines.append(f'FLIG >= {ablation} on every metric: {wins[ablation]} of {len(summaries)} '
