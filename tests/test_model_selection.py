@@ -39,6 +39,8 @@ def test_run_logs_validation_scores_and_saves_the_selected_step(smoke_workdir):
   assert val[-1]['step'] == max(r['step'] for r in rows if r['stage'] == 2)
   for r in val:
     assert r['val_score'] == pytest.approx(r['val_dec_pcc'] + r['val_enc_pcc'], abs=1e-5)
+    assert 'steps_per_s' not in r   # a validation row advances no step: no speed to report
+  assert all(r['steps_per_s'] > 0 for r in rows if 'loss' in r)
   mgr = checkpointing.manager(smoke_workdir, read_only=True)
   try:
     _, meta = checkpointing.latest_meta(mgr)

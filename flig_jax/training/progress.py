@@ -48,11 +48,14 @@ class RunLog:
       self._bar.update(1)
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
-    """Logs metrics (already averaged since the last call) at `step` (steps done in the stage)."""
-    now = time.perf_counter()
-    rate = (step - self._last) / max(now - self._time, 1e-9)
-    self._time, self._last = now, step
-    record = {'stage': self._stage, 'step': step, 'steps_per_s': round(rate, 3)}
+    """Logs metrics (already averaged since the last call) at `step` (steps done in the stage),
+    with the training speed since the last row that advanced (none on a row at the same step,
+    such as the validation scores)."""
+    record = {'stage': self._stage, 'step': step}
+    if step > self._last:
+      now = time.perf_counter()
+      record['steps_per_s'] = round((step - self._last) / max(now - self._time, 1e-9), 3)
+      self._time, self._last = now, step
     record.update({k: float(np.asarray(v)) for k, v in metrics.items()})
     if not self.active:
       return
