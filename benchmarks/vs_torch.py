@@ -165,10 +165,18 @@ def compare(peer: Peer, rows: list[str], modes: list[str], rounds: int) -> dict:
   jax_rows = JaxRows(Path(tempfile.mkdtemp(prefix='vs_torch_')))
   impls = {row: ['jax'] + [m for m in modes if not (m == 'whole' and ROWS[row][1] == 1)]
            for row in rows}
-  setup = {}
+  setup, failed = {}, {}
   for row in rows:
-    for impl in impls[row]:
-      out = jax_rows.setup(row) if impl == 'jax' else peer(cmd='setup', row=row, mode=impl)
+    for impl in list(impls[row]):
+      try:
+        out = jax_rows.setup(row) if impl == 'jax' else peer(cmd='setup', row=row, mode=impl)
+      except RuntimeError as e:  # a torch mode that cannot build this step: its cell stays empty
+        if impl == 'jax':
+          raise
+        failed[f'{row}/{impl}'] = str(e).splitlines()[0][:300]
+        impls[row].remove(impl)
+        print(f'  set up {row} {impl}: failed ({failed[f"{row}/{impl}"]})', flush=True)
+        continue
       setup[f'{row}/{impl}'] = out['setup_s']
       print(f'  set up {row} {impl}: {out["setup_s"]:.1f} s', flush=True)
   times = {f'{row}/{impl}': {'step': [], 'loop': []} for row in rows for impl in impls[row]}
@@ -188,7 +196,7 @@ def compare(peer: Peer, rows: list[str], modes: list[str], rounds: int) -> dict:
     print(f'  round {r + 1}/{rounds} done (load {os.getloadavg()[0]:.1f})', flush=True)
   medians = {k: {kind: statistics.median(v) for kind, v in cell.items()}
              for k, cell in times.items()}
-  return {'setup_s': setup, 'times': times, 'median': medians, 'impls': impls}
+  return {'setup_s': setup, 'times': times, 'median': medians, 'impls': impls, 'failed': failed}
 
 
 def table(result: dict) -> str:

@@ -11,6 +11,18 @@ import scipy.special
 _BETA_TABLE_SIZE = 4097  # points of the inverse-CDF table (u = 0, 1/4096, ..., 1)
 
 
+_COARSE = 4  # the elastic field's control points per side
+
+
+@functools.lru_cache(maxsize=16)
+def _cubic_resize_matrix(size: int) -> np.ndarray:
+  """(size, _COARSE): jax.image.resize's cubic upsampling of _COARSE points to `size`, as a matrix
+  (resize is linear and acts on each axis alone)."""
+  with jax.ensure_compile_time_eval():  # a constant, also when first called inside a jit
+    eye = jnp.eye(_COARSE, dtype=jnp.float32)
+    return np.asarray(jax.image.resize(eye, (size, _COARSE), method='cubic'))
+
+
 def _warp_one(rng: jax.Array, image: jax.Array, max_shift: float, max_rotation: float,
               elastic_strength: float) -> jax.Array:
   """Resamples one (H, W, C) image under a random rigid motion plus a smooth displacement field."""
@@ -18,8 +30,10 @@ def _warp_one(rng: jax.Array, image: jax.Array, max_shift: float, max_rotation: 
   k_shift, k_rot, k_elastic = jax.random.split(rng, 3)
   shift = jax.random.uniform(k_shift, (2,), minval=-max_shift, maxval=max_shift)
   angle = jnp.deg2rad(jax.random.uniform(k_rot, (), minval=-max_rotation, maxval=max_rotation))
-  coarse = jax.random.normal(k_elastic, (2, 4, 4)) * elastic_strength
-  field = jax.image.resize(coarse, (2, height, width), method='cubic')
+  coarse = jax.random.normal(k_elastic, (2, _COARSE, _COARSE)) * elastic_strength
+  # The cubic upsampling of jax.image.resize, as the two small matrix products it amounts to.
+  field = jnp.einsum('hi,cij,wj->chw', _cubic_resize_matrix(height), coarse,
+                     _cubic_resize_matrix(width))
 
   rows, cols = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32),
                             jnp.arange(width, dtype=jnp.float32), indexing='ij')
