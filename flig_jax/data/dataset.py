@@ -169,17 +169,34 @@ DUPLICATE_RMS = 0.01
 _DUPLICATE_SIDE = 16
 
 
+def _small(images: np.ndarray) -> np.ndarray:
+  """(N, <= 256 * C) float64: the images block-averaged to at most 16 pixels a side, flattened."""
+  n, h, w, c = images.shape
+  fy, fx = -(-h // _DUPLICATE_SIDE), -(-w // _DUPLICATE_SIDE)
+  small = images[:, :h - h % fy, :w - w % fx]
+  small = small.reshape(n, small.shape[1] // fy, fy, small.shape[2] // fx, fx, c).mean((2, 4))
+  return small.reshape(n, -1).astype(np.float64)
+
+
+def median_nearest_rms(images: np.ndarray, reference: np.ndarray) -> float:
+  """The median over `images` of the RMS pixel distance to the nearest `reference` image (both
+  block-averaged as in `duplicate_groups`); NaN when either is empty."""
+  if not len(images) or not len(reference):
+    return float('nan')
+  a, b = _small(images), _small(reference)
+  nearest = [np.min(np.sum(a[i:i + 256, None] ** 2, -1) + np.sum(b * b, 1)[None]
+                    - 2.0 * a[i:i + 256] @ b.T, axis=1) for i in range(0, len(a), 256)]
+  return float(np.median(np.sqrt(np.maximum(np.concatenate(nearest), 0.0) / a.shape[1])))
+
+
 def duplicate_groups(images: np.ndarray, rms: float = DUPLICATE_RMS) -> np.ndarray:
   """(N,) group ids: images within `rms` of each other (transitively) share one.
 
   The images are block-averaged to at most 16 pixels a side first, so the cost stays
   N^2 * 256 * C however large the images are.
   """
-  n, h, w, c = images.shape
-  fy, fx = -(-h // _DUPLICATE_SIDE), -(-w // _DUPLICATE_SIDE)
-  small = images[:, :h - h % fy, :w - w % fx]
-  small = small.reshape(n, small.shape[1] // fy, fy, small.shape[2] // fx, fx, c).mean((2, 4))
-  flat = small.reshape(n, -1).astype(np.float64)
+  n = len(images)
+  flat = _small(images)
   sq = np.sum(flat * flat, axis=1)
   limit = rms * rms * flat.shape[1]
   parent = np.arange(n)
@@ -258,5 +275,9 @@ def assemble(name: str, train: Split, test: Split, meta: dict[str, Any], *, val_
   meta.update(name=name, num_units=int(train.responses.shape[1]),
               image_shape=tuple(int(s) for s in train.images.shape[1:]),
               num_train=len(train), num_val=len(val), num_test=len(test),
-              val_fraction=float(val_fraction), seed=int(seed))
+              val_fraction=float(val_fraction), seed=int(seed),
+              # How far validation and test stimuli sit from the training ones (model selection
+              # trusts validation only if it is about as far as test).
+              val_to_train_rms=median_nearest_rms(val.images, train.images),
+              test_to_train_rms=median_nearest_rms(test.images, train.images))
   return Dataset(name=name, train=train, val=val, test=test, meta=meta)

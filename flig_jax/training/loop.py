@@ -83,6 +83,10 @@ class Stage:
   validate_every: int = 0
 
 
+# Validation closer to train than this fraction of test's distance earns a note.
+VAL_CLOSER_THAN_TEST = 0.5
+
+
 def make_context(config: ml_collections.ConfigDict, workdir: str | Path,
                  resume_step: int = 0) -> Context:
   """Loads the data and builds the module, mesh, checkpoint manager and log of a run (resuming
@@ -98,6 +102,12 @@ def make_context(config: ml_collections.ConfigDict, workdir: str | Path,
   log.info(f'{dataset.name}: train {len(dataset.train)}, val {len(dataset.val)}, '
            f'test {len(dataset.test)}, {dataset.num_units} units, images {dataset.image_shape}; '
            f'{mesh.size} device(s) in {jax.process_count()} process(es)')
+  near, far = dataset.meta['val_to_train_rms'], dataset.meta['test_to_train_rms']
+  if near < VAL_CLOSER_THAN_TEST * far:  # False when either is NaN
+    log.info(f'note: validation images sit much closer to training images than test images do '
+             f'(median RMS distance to the nearest one {near:.3f} against {far:.3f}): they look '
+             f'like near-copies, and model selection on validation may reward memorising '
+             f'(README, Data)')
   return Context(config, workdir, dataset, module, mesh, mgr, log)
 
 
