@@ -102,7 +102,7 @@ def make_context(config: ml_collections.ConfigDict, workdir: str | Path,
   log.info(f'{dataset.name}: train {len(dataset.train)}, val {len(dataset.val)}, '
            f'test {len(dataset.test)}, {dataset.num_units} units, images {dataset.image_shape}; '
            f'{mesh.size} device(s) in {jax.process_count()} process(es)')
-  near, far = dataset.meta['val_to_train_rms'], dataset.meta['test_to_train_rms']
+  near, far = (dataset.meta.get(f'{split}_to_train_rms', float('nan')) for split in ('val', 'test'))
   if near < VAL_CLOSER_THAN_TEST * far:  # False when either is NaN
     log.info(f'note: validation images sit much closer to training images than test images do '
              f'(median RMS distance to the nearest one {near:.3f} against {far:.3f}): they look '
