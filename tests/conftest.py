@@ -6,6 +6,7 @@ import pathlib
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -44,6 +45,26 @@ def train(workdir: pathlib.Path, *overrides: str, config: str = 'configs/synthet
   if check:
     assert proc.returncode == 0, proc.stderr[-3000:]
   return proc
+
+
+def signal_at_checkpoint(workdir: pathlib.Path, step: int, sig: int, *overrides: str,
+                         timeout: float = 120) -> tuple[int, str]:
+  """Starts train.py on the synthetic smoke config, sends `sig` once checkpoint `step` exists and
+  returns the exit code and stderr of the run."""
+  proc = subprocess.Popen(train_command(workdir, 'configs/synthetic.py:smoke', *overrides),
+                          env=subprocess_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + 180
+    while not (workdir / 'checkpoints' / str(step)).exists():
+      assert proc.poll() is None, 'run ended before the signal: ' + proc.stderr.read()[-3000:]
+      assert time.time() < deadline, f'no checkpoint {step} after 180 s'
+      time.sleep(0.02)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=timeout)
+  finally:
+    proc.kill()
+  return proc.returncode, err
 
 
 def require_data(path: pathlib.Path, what: str) -> pathlib.Path:

@@ -10,11 +10,10 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, subprocess_env, train, train_command
+from conftest import ROOT, signal_at_checkpoint, subprocess_env, train, train_command
 
 from flig_jax import checkpoint_recovery, workdir_lock
 from flig_jax.evaluation import report, run
@@ -213,27 +212,10 @@ def test_losses_are_tensorboard_scalars_on_one_step_axis(smoke_workdir):
 
 # --- SIGTERM (SIGKILL: tests/test_training.py) ---
 
-def _start_and_wait_for(workdir: Path, step: int) -> subprocess.Popen:
-  proc = subprocess.Popen(train_command(workdir, 'configs/synthetic.py:smoke', *_LONG),
-                          env=subprocess_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 180
-  while not (workdir / 'checkpoints' / str(step)).exists():
-    assert proc.poll() is None, proc.stderr.read()[-3000:]
-    assert time.time() < deadline
-    time.sleep(0.02)
-  return proc
-
-
 def test_sigterm_saves_at_the_next_step_and_exits_143_without_temp_folders(tmp_path):
   workdir = tmp_path / 'run'
-  proc = _start_and_wait_for(workdir, 20)
-  try:
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-  finally:
-    proc.kill()
-  assert proc.returncode == 143, err[-3000:]
+  returncode, err = signal_at_checkpoint(workdir, 20, signal.SIGTERM, *_LONG)
+  assert returncode == 143, err[-3000:]
   assert 'Traceback' not in err
   last = err.strip().splitlines()[-1]
   assert last.startswith('terminated (SIGTERM): stage 1 saved at step '), last

@@ -1,17 +1,15 @@
 """End-to-end training runs in subprocesses: smoke configs, devices, hosts, SIGKILL resume, divergence."""
 
 import json
-import os
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, subprocess_env, train, train_command
+from conftest import ROOT, signal_at_checkpoint, subprocess_env, train, train_command
 
 from flig_jax import checkpointing, model
 
@@ -96,17 +94,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(stage, uninterrupted, tmp
   ckpts = workdir / 'checkpoints'
   # Stage-2 checkpoints are numbered after the last stage-1 step.
   target = 30 if stage == 1 else 150 + 30
-  proc = subprocess.Popen(train_command(workdir, 'configs/synthetic.py:smoke', *overrides),
-                          env=subprocess_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
-  try:
-    while not (ckpts / str(target)).exists():   # no deadline: the run ends by itself
-      assert proc.poll() is None, 'run ended before it could be killed'
-      time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-  finally:
-    proc.kill()
+  signal_at_checkpoint(workdir, target, signal.SIGKILL, *overrides, timeout=30)
   assert not (ckpts / '300').exists(), 'the run finished before the kill: the test proved nothing'
   assert (workdir / 'run.lock').exists()  # left by the killed run, taken over by the next
   proc = train(workdir, *overrides)
@@ -118,18 +106,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(stage, uninterrupted, tmp
 
 def test_ctrl_c_saves_then_resume_matches_uninterrupted_run(uninterrupted, tmp_path):
   workdir = tmp_path / 'interrupted'
-  proc = subprocess.Popen(train_command(workdir, 'configs/synthetic.py:smoke', *_KILL_RUN),
-                          env=subprocess_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
-  try:
-    while not (workdir / 'checkpoints' / '30').exists():
-      assert proc.poll() is None, 'run ended before it could be interrupted'
-      time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-  finally:
-    proc.kill()
-  assert proc.returncode == 130, err[-2000:]
+  returncode, err = signal_at_checkpoint(workdir, 30, signal.SIGINT, *_KILL_RUN, timeout=60)
+  assert returncode == 130, err[-2000:]
   assert 'Traceback' not in err
   step, meta = checkpointing.latest_meta(checkpointing.manager(workdir))
   assert step >= 30 and not meta['finished']
