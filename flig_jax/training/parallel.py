@@ -74,13 +74,15 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   return jax.tree.map(put, tree)
 
 
-def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """Builds the global batch from this process's rows (its contiguous shard, in process order)."""
-  sharding = batch_sharded(mesh)
+def global_batch(local: dict[str, np.ndarray], mesh: Mesh, sharding: NamedSharding | None = None,
+                 axis: int = 0) -> dict[str, jax.Array]:
+  """Builds the global batch from this process's rows (its contiguous shard, in process order)
+  along `axis`, placed with `sharding` (default `batch_sharded`)."""
+  sharding = sharding or batch_sharded(mesh)
   count = jax.process_count()
 
   def put(x):
-    shape = (x.shape[0] * count,) + x.shape[1:]
+    shape = x.shape[:axis] + (x.shape[axis] * count,) + x.shape[axis + 1:]
     return jax.make_array_from_process_local_data(sharding, x, shape)
 
   return {k: put(np.asarray(v)) for k, v in local.items()}

@@ -26,6 +26,11 @@ def seed_batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(None, parallel.DATA_AXIS))
 
 
+def _stack_trees(*trees: T) -> T:
+  """The trees' leaves stacked on a new leading axis."""
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
 def stack(states: Sequence[T], mesh: Mesh) -> T:
   """The S states as one, every leaf stacked on a new leading axis, replicated on `mesh`.
 
@@ -34,8 +39,7 @@ def stack(states: Sequence[T], mesh: Mesh) -> T:
   """
   if not states:
     raise ValueError('seeds.stack: no states to stack')
-  stack_fn = jax.jit(lambda *trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees),
-                     out_shardings=parallel.replicated(mesh))
+  stack_fn = jax.jit(_stack_trees, out_shardings=parallel.replicated(mesh))
   return stack_fn(*states)
 
 
@@ -56,14 +60,8 @@ def global_batch(local: Sequence[dict[str, np.ndarray]], mesh: Mesh) -> dict[str
   Returns:
     Each field as one (S, B, ...) array, B the global batch size, split over the devices along B.
   """
-  sharding, count = seed_batch_sharded(mesh), jax.process_count()
-
-  def put(*xs):
-    x = np.stack([np.asarray(v) for v in xs])
-    shape = (x.shape[0], x.shape[1] * count) + x.shape[2:]
-    return jax.make_array_from_process_local_data(sharding, x, shape)
-
-  return {k: put(*(batch[k] for batch in local)) for k in local[0]}
+  stacked = {k: np.stack([np.asarray(batch[k]) for batch in local]) for k in local[0]}
+  return parallel.global_batch(stacked, mesh, seed_batch_sharded(mesh), axis=1)
 
 
 def over_models(step_fn: Callable[..., Any], vectorize: bool = True) -> Callable[..., Any]:
@@ -84,7 +82,7 @@ def over_models(step_fn: Callable[..., Any], vectorize: bool = True) -> Callable
     count = jax.tree.leaves(states)[0].shape[0]
     outs = [step_fn(*jax.tree.map(operator.itemgetter(i), (states, batches)))
             for i in range(count)]
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+    return _stack_trees(*outs)
 
   return each
 
