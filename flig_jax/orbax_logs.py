@@ -38,13 +38,14 @@ def _drop_closed_loop(unraisable, previous=sys.unraisablehook) -> None:
 
 class _NeverRetrieved(logging.Filter):
   def filter(self, record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith('Future exception was never retrieved')
+    return not str(record.msg).startswith(('Future exception was never retrieved',
+                                           'Task exception was never retrieved'))
 
 
 def quiet_failed_writes() -> None:
   """Drops what a failed orbax write leaves behind once its error is raised: tensorstore's reads
   and writes still pending report 'Event loop is closed' (as unraisable exceptions), and asyncio
-  logs each future whose error nobody awaited."""
+  logs each future or task whose error nobody awaited."""
   if sys.unraisablehook is not _drop_closed_loop:
     sys.unraisablehook = _drop_closed_loop
   asyncio_logger = logging.getLogger('asyncio')
