@@ -147,8 +147,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
       ctx.log.info(f'stage 2 keeps the flow parts best on the validation split: {kept}')
     _stage2_figure(ctx, state.model_variables())
   finally:
-    ctx.mgr.wait_until_finished()
+    # The progress bar ends its line first: a save that fails in the background raises here, and
+    # its one-line error must not land on the bar's line.
     ctx.log.close()
+    ctx.mgr.wait_until_finished()
   return ctx.workdir
 
 
