@@ -4,6 +4,7 @@ threads before raising the error that flig_jax reports in one line."""
 
 import logging
 import os
+import re
 import sys
 
 _ORBAX_DIR = os.sep + 'orbax' + os.sep
@@ -37,9 +38,11 @@ def _drop_closed_loop(unraisable, previous=sys.unraisablehook) -> None:
 
 
 class _NeverRetrieved(logging.Filter):
+  # asyncio names the class: Future, Task, _GatheringFuture, ...
+  _MESSAGE = re.compile(r'\w+ exception was never retrieved')
+
   def filter(self, record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith(('Future exception was never retrieved',
-                                           'Task exception was never retrieved'))
+    return not self._MESSAGE.match(str(record.msg))
 
 
 def quiet_failed_writes() -> None:
