@@ -36,8 +36,8 @@ def main(argv):
   from flig_jax import cli  # imported here so --help stays fast
   config = _CONFIG.value
   workdir = _WORKDIR.value or f'runs/{config.data.name}'
-  sys.exit(cli.run_training(config, workdir, source=_config_source(),
-                            allow_config_change=_ALLOW_CONFIG_CHANGE.value))
+  cli.exit_with(cli.run_training(config, workdir, source=_config_source(),
+                                allow_config_change=_ALLOW_CONFIG_CHANGE.value))
 
 
 if __name__ == '__main__':

@@ -242,12 +242,19 @@ def _assert_disk_full_reported(proc: subprocess.CompletedProcess, workdir: Path)
   assert checkpoint_recovery.problem(workdir / 'checkpoints' / str(steps[-1])) is None
 
 
+# Each failed save also leaves behind an object that complains when the interpreter tears it down,
+# as orbax's unfinished background writes do: none of that may follow the one-line error.
 _FAIL_SAVES_FROM_STEP_6 = '''
 import errno, runpy, sys
 from flig_jax import checkpointing
 real_save = checkpointing.save
+class Unfinished:
+  def __del__(self):
+    raise RuntimeError('a write left unfinished at exit')
+left_behind = []
 def save(mgr, step, **kw):
   if step >= 6:
+    left_behind.append(Unfinished())
     raise OSError(errno.ENOSPC, 'No space left on device', str(mgr.directory))
   return real_save(mgr, step, **kw)
 checkpointing.save = save
