@@ -122,9 +122,9 @@ def encoding_figure(per_unit_pcc: Mapping[str, Any], pred: Any, target: Any, pat
 
 def differences_figure(differences: Mapping[str, Mapping[str, Mapping[str, Any]]],
                        metrics_shown: Sequence[str], path: str,
-                       xlabel: str = 'FLIG − best baseline') -> str:
+                       xlabel: str = 'FLIG − best baseline', tie: float = 0.0) -> str:
   """A panel per metric, a row per dataset: a difference's mean ± sd over runs (a dot with an error
-  bar, green at or above zero, red below) and each run's value (small grey points).
+  bar, green at or above -`tie`, red below) and each run's value (small grey points).
 
   Args:
     differences: dataset -> metric -> {'mean', 'sd', 'values'} (e.g. `aggregate.flig_minus_best`);
@@ -132,6 +132,7 @@ def differences_figure(differences: Mapping[str, Mapping[str, Mapping[str, Any]]
     metrics_shown: the metric keys, one panel each, in order.
     path: the PNG to write.
     xlabel: the x-axis label of every panel.
+    tie: how far below zero a mean still counts as level (`aggregate.TIE`).
   """
   names = list(differences)
   fig, axes = plt.subplots(1, len(metrics_shown), squeeze=False, sharey=True,
@@ -143,7 +144,7 @@ def differences_figure(differences: Mapping[str, Mapping[str, Mapping[str, Any]]
         continue
       ax.plot(d['values'], [y] * len(d['values']), '.', color='0.6', ms=4)
       ax.errorbar(d['mean'], y, xerr=d['sd'], fmt='o', capsize=3,
-                  color='tab:green' if d['mean'] >= 0 else 'tab:red')
+                  color='tab:green' if d['mean'] >= -tie else 'tab:red')
     ax.axvline(0.0, color='k', lw=0.8)
     ax.set_title(key.replace('/', ' '), fontsize=9)
     ax.set_xlabel(xlabel, fontsize=8)

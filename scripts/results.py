@@ -131,7 +131,7 @@ def main(argv):
             'baseline (paired by seed):\n\n' + aggregate.differences_table(summaries))
   (out / 'summary.md').write_text(tables + '\n')
   differences = {name: aggregate.flig_minus_best(s) for name, s in summaries.items()}
-  plotting.differences_figure(differences, aggregate.HEADLINE_KEYS, figure)
+  plotting.differences_figure(differences, aggregate.HEADLINE_KEYS, figure, tie=aggregate.TIE)
   print(tables)
   print(f'\nwrote {out / "summary.json"}, {out / "summary.md"} and {figure}')
 

@@ -37,3 +37,18 @@ def test_encoding_figure_writes_png(tmp_path):
   with pytest.raises(ValueError, match='one shape'):
     plotting.encoding_figure(pcc, pred[:, :3], target, str(tmp_path / 'bad.png'))
 
+
+
+def _has_colour(im: Image.Image, rgb: tuple[int, int, int]) -> bool:
+  pixels = np.asarray(im.convert('RGB')).reshape(-1, 3).astype(int)
+  return bool(np.any(np.abs(pixels - np.array(rgb)).sum(1) < 30))
+
+
+@pytest.mark.parametrize('mean, colour', [(-1e-4, 'green'), (-0.01, 'red'), (0.02, 'green')])
+def test_differences_figure_shows_ties_as_level(tmp_path, mean, colour):
+  green, red = (44, 160, 44), (214, 39, 40)   # matplotlib's tab:green and tab:red
+  diffs = {'v4_x': {'dec/pcc': {'mean': mean, 'sd': 0.001, 'values': [mean - 1e-3, mean + 1e-3]}}}
+  path = plotting.differences_figure(diffs, ['dec/pcc'], str(tmp_path / 'd.png'), tie=5e-4)
+  im = _open_png(path)
+  assert _has_colour(im, green) == (colour == 'green')
+  assert _has_colour(im, red) == (colour == 'red')

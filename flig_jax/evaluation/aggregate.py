@@ -20,6 +20,9 @@ HEADLINE = (('decoding', 'pcc'), ('decoding', 'ssim'), ('decoding', 'identificat
             ('encoding', 'pcc_mean'))
 HEADLINE_KEYS = tuple(f'{s}/{k}' for s, k in HEADLINE)  # the keys of `flig_minus_best`
 FLIG = 'flig'
+# A difference this close to zero is a tie: the table's three decimals show it as +-0.000, and FLIG
+# kept at its start equals cae_ridge up to float rounding. Ties count as wins.
+TIE = 5e-4
 
 Summary = dict[str, Any]
 
@@ -160,9 +163,7 @@ def differences_table(summaries: Mapping[str, Summary], ablation: str = 'cae_rid
                         ('- best', flig_minus_best(summary))):
       cells = [_signed(diff[k], label == '- best') if k in diff else '' for k in HEADLINE_KEYS]
       lines.append('| ' + ' | '.join([f'{name} {label}'] + cells) + ' |')
-      # A tie at the table's three decimals counts (FLIG kept at its start equals cae_ridge up to
-      # float rounding).
-      if len(diff) == len(HEADLINE_KEYS) and all(d['mean'] >= -5e-4 for d in diff.values()):
+      if len(diff) == len(HEADLINE_KEYS) and all(d['mean'] >= -TIE for d in diff.values()):
         wins['best' if label == '- best' else ablation] += 1
   lines.append('')
   lines.append(f'FLIG >= {ablation} on every metric: {wins[ablation]} of {len(summaries)} '
