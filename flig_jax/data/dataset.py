@@ -225,9 +225,9 @@ def carve_validation(train: Split, val_fraction: float, seed: int) -> tuple[Spli
   Near-copies (`duplicate_groups`, within `DUPLICATE_RMS`) go to the same side, as the test split
   keeps apart from train: a validation image shown again in training would reward memorising.
   Rows are taken in a seeded random order, each with its group where the group still fits;
-  without duplicates that is the first `round(val_fraction * N)` rows of the permutation. Both returned splits keep
-  the original row order. `val_fraction == 0` gives an empty validation split; any positive
-  fraction takes at least one row and leaves at least one.
+  without duplicates that is the first `round(val_fraction * N)` rows of the permutation. Both
+  returned splits keep the original row order. `val_fraction == 0` gives an empty validation
+  split; any positive fraction takes at least one row and leaves at least one.
 
   Raises:
     DataError: `val_fraction` outside [0, 1), or a train split too small to carve.
