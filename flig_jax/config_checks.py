@@ -91,6 +91,7 @@ FIELDS: dict[str, Field] = {
     'data.session': Field(text),
     'data.image_size': Field(integer(4)),
     'data.grayscale': Field(boolean),
+    'data.folds': Field(integer(0)),
     'data.val_fraction': Field(number(0.0, 1.0)),
     'data.synthetic_mode': Field(one_of('fmri', 'spikes', 'patterns')),
     'data.num_train': Field(integer(2)),
@@ -165,6 +166,11 @@ def faults(config: ml_collections.ConfigDict) -> list[str]:
       out.append(f'config.{name} = {value!r}: must be {allowed}')
   out.extend(f'config.{name}: missing' for name in FIELDS if name not in values)
   if not out:
+    folds, fraction = values['data.folds'], values['data.val_fraction']
+    if folds >= 2 and fraction > 0:
+      out.append(f'config.data.val_fraction = {fraction!r}: must be 0 when data.folds = {folds} '
+                 '(cross-validation uses every training pair); set data.folds=0 to select on a '
+                 'validation split instead')
     k, d = values['model.adapter_components'], values['model.feature_dim']
     if k > d:
       out.append(f'config.model.adapter_components = {k}: must be at most model.feature_dim '

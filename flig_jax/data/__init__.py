@@ -4,8 +4,8 @@ images and neural responses; `BatchStream` serves seeded, resumable batches.
 TFDS builders live in `flig_jax.data.tfds_builders` (imported on demand; never TensorFlow).
 """
 
-from flig_jax.data.dataset import DataError, Dataset, Split
+from flig_jax.data.dataset import DataError, Dataset, Split, fold_ids
 from flig_jax.data.loading import NAMES, from_config, load
 from flig_jax.data.pipeline import BatchStream
 
-__all__ = ['NAMES', 'BatchStream', 'DataError', 'Dataset', 'Split', 'from_config', 'load']
+__all__ = ['NAMES', 'BatchStream', 'DataError', 'Dataset', 'Split', 'fold_ids', 'from_config', 'load']

@@ -53,7 +53,8 @@ class Stage2State:
             'best_score': jnp.full((groups,), -jnp.inf, jnp.float32),
             'best_step': jnp.full((groups,), -1, jnp.int32),
             'ref_score': jnp.zeros((groups,), jnp.float32),
-            'ref_replicates': jnp.zeros((groups, val_size), jnp.float32)}
+            # At least one column: orbax cannot save an array of size zero.
+            'ref_replicates': jnp.zeros((groups, max(val_size, 1)), jnp.float32)}
 
   def selected_flow_params(self) -> Any:
     """The flow that the model uses: the kept one, or the current one when nothing was kept."""
