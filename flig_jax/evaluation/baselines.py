@@ -2,12 +2,15 @@
 MLPs.
 
 Each is fitted on training data only; hyper-parameters (ridge alpha, MLP early stopping) are chosen
-on the validation split carved from the training set, never on test. A model that predicts images
+by K-fold cross-validation over the training pairs (`fit_ridge(fold_ids=...)`, `fit_mlp_cv`), and
+the final map is refitted on every training pair; or, without folds, on a validation split carved
+from the training set. Never on test. A model that predicts images
 (the target given to `fit_*` was (N, H, W, C)) returns images clipped to [0, 1]; one that predicts
 responses returns (N, U).
 """
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -211,3 +214,134 @@ def fit_mlp(x_train: Any, y_train: Any, x_val: Any = None, y_val: Any = None,
         break
   return MLP(kind=kind, net=net, params=best_params, x_mean=x_mean, x_std=x_std, y_mean=y_mean,
              y_std=y_std, output_shape=output_shape, best_step=best_step, best_val=best_val)
+
+
+# ---------------------------------------------------------------------------------------------
+# MLP with its early stopping chosen by cross-validation.
+
+
+@functools.lru_cache(maxsize=32)
+def _programs(net: MLPNet, learning_rate: float, weight_decay: float):
+  """The optimiser and the compiled training chunk and per-row errors of one MLP recipe: every
+  fold and the final fit share them (the inputs always hold every training row)."""
+  tx = optax.adamw(learning_rate, weight_decay=weight_decay)
+
+  @jax.jit
+  def train_chunk(params, opt_state, xs, ys, idx, steps, key):
+    def train_step(carry, inputs):
+      params, opt_state = carry
+      rows, step = inputs
+
+      def loss_fn(p):
+        out = net.apply({'params': p}, xs[rows], train=True,
+                        rngs={'dropout': jax.random.fold_in(key, step)})
+        return jnp.mean((out - ys[rows]) ** 2)
+      updates, opt_state = tx.update(jax.grad(loss_fn)(params), opt_state, params)
+      return (optax.apply_updates(params, updates), opt_state), None
+    return jax.lax.scan(train_step, (params, opt_state), (idx, steps))[0]
+
+  @jax.jit
+  def row_errors(params, xs, ys):
+    return jnp.mean((net.apply({'params': params}, xs) - ys) ** 2, axis=1)
+
+  return tx, train_chunk, row_errors
+
+
+def _fit_rows(x: np.ndarray, y: np.ndarray, rows: np.ndarray, kind: str, net: MLPNet,
+              chunks: int, held: np.ndarray | None, *, batch_size: int, learning_rate: float,
+              weight_decay: float, eval_every: int, seed: int):
+  """Trains on `rows` of (x, y) for `chunks` x `eval_every` steps (statistics from those rows).
+
+  Returns (params, stats, held-out squared-error sums at step 0 and after each chunk: (chunks + 1,),
+  empty when `held` is None)."""
+  x_mean, x_std = ridge.standardizer(x[rows])
+  if kind == 'encoder':
+    y_mean, y_std = ridge.standardizer(y[rows])
+  else:
+    y_mean, y_std = np.zeros(y.shape[1]), np.ones(y.shape[1])
+  xs = jnp.asarray((x - x_mean) / x_std, jnp.float32)
+  ys = jnp.asarray((y - y_mean) / y_std, jnp.float32)
+  tx, train_chunk, row_errors = _programs(net, float(learning_rate), float(weight_decay))
+  key = jax.random.PRNGKey(seed)
+  params = _start_at_mean(net.init(key, xs[:1])['params'], ys[rows].mean(axis=0), kind)
+  opt_state = tx.init(params)
+  batch = min(batch_size, len(rows))
+  rng = np.random.default_rng(seed)
+
+  def batches():
+    while True:
+      order = rows[rng.permutation(len(rows))]
+      for pos in range(0, len(rows) - batch + 1, batch):
+        yield order[pos:pos + batch]
+
+  stream = batches()
+  curve = []
+
+  def measure(p):
+    if held is not None:
+      curve.append(float(np.sum(np.asarray(row_errors(p, xs, ys))[held])))
+
+  measure(params)
+  for chunk in range(chunks):
+    idx = np.stack([next(stream) for _ in range(eval_every)])
+    step_ids = np.arange(chunk * eval_every, (chunk + 1) * eval_every) + 1
+    params, opt_state = train_chunk(params, opt_state, xs, ys, idx, step_ids, key)
+    measure(params)
+  return params, (x_mean, x_std, y_mean, y_std), np.asarray(curve)
+
+
+def fit_mlp_cv(x_train: Any, y_train: Any, fold_ids: Any, kind: str = 'decoder',
+               output_shape: tuple[int, ...] | None = None, hidden: Sequence[int] = (256,),
+               steps: int = 400, batch_size: int = 128, learning_rate: float = 3e-4,
+               weight_decay: float = 1e-2, dropout: float = 0.1, eval_every: int = 10,
+               seed: int = 0) -> MLP:
+  """`fit_mlp`'s recipe with its early stopping chosen by cross-validation over `fold_ids`.
+
+  For each fold the MLP trains on the other folds for `steps` and its held-out MSE (z-scored
+  targets for an encoder, pixels for a decoder) is measured at step 0 and every `eval_every`
+  steps. The step with the lowest MSE over all held-out rows pooled (step 0, the training mean,
+  included; the earliest on a tie) is where the final MLP, trained on every row, stops.
+
+  Args:
+    x_train, y_train, kind, output_shape, hidden, batch_size, learning_rate, weight_decay,
+      dropout, eval_every, seed: as in `fit_mlp`.
+    fold_ids: (N,) the fold of each training row (at least two distinct).
+    steps: most optimisation steps (rounded up to a multiple of `eval_every`).
+
+  Returns:
+    the fitted `MLP`; `best_step` is the chosen step, `best_val` its pooled held-out MSE.
+  """
+  if steps < 1 or eval_every < 1:
+    raise ValueError('steps and eval_every must be positive.')
+  if kind not in ('decoder', 'encoder'):
+    raise ValueError(f"kind must be 'decoder' or 'encoder'; got {kind!r}.")
+  x, y = ridge.as_matrix(x_train, 'x_train'), ridge.as_matrix(y_train, 'y_train')
+  ridge.check_pair(x, y, 'x_train and y_train')
+  fold_ids = np.asarray(fold_ids)
+  if fold_ids.shape != (x.shape[0],) or len(np.unique(fold_ids)) < 2:
+    raise ValueError(f'fold_ids must be ({x.shape[0]},) with at least two folds; got '
+                     f'shape {fold_ids.shape}')
+  if kind == 'decoder':
+    output_shape = tuple(output_shape) if output_shape is not None else ridge.output_shape_of(y_train)
+    if output_shape is None or int(np.prod(output_shape)) != y.shape[1]:
+      raise ValueError(f'a decoder needs image targets (N, H, W, C) or an '
+                       f'output_shape matching {y.shape[1]} values; got {output_shape}.')
+  else:
+    output_shape = None
+  net = MLPNet(hidden=tuple(hidden), out_dim=y.shape[1], sigmoid=kind == 'decoder',
+               dropout=dropout)
+  recipe = {'batch_size': batch_size, 'learning_rate': learning_rate,
+            'weight_decay': weight_decay, 'eval_every': eval_every, 'seed': seed}
+  chunks = -(-steps // eval_every)
+  pooled = np.zeros(chunks + 1)
+  for f in np.unique(fold_ids):
+    held = np.nonzero(fold_ids == f)[0]
+    pooled += _fit_rows(x, y, np.nonzero(fold_ids != f)[0], kind, net, chunks, held,
+                        **recipe)[2]
+  pooled /= x.shape[0]
+  best = int(np.argmin(pooled))
+  params, (x_mean, x_std, y_mean, y_std), _ = _fit_rows(
+      x, y, np.arange(x.shape[0]), kind, net, best, None, **recipe)
+  return MLP(kind=kind, net=net, params=params, x_mean=x_mean, x_std=x_std, y_mean=y_mean,
+             y_std=y_std, output_shape=output_shape, best_step=best * eval_every,
+             best_val=float(pooled[best]))

@@ -403,12 +403,8 @@ def _pairs(frozen: model_lib.Frozen, raw_features: jax.Array,
 
 
 def fold_ids(ctx: Context) -> np.ndarray | None:
-  """(N,) the cross-validation fold of each training pair (`data.fold_ids`, seeded by
-  `config.seed`), or None when `data.folds` < 2 (no cross-validation)."""
-  folds = int(ctx.config.data.get('folds', 0))
-  if folds < 2:
-    return None
-  return data.fold_ids(ctx.dataset.train, folds, ctx.config.seed)
+  """(N,) the cross-validation fold of each training pair, or None (`data.config_fold_ids`)."""
+  return data.config_fold_ids(ctx.config, ctx.dataset.train)
 
 
 def _fit_frozen(ctx: Context, autoencoder: Any, raw_features: np.ndarray,
