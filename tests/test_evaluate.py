@@ -9,12 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import train
 
 from flig_jax import data, model
 from flig_jax.evaluation import report, run
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ('flig', 'ridge', 'mlp', 'cae_ridge')
+MODELS = ('flig', 'ridge', 'mlp', 'cae_ridge', 'cae_mlp')
 
 
 @pytest.fixture
@@ -58,7 +59,7 @@ def test_cli_writes_metrics_of_design_shape_and_figures(workdir):
   assert isinstance(metrics['roundtrip_max_abs_err'], float)
   assert metrics['roundtrip_max_abs_err'] < 1e-5
   assert metrics['checkpoint_step'] > 0
-  assert metrics['baseline_hparams']['chosen_on'] == 'val'
+  assert metrics['baseline_hparams']['chosen_on'].startswith('train (5-fold cross-validation')
   assert metrics['baseline_hparams']['ridge']['decoding_alpha'] > 0
   for png in ('reconstructions.png', 'encoding.png'):
     assert (out / png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n', png
@@ -91,7 +92,11 @@ def test_cli_errors_on_missing_data(workdir, tmp_path):
   _assert_one_error_line(proc, str(missing))
 
 
-def test_evaluate_on_val_keeps_val_out_of_the_baselines(workdir, tmp_path):
+@pytest.mark.slow
+def test_evaluate_on_val_keeps_val_out_of_the_baselines(tmp_path):
+  """A run selecting on a validation split (data.folds 0) scored on that split."""
+  workdir = tmp_path / 'run'
+  train(workdir, '--config.data.folds=0', '--config.data.val_fraction=0.1')
   metrics = run.evaluate(workdir, split='val', out=tmp_path, mlp_steps=10, verbose=False)
   assert metrics['split'] == 'val'
   assert metrics['n'] == len(data.from_config(model.load(workdir).config).val) > 1
