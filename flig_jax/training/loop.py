@@ -461,7 +461,7 @@ def _cross_validate(ctx: Context, autoencoder: Any, raw_features: np.ndarray,
   Every fold runs the same compiled step (same batch shapes) and one compiled prediction on the
   held-out pairs padded to the largest fold.
   """
-  config, cfg, train = ctx.config, ctx.config.stage2, ctx.dataset.train
+  cfg, train = ctx.config.stage2, ctx.dataset.train
   predict = jax.jit(functools.partial(validation.predictions, ctx.module))
   size = int(np.bincount(folds).max())
   total, every = cfg.steps, cfg.eval_every_steps
@@ -491,13 +491,13 @@ def _cross_validate(ctx: Context, autoencoder: Any, raw_features: np.ndarray,
         if done % every == 0 or done == total:
           _check_finite(2, state, ctx.workdir)
           out.append((done, *held_out(state)))
-    ctx.log.info(f'cross-validation fold {len(out_folds) + 1}/{count}: stage 2 on '
+    ctx.log.info(f'cross-validation fold {len(finished) + 1}/{count}: stage 2 on '
                  f'{len(rest)} pairs, {len(held)} held out '
                  f'({time.perf_counter() - start_time:.0f} s)')
-    out_folds.append(len(held))
+    finished.append(len(held))
     return out
 
-  out_folds: list[int] = []
+  finished: list[int] = []
   return cross_validation.select(folds, train.images, train.responses, run_fold,
                                  validation.GROUPS[ctx.module.flow_type], cfg.select_margin)
 
@@ -523,19 +523,21 @@ def stage2(ctx: Context, start: State, meta: dict[str, Any] | None = None) -> St
       functools.partial(steps.stage2_step, model=ctx.module, discriminator=discriminator,
                         flow_tx=flow_tx, disc_tx=disc_tx, cfg=cfg), mesh)
   init = parallel.jit_init(functools.partial(_init_stage2, ctx), mesh)
-  folds = fold_ids(ctx) if cfg.select_by == 'val_pcc' else None
+  folds = fold_ids(ctx)
   selection = None
   if resumed:
     frozen = start.frozen
     if meta and meta.get('cross_validation'):
       selection = cross_validation.Selection.from_meta(meta['cross_validation'])
   else:
-    if folds is not None:
+    if folds is not None and cfg.select_by == 'val_pcc':
       selection = _cross_validate(ctx, autoencoder, raw_features, folds, step_fn, init)
     frozen = _fit_frozen(ctx, autoencoder, raw_features, train.responses)
   if selection is not None:
     for step, scores in selection.rows():
-      ctx.log.record(2, step, scores)
+      # A resumed run's log keeps the rows up to its checkpoint (`metrics_file.trim`).
+      if not resumed or step > int(start.step):
+        ctx.log.record(2, step, scores)
     for line in selection.explain(cfg.select_margin):
       ctx.log.info(f'stage 2 keeps {line}')
   pairs = jax.device_get(_pairs(frozen, raw_features, train.responses))
