@@ -95,8 +95,11 @@ def test_selected_step_is_the_argmax_of_the_pooled_held_out_scores():
     assert not set(rest) & set(held) and len(rest) + len(held) == 30
   assert sorted(np.concatenate([h for _, h in seen]).tolist()) == list(range(30))
   for name, key in (('val_dec_pcc', 'cv_dec_pcc'), ('val_enc_pcc', 'cv_enc_pcc')):
-    pooled = [float(validation.scores_of(dec[s], enc[s], images, responses)[0][name])
-              for s in dec]
+    # The mean over folds (equal sizes here) of each held-out fold's score.
+    pooled = [np.mean([float(validation.scores_of(dec[s][folds == f], enc[s][folds == f],
+                                                  images[folds == f],
+                                                  responses[folds == f])[0][name])
+                       for f in range(3)]) for s in dec]
     np.testing.assert_allclose(sel.scores[key], pooled, rtol=1e-5)
     assert sel.chosen[key] == sel.steps[int(np.argmax(pooled))] == 20
   np.testing.assert_array_equal(sel.chosen_steps(groups), [20, 20])
@@ -105,6 +108,24 @@ def test_selected_step_is_the_argmax_of_the_pooled_held_out_scores():
   strict = cross_validation.select(folds, images, responses, run_fold, groups, margin=1e6)
   assert strict.chosen == {'cv_enc_pcc': 0, 'cv_dec_pcc': 0}
   assert any('SE, not > 1e+06' in line for line in strict.explain(1e6))
+
+
+def test_each_fold_is_scored_on_its_own_so_fold_offsets_do_not_count():
+  """Encoders whose offsets differ by fold (each fold's adapter mean is the other folds' mean)
+  score what they score within each fold; correlations over the pooled predictions would not."""
+  images, responses, dec, enc = _constructed_case(steps=(0, 10))
+  folds = np.arange(30) % 3
+  shifted = {s: e + 3.0 * folds[:, None] for s, e in enc.items()}
+
+  def run_fold(enc_by_step):
+    return lambda rest, held: [(s, dec[s][held], enc_by_step[s][held]) for s in dec]
+
+  groups = validation.GROUPS['augmented']
+  plain = cross_validation.select(folds, images, responses, run_fold(enc), groups, 0.0)
+  moved = cross_validation.select(folds, images, responses, run_fold(shifted), groups, 0.0)
+  np.testing.assert_allclose(moved.scores['cv_enc_pcc'], plain.scores['cv_enc_pcc'], rtol=1e-5)
+  np.testing.assert_allclose(moved.gain_se['cv_enc_pcc'], plain.gain_se['cv_enc_pcc'],
+                             rtol=1e-4)
 
 
 def test_choose_applies_the_margin_to_the_gain_over_the_first_candidate():

@@ -2,13 +2,17 @@
 
 The folds are carved by stimulus (`data.fold_ids`). For each fold a model is fitted on the other
 folds and predicts the held-out one for every candidate (for stage 2: the step 0 closed-form start
-and each validated step). The out-of-fold predictions of all folds are pooled, so each candidate
-is scored once on all N training stimuli: decoding PCC as the mean per-image PCC, encoding as the
-mean over units of the per-unit PCC across the N stimuli, each with its N jackknife replicates
-(stimulus j left out). `choose` then keeps, per direction, the best candidate among those whose
-gain over the first (the simple model) exceeds `margin` jackknife standard errors of that gain,
-and the first one otherwise: the rule `validation.keep_best` applies on a single validation
-split. The final model is refitted on every training pair with the chosen settings.
+and each validated step). Each candidate's score is the mean over folds, weighted by their sizes, of
+its score on each held-out fold (decoding PCC: the mean per-image PCC; encoding: the mean over units
+of the per-unit PCC across the fold's stimuli). Its N jackknife replicates leave out one stimulus
+at a time: stimulus j of fold f changes fold f's score only. Per-unit correlations are taken within
+a fold and not over the pooled predictions of all folds: each fold's model has its own offsets
+(its adapter's mean is the other folds' mean), which correlate negatively with the held-out
+responses across folds and would bias the pooled score against any map that keeps them.
+`choose` then keeps, per direction, the best candidate among those whose gain over the first (the
+simple model) exceeds `margin` jackknife standard errors of that gain, and the first one
+otherwise: the rule `validation.keep_best` applies on a single validation split. The final model
+is refitted on every training pair with the chosen settings.
 """
 
 import dataclasses
@@ -115,7 +119,7 @@ class Selection:
 def select(fold_ids: np.ndarray, images: np.ndarray, responses: np.ndarray,
            run_fold: Callable[[np.ndarray, np.ndarray], Iterable[Prediction]],
            groups: validation.Groups, margin: float) -> Selection:
-  """Runs every fold, pools the held-out predictions, and chooses a step per parameter group.
+  """Runs every fold, scores each held-out fold, and chooses a step per parameter group.
 
   Args:
     fold_ids: (N,) the fold of each training pair.
@@ -130,27 +134,29 @@ def select(fold_ids: np.ndarray, images: np.ndarray, responses: np.ndarray,
     the `Selection`.
   """
   n = len(fold_ids)
-  steps, decoded, encoded = None, None, None
+  steps, totals, replicates = None, None, None
   for f in np.unique(fold_ids):
     held, rest = np.nonzero(fold_ids == f)[0], np.nonzero(fold_ids != f)[0]
     results = list(run_fold(rest, held))
     fold_steps = [int(s) for s, _, _ in results]
     if steps is None:
       steps = fold_steps
-      decoded = np.zeros((len(steps), n) + images.shape[1:], np.float32)
-      encoded = np.zeros((len(steps), n, responses.shape[1]), np.float32)
+      totals = {name: np.zeros(len(steps)) for name, _ in groups}
+      replicates = {name: np.zeros((len(steps), n)) for name, _ in groups}
     elif fold_steps != steps:
-      raise ValueError(f'fold {f} validated steps {fold_steps}, fold 0 {steps}')
+      raise ValueError(f'fold {f} validated steps {fold_steps}, the first fold {steps}')
+    weight = len(held) / n
     for i, (_, dec, enc) in enumerate(results):
-      decoded[i, held], encoded[i, held] = dec, enc
-  pooled = [validation.scores_of(decoded[i], encoded[i], images, responses)
-            for i in range(len(steps))]
+      score, loo = validation.scores_of(dec, enc, images[held], responses[held])
+      for name, _ in groups:
+        s = float(score[name])
+        totals[name][i] += weight * s
+        # Until every fold is in, a replicate holds its own fold's change only.
+        replicates[name][i, held] = weight * (np.asarray(loo[name], np.float64) - s)
   scores, gain_se, chosen = {}, {}, {}
   for name, _ in groups:
-    score = np.array([float(p[0][name]) for p in pooled])
-    replicates = np.stack([np.asarray(p[1][name]) for p in pooled])
-    kept, se = choose(score, replicates, margin)
-    scores[cv_name(name)], gain_se[cv_name(name)] = score.tolist(), se.tolist()
+    kept, se = choose(totals[name], totals[name][:, None] + replicates[name], margin)
+    scores[cv_name(name)], gain_se[cv_name(name)] = totals[name].tolist(), se.tolist()
     chosen[cv_name(name)] = steps[kept]
   return Selection(folds=len(np.unique(fold_ids)), steps=steps, scores=scores, gain_se=gain_se,
                    chosen=chosen)
