@@ -1,4 +1,5 @@
-"""Defaults shared by every flig_jax config; the dataset configs import this and change a few fields.
+"""Defaults shared by every flig_jax config; the dataset configs import this and change a few
+fields.
 
 Every field can be overridden from the command line, e.g. `--config.stage2.steps=2000`.
 """
@@ -15,7 +16,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'synthetic'     # digit69 | cowley_v4 | npz | synthetic
-  c.data.dir = ''               # the dataset's own folder; else $FLIG_DATA_DIR/<name>; else the cache
+  c.data.dir = ''               # the dataset's own folder; else $FLIG_DATA_DIR/<name>;
+                                # else the cache
   c.data.path = ''              # npz: the file
   c.data.session = ''           # cowley_v4: e.g. '190927'
   c.data.image_size = 32        # cowley_v4 (and synthetic): images are resized to this square size
@@ -30,7 +32,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.feature_dim = 32      # D: size of the CAE feature vector and of the flow
   c.model.flow_type = 'augmented'  # augmented: f on [h, e_h] -> [A(r), e_a], R^2D, starting from
-                                   # the ridge encoder/decoder (DESIGN.md); plain: the paper's f on R^D
+                                   # the ridge encoder/decoder (DESIGN.md); plain: the paper's
+                                   # f on R^D
   c.model.cae_widths = (16, 32)  # channels of the stride-2 conv stages (one halving of H, W each)
   c.model.adapter_components = 0  # cap on k, the adapter's signal coordinates (0: min(D, rank))
   c.model.flow_blocks = 4       # K
@@ -62,7 +65,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.stage2.likelihood = 0.01     # -log N(f(h); 0, I) - log|det df/dh|, per dimension
   c.stage2.adversarial = 0.01    # f fools Dis on f(h) vs a
   c.stage2.adversarial_inverse = 0.0  # and on f^-1(a) vs h
-  c.stage2.mixup = 0.0           # > 0: train on convex mixtures of pairs, weight ~ Beta(mixup, mixup)
+  c.stage2.mixup = 0.0           # > 0: train on convex mixtures of pairs,
+                                 # weight ~ Beta(mixup, mixup)
   c.stage2.response_noise = 0.0  # std of Gaussian noise added to the whitened responses in training
   c.stage2.pixel = 0.0           # ||G(f^-1(a)) - x||^2 through the frozen decoder
   c.stage2.gradient_penalty = 1.0  # R1 penalty on the discriminator's real inputs
@@ -80,7 +84,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.log_every_steps = 20
   c.num_figure_images = 8
-  c.distributed = False          # call jax.distributed.initialize() (also set by FLIG_DISTRIBUTED=1)
+  c.distributed = False          # call jax.distributed.initialize()
+                                 # (also set by FLIG_DISTRIBUTED=1)
   return c
 
 

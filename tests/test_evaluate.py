@@ -1,5 +1,6 @@
 """evaluate.py and `flig_jax.evaluation.run`: metrics.json's shape, figures, the round trip, the
-baselines' validation discipline and the command line's one-line errors, on a smoke-trained model."""
+baselines' validation discipline and the command line's one-line errors, on a smoke-trained
+model."""
 
 import json
 import math

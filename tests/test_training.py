@@ -1,4 +1,5 @@
-"""End-to-end training runs in subprocesses: smoke configs, devices, hosts, SIGKILL resume, divergence."""
+"""End-to-end training runs in subprocesses: smoke configs, devices, hosts, SIGKILL resume,
+divergence."""
 
 import json
 import signal
