@@ -26,7 +26,7 @@ import numpy as np
 
 from flig_jax import checkpointing, data, plotting, workdir_lock
 from flig_jax import model as model_lib
-from flig_jax.nn import compiled
+from flig_jax.nn import compiled, precision
 from flig_jax.nn import discriminator as disc_lib
 from flig_jax.nn.adapter import Adapter
 from flig_jax.training import (
@@ -336,7 +336,8 @@ def stage1(ctx: Context, state: steps.Stage1State) -> Stage:
 def _stage2_parts(config: ml_collections.ConfigDict):
   """The discriminator module and the flow's and discriminator's optimisers."""
   cfg = config.stage2
-  return (disc_lib.Discriminator(config.model.disc_hidden),
+  dtype = precision.compute_dtype(config.model.get('dtype', 'float32'))
+  return (disc_lib.Discriminator(config.model.disc_hidden, dtype=dtype),
           steps.flow_optimizer(cfg, config.model.flow_type == 'augmented'),
           steps.optimizer(cfg.disc_learning_rate, 0.0, cfg.steps))
 
