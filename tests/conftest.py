@@ -25,6 +25,7 @@ def subprocess_env(devices: int = 1, **extra: str) -> dict[str, str]:
   env = dict(os.environ)
   env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
   env['PYTHONPATH'] = str(ROOT)
+  env.setdefault('JAX_THREEFRY_PARTITIONABLE', '0')  # as train.py and evaluate.py set it
   env.update(extra)
   return env
 
