@@ -23,7 +23,7 @@ def _png_text(path: Path) -> dict[str, str]:
   """The text chunks of a PNG (its Title and Description)."""
   with Image.open(path) as im:
     im.load()
-    return dict(im.text)
+    return {k: v for k, v in im.text.items() if k != 'Software'}
 
 
 def _evaluate(workdir: Path) -> subprocess.CompletedProcess:
