@@ -148,8 +148,10 @@ def guarded(job: Callable[[], object], workdir: str | os.PathLike | None = None)
   """Runs `job`; a user-facing error prints one line 'error: ...' to stderr and gives exit status 1.
 
   Ctrl-C gives 130 and SIGTERM 143 (the shell's codes for them), each after the training loop saved
-  a checkpoint. `workdir` is the folder a full disk is reported for. Orbax's own log lines are
-  dropped: the errors it raises are reported here.
+  a checkpoint (a Ctrl-C before the loop, caught by `interrupts` after `interrupts.install()`,
+  saves none); the line names the newest checkpoint in `workdir`. `workdir` is also the folder a
+  full disk is reported for. Orbax's own log lines are dropped: the errors it raises are reported
+  here.
   """
   import logging
 
@@ -241,8 +243,6 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, source: str = 
     source: where the config came from (file, variant and overrides), printed at the start.
     allow_config_change: resume even if fields that shape the model, data or optimiser changed.
   """
-  from flig_jax import interrupts
-  interrupts.install()
   workdir = Path(workdir).absolute()
 
   def job():

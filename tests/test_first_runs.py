@@ -91,7 +91,9 @@ def test_a_run_without_a_usable_validation_split_trains_saves_and_evaluates(
   meta = json.loads(next(p for p in (workdir / 'checkpoints' / '12' / 'meta').iterdir()
                          if p.name != 'commit_success.txt').read_text())
   assert meta['finished'] and meta['selected_steps'] == [6, 6]  # the last step
-  assert _png_text(workdir / 'stage2_decoding.png')['Title'].startswith('synthetic, train split')
+  shown = 'val' if val_fraction else 'train'  # the validation pairs, if any, else training pairs
+  assert _png_text(workdir / 'stage2_decoding.png')['Title'] == (
+      f'synthetic, {shown} split: stage 2, flow kept enc_pcc at step 6, dec_pcc at step 6')
   proc = _evaluate(workdir)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert _png_text(workdir / 'eval_test' / 'reconstructions.png')['Title'] == (
