@@ -41,7 +41,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.feature_dim = 32      # D: size of the CAE feature vector and of the flow
   c.model.flow_type = 'augmented'  # augmented: f on [h, e_h] -> [A(r), e_a], R^2D, starting from
-                                   # the ridge encoder/decoder (DESIGN.md); plain: the paper's f on R^D
+                                   # the ridge encoder/decoder (docs/design.md); plain:
+                                   # the paper's f on R^D
   c.model.cae_widths = (16, 32)  # channels of the stride-2 conv stages (one halving of H, W each)
   c.model.adapter_components = 0  # cap on k, the adapter's signal coordinates (0: min(D, rank))
   c.model.flow_blocks = 4       # K
