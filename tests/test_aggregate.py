@@ -78,8 +78,8 @@ def test_differences_table_counts_datasets_where_flig_wins_everywhere():
   assert md[2].startswith('| a - cae_ridge | -0.300 ± 0.000 |')
   assert md[3].startswith('| a - best | -0.300 ± 0.000 (cae_ridge) |')
   assert md[5].startswith('| b - best | -0.000 ± 0.000 (cae_ridge) |')
-  assert md[-2] == ('FLIG >= cae_ridge, datasets of 2: dec pcc 1, dec ssim 1, dec identification 1, '
-                    'enc pcc_mean 1; on every metric 1.')
+  assert md[-2] == ('FLIG >= cae_ridge, datasets of 2: dec pcc 1, dec ssim 1, '
+                    'dec identification 1, enc pcc_mean 1; on every metric 1.')
   assert md[-1].startswith('FLIG >= the best baseline, datasets of 2: dec pcc 1,')
   # The cells are mean ± standard error of the paired differences: sd / sqrt(runs).
   two = aggregate.aggregate([fake_metrics(), {**fake_metrics(), 'decoding': {

@@ -24,7 +24,9 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-_EPS = 1e-12
+from flig_jax import ops
+
+_EPS = ops.EPS
 
 # (score, the flow parameters it selects as '/'-joined path prefixes; None: all), per flow type.
 Groups = tuple[tuple[str, tuple[str, ...] | None], ...]
@@ -46,15 +48,6 @@ class ValidationSet:
   adapted: jax.Array    # (M, D) A(r), zero on the padding
   images: jax.Array     # (M, H, W, C)
   responses: jax.Array  # (M, U)
-
-
-def _pearson(a: jax.Array, b: jax.Array, axis: int) -> jax.Array:
-  """Pearson r between `a` and `b` along `axis`; 0 where either side is constant."""
-  a = a - a.mean(axis=axis, keepdims=True)
-  b = b - b.mean(axis=axis, keepdims=True)
-  num = jnp.sum(a * b, axis=axis)
-  den = jnp.sqrt(jnp.sum(a * a, axis=axis) * jnp.sum(b * b, axis=axis))
-  return jnp.where(den > _EPS, num / jnp.maximum(den, _EPS), 0.0)
 
 
 def _leave_one_out_pearson(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -86,9 +79,9 @@ def scores_of(decoded: jax.Array, encoded: jax.Array, images: jax.Array,
   images (M, H, W, C) and responses (M, U), and each score's (M,) jackknife replicates: the score
   with stimulus j left out."""
   n = images.shape[0]
-  per_image = _pearson(decoded.reshape(n, -1), images.reshape(n, -1), axis=1)
+  per_image = ops.pearson(decoded.reshape(n, -1), images.reshape(n, -1), axis=1)
   dec = jnp.mean(per_image)
-  enc = jnp.mean(_pearson(encoded, responses, axis=0))
+  enc = jnp.mean(ops.pearson(encoded, responses, axis=0))
   dec_loo = (jnp.sum(per_image) - per_image) / max(n - 1, 1)
   enc_loo = jnp.mean(_leave_one_out_pearson(encoded, responses), axis=1)
   return ({'val_dec_pcc': dec, 'val_enc_pcc': enc, 'val_score': dec + enc},
@@ -162,3 +155,20 @@ def keep_at(state: Any, chosen: jax.Array, groups: Groups) -> tuple[Any, dict[st
     best_step = best_step.at[i].set(jnp.where(take, state.step, best_step[i]))
   return state.replace(best_flow_params=traverse_util.unflatten_dict(best, sep='/'),
                        best_step=best_step), {}
+
+
+def kept_start_note(flow_type: str, kept_steps: Any, margin: float,
+                    scored_on: str = 'the validation split') -> str | None:
+  """The plain-words line a run prints when stage 2 keeps its start (step 0) in every part, else
+  None: no later step cleared the selection margin (on `scored_on`), so FLIG is the flow it
+  started from."""
+  if any(int(step) != 0 for step in kept_steps):
+    return None
+  why = (f'no later step of stage 2 beat step 0 on {scored_on} by more than '
+         f'stage2.select_margin = {margin:g} jackknife standard errors of the gain')
+  if flow_type == 'augmented':
+    return (f'note: FLIG equals its closed-form ridge start on this data, in both directions: '
+            f'{why}, so the flow kept is the ridge map between the autoencoder\'s features and '
+            f'the responses it started from (evaluate.py\'s cae_ridge baseline is much the same '
+            f'model)')
+  return f'note: FLIG is the flow it started from (step 0): {why}'
