@@ -2,7 +2,7 @@
 ones are set aside, with a note), a saved config that agrees with the given one, and a metrics log
 cut back to that checkpoint.
 
-Which fields may change on resume is `config_checks.FIELDS[...].on_resume`: more steps, how often
+Which fields may change on resume is `config_checks.rule(name).on_resume`: more steps, how often
 to save or log, where the data lies (any time); stage-2 settings (while the run is still in
 stage 1). Any other change (model, data, optimiser) is refused unless `allow_config_change`.
 """
@@ -34,8 +34,7 @@ def _read_json_item(step_dir: Path, name: str) -> dict[str, Any]:
 
 
 def _may_change(name: str, stage: int) -> bool:
-  field = config_checks.FIELDS.get(name)
-  rule = field.on_resume if field else config_checks.FIXED
+  rule = config_checks.rule(name).on_resume
   return rule == config_checks.ANY_TIME or (rule == config_checks.IN_STAGE1 and stage == 1)
 
 
@@ -54,21 +53,22 @@ def refused_changes(saved: dict[str, Any], config: ml_collections.ConfigDict,
   return out
 
 
-def _names(rule: str, *wider: str) -> str:
-  """The fields with resume rule `rule`; 'section.*' for a section whose fields all have `rule` or
-  one of the `wider` rules."""
-  fields = config_checks.FIELDS
-  names = [k for k, f in fields.items() if f.on_resume == rule]
+def _names(fields: list[str], rule: str, *wider: str) -> str:
+  """The `fields` with resume rule `rule`; 'section.*' for a section whose fields all have `rule`
+  or one of the `wider` rules."""
+  rules = {k: config_checks.rule(k).on_resume for k in fields}
+  names = [k for k, r in rules.items() if r == rule]
   whole = {k.rpartition('.')[0] for k in names if '.' in k} - {
-      k.rpartition('.')[0] for k, f in fields.items() if f.on_resume not in (rule, *wider)}
+      k.rpartition('.')[0] for k, r in rules.items() if r not in (rule, *wider)}
   return ', '.join(dict.fromkeys(
       f'{k.rpartition(".")[0]}.*' if k.rpartition('.')[0] in whole else k for k in names))
 
 
-def may_change() -> str:
-  """Which fields may change on resume, in a line."""
-  return (f'may change on resume: {_names(config_checks.ANY_TIME)}; and while the run is in '
-          f'stage 1: {_names(config_checks.IN_STAGE1, config_checks.ANY_TIME)}')
+def may_change(config: ml_collections.ConfigDict) -> str:
+  """Which fields of `config` may change on resume, in a line."""
+  fields = [k for k, _ in config_checks.flatten(config)]
+  return (f'may change on resume: {_names(fields, config_checks.ANY_TIME)}; and while the run is '
+          f'in stage 1: {_names(fields, config_checks.IN_STAGE1, config_checks.ANY_TIME)}')
 
 
 def start_point(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
@@ -109,7 +109,7 @@ def start_point(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *
           f'{Path(workdir)} holds a run whose checkpoint (step {step}, stage {meta.get("stage")}) '
           f'was made with another config; these fields shape the model, data or optimiser:\n  '
           + '\n  '.join(changes) + '\nrun with the saved values, use another --workdir, or pass '
-          f'--allow_config_change to resume with the new ones ({may_change()})')
+          f'--allow_config_change to resume with the new ones ({may_change(config)})')
     if changes:
       note('note: resuming with a changed config (--allow_config_change): ' + '; '.join(changes))
     found = step, meta
