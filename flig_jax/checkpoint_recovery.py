@@ -109,17 +109,16 @@ def steps_holding(directory: str | os.PathLike, item_name: str | None = None) ->
                 and (item_name is None or (p / item_name).is_dir()))
 
 
-def problem(step_dir: str | os.PathLike,
-            arrays: Iterable[str] = ARRAY_ITEMS) -> str | None:
+def problem(step_dir: str | os.PathLike) -> str | None:
   """Why the checkpoint step at `step_dir` does not restore, in a line, or None if it does: its
-  JSON items must parse, and those of the array items `arrays` it holds must read in full."""
+  JSON items must parse, and the array items it holds must read in full."""
   step_dir = Path(step_dir)
   if not step_dir.is_dir():
     return f'{step_dir} is missing'
   try:
     for name in JSON_ITEMS:
       read_json(step_dir, name)
-    for name in arrays:
+    for name in ARRAY_ITEMS:
       if (step_dir / name).exists():
         read_arrays(step_dir, name)
   except Damaged as e:
@@ -128,18 +127,16 @@ def problem(step_dir: str | os.PathLike,
 
 
 def newest_good(directory: str | os.PathLike, steps: Iterable[int],
-                skipped: Callable[[int, str], Any] = lambda step, reason: None,
-                arrays: Iterable[str] = ARRAY_ITEMS) -> int | None:
+                skipped: Callable[[int, str], Any] = lambda step, reason: None) -> int | None:
   """The newest of `steps` (saved under `directory`) that restores, or None.
 
   Args:
     directory: the checkpoint manager's directory.
     steps: candidate steps.
     skipped: called with (step, reason) for each newer step that does not restore.
-    arrays: the array items to read in full (the JSON items are always read).
   """
   for step in sorted(steps, reverse=True):
-    reason = problem(Path(directory) / str(step), arrays)
+    reason = problem(Path(directory) / str(step))
     if reason is None:
       return step
     skipped(step, reason)

@@ -95,6 +95,7 @@ def start_point(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *
     note(f'note: checkpoint step {step} does not restore, skipped: {reason}{where}')
 
   def read(step: int) -> tuple[checkpointing.Meta, ml_collections.ConfigDict]:
+    # `state` is what resuming restores, `model` the run's result: both must read in full.
     meta, saved = checkpointing.read_meta(directory, step), checkpointing.read_config(directory, step)
     for name in checkpoint_recovery.ARRAY_ITEMS:
       if (directory / str(step) / name).exists():
