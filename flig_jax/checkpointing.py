@@ -237,8 +237,9 @@ def restore(mgr: ocp.CheckpointManager, step: int, item_name: str, abstract_targ
   """
   mgr.wait_until_finished()
   mgr.reload()
-  # This step's items only: reading every step's metadata would fail on a damaged other step.
-  if int(step) not in mgr.all_steps() or item_name not in mgr.item_metadata(int(step)):
+  # From the folders alone: reading the metadata of this step's other items (or other steps)
+  # would fail on a damaged one that this restore does not need.
+  if not (Path(os.fspath(mgr.directory)) / str(int(step)) / item_name).is_dir():
     raise FileNotFoundError(
         f'{mgr.directory} has no item {item_name!r} at step {step}')
   args = ocp.args.Composite(**{item_name: ocp.args.StandardRestore(with_sharding(abstract_target))})

@@ -51,7 +51,7 @@ def _names(fields: list[str], rule: str, *wider: str) -> str:
   """The `fields` with resume rule `rule`; 'section.*' for a section whose fields all have `rule`
   or one of the `wider` rules."""
   rules = {k: config_checks.rule(k).on_resume for k in fields}
-  names = [k for k, r in rules.items() if r == rule]
+  names = [k for k in config_checks.RULES if rules.get(k) == rule]  # in the table's order
   whole = {k.rpartition('.')[0] for k in names if '.' in k} - {
       k.rpartition('.')[0] for k, r in rules.items() if r not in (rule, *wider)}
   return ', '.join(dict.fromkeys(
