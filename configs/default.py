@@ -52,6 +52,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.model.spline_bins = 8
   c.model.spline_range = 4.0
   c.model.disc_hidden = 128
+  c.model.dtype = 'float32'     # compute dtype of the networks: float32 | bfloat16 (parameters,
+                                # optimiser state, losses, log-dets, fits and metrics stay float32)
 
   c.stage1 = ml_collections.ConfigDict()
   c.stage1.steps = 400

@@ -92,6 +92,11 @@ def _couplings() -> Iterable[str]:
   return flow.COUPLINGS
 
 
+def _dtypes() -> Iterable[str]:
+  from flig_jax.nn import precision  # pylint: disable=g-import-not-at-top
+  return precision.DTYPES
+
+
 def _select_by() -> Iterable[str]:
   from flig_jax.training import validation  # pylint: disable=g-import-not-at-top
   return validation.SELECT_BY
@@ -121,6 +126,7 @@ RULES: dict[str, Rule] = {
     'model.spline_bins': Rule(Range(2)),
     'model.spline_range': Rule(_POSITIVE),
     'model.disc_hidden': Rule(Range(1), IN_STAGE1),
+    'model.dtype': Rule(OneOf(_dtypes)),
     'stage1.steps': Rule(Range(1), IN_STAGE1),
     'stage1.batch_size': Rule(Range(1)),
     'stage1.learning_rate': Rule(_POSITIVE),

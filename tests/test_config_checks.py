@@ -40,11 +40,11 @@ def test_a_number_field_without_a_range_fails_the_rule_test(monkeypatch):
 
 def test_choices_come_from_the_code_that_implements_them(monkeypatch):
   from flig_jax.data import loading
-  from flig_jax.nn import flow
+  from flig_jax.nn import flow, precision
   from flig_jax.training import validation
   config = default.get_config().unlock()
   for field, registry in [('data.name', loading.LOADERS), ('model.flow_type', flow.FLOW_TYPES),
-                          ('model.coupling', flow.COUPLINGS),
+                          ('model.coupling', flow.COUPLINGS), ('model.dtype', precision.DTYPES),
                           ('stage2.select_by', validation.SELECT_BY)]:
     section, _, name = field.rpartition('.')
     for value in registry:

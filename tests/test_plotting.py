@@ -15,6 +15,13 @@ def _open_png(path) -> Image.Image:
     return im.copy()
 
 
+def _png_text(path) -> dict[str, str]:
+  """The PNG's text chunks (the figure's Title and Description)."""
+  with Image.open(path) as im:
+    im.load()
+    return {k: v for k, v in im.text.items() if k != 'Software'}
+
+
 @pytest.mark.parametrize('channels', [1, 3])
 def test_reconstruction_grid_writes_png(tmp_path, channels):
   rng = np.random.default_rng(0)
@@ -52,3 +59,25 @@ def test_differences_figure_shows_ties_as_level(tmp_path, mean, colour):
   im = _open_png(path)
   assert _has_colour(im, green) == (colour == 'green')
   assert _has_colour(im, red) == (colour == 'red')
+
+
+def test_a_model_that_draws_as_another_is_labelled_so_and_titles_are_kept(tmp_path):
+  """FLIG at its closed-form start decodes and encodes as cae_ridge: the figures must say so
+  rather than draw one over the other."""
+  rng = np.random.default_rng(2)
+  stim = rng.random((5, 8, 8, 1)).astype(np.float32)
+  flig = stim * 0.8
+  recons = {'flig': flig, 'ridge': np.full_like(stim, 0.5), 'cae_ridge': flig + 1e-4}
+  path = plotting.reconstruction_grid(stim, recons, str(tmp_path / 'grid.png'), n=4,
+                                      title='digits, test split: checkpoint step 9')
+  assert _png_text(path) == {'Title': 'digits, test split: checkpoint step 9',
+                                  'Description': 'cae_ridge draws as flig'}
+  pcc = {'flig': rng.uniform(-0.2, 0.9, 12), 'ridge': rng.uniform(-0.2, 0.6, 12)}
+  pcc['cae_ridge'] = pcc['flig'].copy()
+  pred = rng.standard_normal((30, 12))
+  path = plotting.encoding_figure(pcc, pred, pred + rng.standard_normal((30, 12)),
+                                  str(tmp_path / 'enc.png'), title='encoding')
+  assert _png_text(path) == {'Title': 'encoding', 'Description': 'cae_ridge draws as flig'}
+  distinct = plotting.reconstruction_grid(stim, {'flig': flig, 'ridge': stim},
+                                          str(tmp_path / 'distinct.png'))
+  assert 'Description' not in _png_text(distinct)

@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from flig_jax import checkpointing, data, plotting, workdir_lock
+from flig_jax import checkpointing, data, interrupts, plotting, workdir_lock
 from flig_jax import model as model_lib
-from flig_jax.nn import compiled
+from flig_jax.nn import compiled, precision
 from flig_jax.nn import discriminator as disc_lib
 from flig_jax.nn.adapter import Adapter
 from flig_jax.training import (
@@ -138,14 +138,18 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
     state = restore_or_init(ctx, latest)
     if isinstance(state, steps.Stage1State):
       state = run_stage(ctx, stage1(ctx, state))
-      _stage1_figure(ctx, state.params)
+      _stage1_figure(ctx, state.params, int(state.step))
     state = run_stage(ctx, stage2(ctx, state))
     if int(state.best_step.min()) >= 0:
       kept = ', '.join(f'{name} {float(score):.4f} at step {int(step)}' for (name, _), score, step
                        in zip(validation.GROUPS[ctx.module.flow_type], state.best_score,
                               state.best_step))
       ctx.log.info(f'stage 2 keeps the flow parts best on the validation split: {kept}')
-    _stage2_figure(ctx, state.model_variables())
+      note = validation.kept_start_note(ctx.module.flow_type, state.best_step,
+                                        config.stage2.select_margin)
+      if note:
+        ctx.log.info(note)
+    _stage2_figure(ctx, state.model_variables(), state.selected_steps())
   finally:
     # The progress bar ends its line first: a save that fails in the background raises here, and
     # its one-line error must not land on the bar's line.
@@ -216,6 +220,7 @@ class _InterruptRequest:
     self._previous = {}
 
   def __enter__(self):
+    interrupts.check()  # a Ctrl-C before the stage that JAX swallowed
     if threading.current_thread() is threading.main_thread():
       self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
     return self
@@ -268,7 +273,9 @@ def run_stage(ctx: Context, stage: Stage) -> State:
         stage.save(state)
         saved = done
       if interrupt.requested:
-        saved_at = f'stage {number} saved at step {done}'
+        checkpoint = _base_meta(config, ctx.dataset, number, done).step
+        saved_at = (f'stage {number} step {done} saved as '
+                    f'{ctx.workdir / checkpointing.CHECKPOINT_SUBDIR / str(checkpoint)}')
         if interrupt.requested == signal.SIGTERM:
           raise Preempted(f'terminated (SIGTERM): {saved_at}')
         log.info(f'interrupted: {saved_at}')
@@ -336,7 +343,8 @@ def stage1(ctx: Context, state: steps.Stage1State) -> Stage:
 def _stage2_parts(config: ml_collections.ConfigDict):
   """The discriminator module and the flow's and discriminator's optimisers."""
   cfg = config.stage2
-  return (disc_lib.Discriminator(config.model.disc_hidden),
+  dtype = precision.compute_dtype(config.model.get('dtype', 'float32'))
+  return (disc_lib.Discriminator(config.model.disc_hidden, dtype=dtype),
           steps.flow_optimizer(cfg, config.model.flow_type == 'augmented'),
           steps.optimizer(cfg.disc_learning_rate, 0.0, cfg.steps))
 
@@ -458,7 +466,9 @@ def stage2(ctx: Context, start: State) -> Stage:
   validate = None
   if cfg.select_by == 'val_pcc':
     if val is None:
-      ctx.log.info('no validation split (data.val_fraction): stage 2 keeps its last step')
+      n = len(dataset.val)
+      why = f'a validation split of {n} image is too small to score' if n else 'no validation split'
+      ctx.log.info(f'{why} (data.val_fraction): stage 2 keeps its last step')
     else:
       val_set = parallel.replicate(val.replace(raw_features=None), mesh)
       score = functools.partial(steps.stage2_validate, model=ctx.module,
@@ -475,23 +485,27 @@ def _figure_split(dataset):
   return (dataset.val, 'val') if len(dataset.val) else (dataset.train, 'train')
 
 
-def _stage1_figure(ctx: Context, ae_params: Any) -> None:
+def _stage1_figure(ctx: Context, ae_params: Any, step: int) -> None:
   if jax.process_index() != 0:
     return
   split, name = _figure_split(ctx.dataset)
   x = split.images[:ctx.config.num_figure_images]
   recon = compiled.apply(ctx.module, 'reconstruct')({'params': {'autoencoder': ae_params}}, x)
   plotting.reconstruction_grid(x, {f'G(E(x)) [{name}]': np.asarray(recon)},
-                               str(ctx.workdir / 'stage1_reconstructions.png'), n=len(x))
+                               str(ctx.workdir / 'stage1_reconstructions.png'), n=len(x),
+                               title=f'{ctx.dataset.name}, {name} split: stage 1 at step {step}')
 
 
-def _stage2_figure(ctx: Context, variables: Any) -> None:
+def _stage2_figure(ctx: Context, variables: Any, kept_steps: Any) -> None:
   if jax.process_index() != 0:
     return
   split, name = _figure_split(ctx.dataset)
+  kept = ', '.join(f'{group.removeprefix("val_")} at step {int(step)}' for (group, _), step
+                   in zip(validation.GROUPS[ctx.module.flow_type], kept_steps))
+  title = f'{ctx.dataset.name}, {name} split: stage 2, flow kept {kept}'
   x = split.images[:ctx.config.num_figure_images]
   r = split.responses[:ctx.config.num_figure_images]
   recons = {'G(E(x))': compiled.apply(ctx.module, 'reconstruct')(variables, x),
             f'decode(r) [{name}]': compiled.apply(ctx.module, 'decode')(variables, r)}
   plotting.reconstruction_grid(x, {k: np.asarray(v) for k, v in recons.items()},
-                               str(ctx.workdir / 'stage2_decoding.png'), n=len(x))
+                               str(ctx.workdir / 'stage2_decoding.png'), n=len(x), title=title)

@@ -125,3 +125,18 @@ def keep_best(state: Any, scores: dict[str, jax.Array], replicates: dict[str, ja
                         best_score=best_score, best_step=best_step, ref_score=ref_score,
                         ref_replicates=ref_replicates)
   return state, gain_se
+
+
+def kept_start_note(flow_type: str, kept_steps: Any, margin: float) -> str | None:
+  """The plain-words line a run prints when stage 2 keeps its start (step 0) in every part, else
+  None: no later step cleared the selection margin, so FLIG is the flow it started from."""
+  if any(int(step) != 0 for step in kept_steps):
+    return None
+  why = (f'no later step of stage 2 beat step 0 on the validation split by more than '
+         f'stage2.select_margin = {margin:g} jackknife standard errors of the gain')
+  if flow_type == 'augmented':
+    return (f'note: FLIG equals its closed-form ridge start on this data, in both directions: '
+            f'{why}, so the flow kept is the ridge map between the autoencoder\'s features and '
+            f'the responses it started from (evaluate.py\'s cae_ridge baseline is much the same '
+            f'model)')
+  return f'note: FLIG is the flow it started from (step 0): {why}'
