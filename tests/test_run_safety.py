@@ -50,6 +50,7 @@ def _evaluate(*args: str) -> subprocess.CompletedProcess:
 
 # --- one run per workdir ---
 
+@pytest.mark.slow
 def test_second_run_into_a_busy_workdir_is_refused(tmp_path):
   workdir = tmp_path / 'run'
   workdir.mkdir()
@@ -252,6 +253,7 @@ def test_losses_are_tensorboard_scalars_on_one_step_axis(smoke_workdir):
 
 # --- SIGTERM (SIGKILL: tests/test_training.py) ---
 
+@pytest.mark.slow
 def test_sigterm_saves_at_the_next_step_and_exits_143_without_temp_folders(tmp_path):
   workdir = tmp_path / 'run'
   returncode, err = signal_at_checkpoint(workdir, 20, signal.SIGTERM, *_LONG)
@@ -305,6 +307,7 @@ runpy.run_path(sys.argv[0], run_name='__main__')
 '''
 
 
+@pytest.mark.slow
 def test_disk_full_simulated_is_one_line_and_earlier_checkpoints_restore(tmp_path):
   workdir = tmp_path / 'run'
   proc = subprocess.run([sys.executable, '-c', _FAIL_SAVES_FROM_STEP_6,
@@ -330,6 +333,7 @@ def small_tmpfs(tmp_path):
     subprocess.run(['umount', str(mount)], check=False)
 
 
+@pytest.mark.slow
 def test_disk_full_on_a_small_tmpfs(small_tmpfs):
   workdir = small_tmpfs / 'run'
   proc = train(workdir, check=False)

@@ -299,7 +299,8 @@ def _check_finite(stage: int, state: State, workdir: Path) -> None:
   if bad >= 0:
     raise TrainingDiverged(
         f'stage {stage}: training diverged (NaN or Inf in the loss, gradients or updated '
-        f'parameters) at step {bad + 1} and stopped. The last good checkpoint in {workdir / checkpointing.CHECKPOINT_SUBDIR} is '
+        f'parameters) at step {bad + 1} and stopped. The last good checkpoint in '
+        f'{workdir / checkpointing.CHECKPOINT_SUBDIR} is '
         f'kept; lower --config.stage{stage}.learning_rate and restart with the same --workdir.')
 
 

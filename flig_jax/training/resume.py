@@ -96,7 +96,8 @@ def start_point(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *
 
   def read(step: int) -> tuple[checkpointing.Meta, ml_collections.ConfigDict]:
     # `state` is what resuming restores, `model` the run's result: both must read in full.
-    meta, saved = checkpointing.read_meta(directory, step), checkpointing.read_config(directory, step)
+    meta = checkpointing.read_meta(directory, step)
+    saved = checkpointing.read_config(directory, step)
     for name in checkpoint_recovery.ARRAY_ITEMS:
       if (directory / str(step) / name).exists():
         checkpoint_recovery.read_arrays(directory / str(step), name)
