@@ -146,16 +146,16 @@ def test_run_logs_cross_validated_scores_and_keeps_the_chosen_steps(smoke_workdi
   assert not any('val_score' in r for r in rows)       # no validation split: CV chose
   mgr = checkpointing.manager(smoke_workdir, read_only=True)
   try:
-    _, meta = checkpointing.latest_meta(mgr)
+    meta = checkpointing.latest_meta(mgr)
   finally:
     mgr.close()
-  sel = meta['cross_validation']
-  assert [r['step'] for r in cv] == sel['steps'] and sel['steps'][0] == 0
+  sel = meta.cross_validation
+  assert [r['step'] for r in cv] == list(sel['steps']) and sel['steps'][0] == 0
   assert sel['folds'] == default.get_config().data.folds
   for name in ('cv_enc_pcc', 'cv_dec_pcc'):
     assert [r[name] for r in cv] == pytest.approx(sel['scores'][name])
     assert [r[f'{name}_gain_se'] for r in cv] == pytest.approx(sel['gain_se'][name])
-  assert meta['selected_steps'] == [sel['chosen']['cv_enc_pcc'], sel['chosen']['cv_dec_pcc']]
+  assert list(meta.selected_steps) == [sel['chosen']['cv_enc_pcc'], sel['chosen']['cv_dec_pcc']]
 
 
 def test_final_model_is_fitted_on_every_training_pair(smoke_workdir):

@@ -137,14 +137,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str | Path,
-           latest: tuple[int, dict[str, Any]] | None) -> Path:
-  ctx = make_context(config, workdir, resume_step=latest[0] if latest else 0)
+           latest: checkpointing.Meta | None) -> Path:
+  ctx = make_context(config, workdir, resume_step=latest.step if latest else 0)
   try:
     state = restore_or_init(ctx, latest)
     if isinstance(state, steps.Stage1State):
       state = run_stage(ctx, stage1(ctx, state))
       _stage1_figure(ctx, state.params, int(state.step))
-    state = run_stage(ctx, stage2(ctx, state, latest[1] if latest else None))
+    state = run_stage(ctx, stage2(ctx, state, latest))
     if int(state.best_step.min()) >= 0 and bool(jnp.all(jnp.isfinite(state.best_score))):
       kept = ', '.join(f'{name} {float(score):.4f} at step {int(step)}' for (name, _), score, step
                        in zip(validation.GROUPS[ctx.module.flow_type], state.best_score,
@@ -163,14 +163,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
   return ctx.workdir
 
 
-def restore_or_init(ctx: Context, latest: tuple[int, dict[str, Any]] | None = None) -> State:
-  """The state of checkpoint `latest` (step, meta; default: the manager's latest) of either stage,
+def restore_or_init(ctx: Context, latest: checkpointing.Meta | None = None) -> State:
+  """The state of checkpoint `latest` (its meta; default: the manager's latest) of either stage,
   or a fresh stage-1 state when there is none."""
   latest = latest or checkpointing.latest_meta(ctx.mgr)
   if latest is None:
     return parallel.jit_init(functools.partial(_init_stage1, ctx), ctx.mesh)()
-  step, meta = latest
-  if meta['stage'] == 1:
+  meta = latest
+  if meta.stage == 1:
     target = jax.eval_shape(functools.partial(_init_stage1, ctx))
   else:
     frozen = model_lib.abstract_frozen(ctx.module, meta)
@@ -179,18 +179,18 @@ def restore_or_init(ctx: Context, latest: tuple[int, dict[str, Any]] | None = No
   sharding = parallel.replicated(ctx.mesh)
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                         target)
-  state = checkpointing.restore(ctx.mgr, step, 'state', target)
-  ctx.log.info(f"resuming stage {meta['stage']} at step {int(state.step)}")
+  state = checkpointing.restore(ctx.mgr, meta.step, 'state', target)
+  ctx.log.info(f'resuming stage {meta.stage} at step {int(state.step)}')
   return state
 
 
-def _base_meta(config, dataset, stage: int, stage_step: int) -> dict[str, Any]:
+def _base_meta(config, dataset, stage: int, stage_step: int) -> checkpointing.Meta:
   """What a checkpoint says about itself; `step` is its number in the manager (stage-2
   checkpoints are numbered after stage 1's)."""
   step = stage_step + (config.stage1.steps if stage == 2 else 0)
-  return {'stage': stage, 'stage_step': stage_step, 'step': step, 'dataset': dataset.name,
-          'image_shape': list(dataset.image_shape), 'num_units': dataset.num_units,
-          'finished': stage == 2 and stage_step == config.stage2.steps}
+  return checkpointing.Meta(step=step, stage=stage, stage_step=stage_step, dataset=dataset.name,
+                            image_shape=tuple(dataset.image_shape), num_units=dataset.num_units,
+                            finished=stage == 2 and stage_step == config.stage2.steps)
 
 
 def _raise_preempted(signum, frame):
@@ -278,7 +278,7 @@ def run_stage(ctx: Context, stage: Stage) -> State:
         stage.save(state)
         saved = done
       if interrupt.requested:
-        checkpoint = _base_meta(config, ctx.dataset, number, done)['step']
+        checkpoint = _base_meta(config, ctx.dataset, number, done).step
         saved_at = (f'stage {number} step {done} saved as '
                     f'{ctx.workdir / checkpointing.CHECKPOINT_SUBDIR / str(checkpoint)}')
         if interrupt.requested == signal.SIGTERM:
@@ -334,7 +334,7 @@ def stage1(ctx: Context, state: steps.Stage1State) -> Stage:
 
   def save(s):
     meta = _base_meta(config, dataset, 1, int(s.step))
-    checkpointing.save(ctx.mgr, meta['step'], state=s, config=config, meta=meta)
+    checkpointing.save(ctx.mgr, meta.step, state=s, config=config, meta=meta)
 
   stream = data.BatchStream({'images': dataset.train.images}, cfg.batch_size, seed=config.seed,
                             process_index=jax.process_index(),
@@ -511,7 +511,7 @@ def _cross_validate(ctx: Context, autoencoder: Any, raw_features: np.ndarray,
                                  validation.GROUPS[ctx.module.flow_type], cfg.select_margin)
 
 
-def stage2(ctx: Context, start: State, meta: dict[str, Any] | None = None) -> Stage:
+def stage2(ctx: Context, start: State, meta: checkpointing.Meta | None = None) -> Stage:
   """Stage 2 (flow and discriminator), resumed from a Stage2State (`meta`: its checkpoint's) or
   started after the finished stage 1 in a Stage1State.
 
@@ -536,8 +536,8 @@ def stage2(ctx: Context, start: State, meta: dict[str, Any] | None = None) -> St
   selection = None
   if resumed:
     frozen = start.frozen
-    if meta and meta.get('cross_validation'):
-      selection = cross_validation.Selection.from_meta(meta['cross_validation'])
+    if meta is not None and meta.cross_validation:
+      selection = cross_validation.Selection.from_meta(meta.cross_validation)
   else:
     if folds is not None and cfg.select_by == 'val_pcc':
       selection = _cross_validate(ctx, autoencoder, raw_features, folds, step_fn, init)
@@ -571,12 +571,12 @@ def stage2(ctx: Context, start: State, meta: dict[str, Any] | None = None) -> St
 
   def save(s):
     variables = s.model_variables()
-    meta = {**_base_meta(config, dataset, 2, int(s.step)),
-            **model_lib.model_meta(variables, dataset.image_shape),
-            'selected_steps': [int(v) for v in s.selected_steps()]}
-    if selection is not None:
-      meta['cross_validation'] = selection.to_meta()
-    checkpointing.save(ctx.mgr, meta['step'], state=s, model=variables, config=config, meta=meta)
+    meta = dataclasses.replace(
+        _base_meta(config, dataset, 2, int(s.step)),
+        adapter_k=model_lib.model_meta(variables, dataset.image_shape).adapter_k,
+        selected_steps=tuple(int(v) for v in s.selected_steps()),
+        cross_validation=None if selection is None else selection.to_meta())
+    checkpointing.save(ctx.mgr, meta.step, state=s, model=variables, config=config, meta=meta)
 
   validate = None
   groups = validation.GROUPS[ctx.module.flow_type]
