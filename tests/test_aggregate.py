@@ -103,7 +103,7 @@ def test_evaluate_several_checkpoints_prints_mean_and_sd(smoke_workdir, tmp_path
   m = model.load(smoke_workdir)
   config = m.config.copy_and_resolve_references()
   config.seed = int(config.seed) + 1
-  model.save(second, config, m.variables, m.meta, step=int(m.meta['step']))
+  model.save(second, config, m.variables, m.meta, step=m.meta.step)
   assert cli.run_evaluations([str(first), str(second)], split='val') == 0
   runs = [aggregate.read_metrics(run / 'eval_val') for run in (first, second)]
   summary = aggregate.aggregate(runs)

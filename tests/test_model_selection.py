@@ -43,7 +43,7 @@ def test_run_logs_validation_scores_and_saves_the_selected_step(smoke_workdir):
   assert all(r['steps_per_s'] > 0 for r in rows if 'loss' in r)
   mgr = checkpointing.manager(smoke_workdir, read_only=True)
   try:
-    _, meta = checkpointing.latest_meta(mgr)
+    meta = checkpointing.latest_meta(mgr)
   finally:
     mgr.close()
   # The kept steps are validated steps, the encoder's first (the rule itself: the constructed
@@ -51,8 +51,8 @@ def test_run_logs_validation_scores_and_saves_the_selected_step(smoke_workdir):
   for name in ('val_enc_pcc', 'val_dec_pcc'):
     assert val[0][f'{name}_gain_se'] == 0.0
     assert all(r[f'{name}_gain_se'] >= 0.0 for r in val[1:])
-  assert len(meta['selected_steps']) == 2
-  assert set(meta['selected_steps']) <= {r['step'] for r in val}
+  assert len(meta.selected_steps) == 2
+  assert set(meta.selected_steps) <= {r['step'] for r in val}
 
 
 def _state(step, score, best_step, ref_score=(0.0, 0.0), ref_replicates=((0.0,) * 4,) * 2):
