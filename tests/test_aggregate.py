@@ -123,6 +123,7 @@ def test_evaluate_several_checkpoints_stops_at_a_failure(smoke_workdir, tmp_path
   assert not (good / 'eval_test').exists()     # the second run is not evaluated
 
 
+@pytest.mark.slow   # scripts/results.py in a child process
 def test_results_script_aggregates_finished_runs(tmp_path):
   root = tmp_path / 'runs'
   for name, dataset in (('synthetic', 'synthetic'), ('digit69', 'digit69')):
@@ -144,6 +145,7 @@ def test_results_script_aggregates_finished_runs(tmp_path):
   assert figure.stat().st_size > 1000
 
 
+@pytest.mark.slow   # scripts/results.py in a child process
 def test_results_script_rejects_an_unknown_dataset(tmp_path):
   proc = subprocess.run(
       [sys.executable, str(ROOT / 'scripts' / 'results.py'), '--datasets=mnist',
