@@ -11,11 +11,14 @@ forward direction runs ActNorm's data-dependent initialisation.
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import distrax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from flig_jax.nn import precision
 
 Array = jax.Array
 
@@ -111,20 +114,54 @@ class LULinear(nn.Module):
 
 
 class MLP(nn.Module):
-  """Conditioner network: Dense-GELU layers, then a zero-initialised Dense to `out_shape`."""
+  """Conditioner network: Dense-GELU layers, then a zero-initialised Dense to `out_shape`.
+
+  Computes in `dtype` (None: that of the inputs and parameters); its output comes back in the
+  dtype it would have without it, so the coupling's transform and log-det do not change dtype.
+  """
   hidden: int
   out_shape: tuple[int, ...]
   num_layers: int = 2
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
+    out_dtype = precision.result_dtype(x, self.param_dtype)
+    layer = {'dtype': self.dtype, 'param_dtype': self.param_dtype}
     for _ in range(self.num_layers):
-      x = nn.gelu(nn.Dense(self.hidden)(x))
+      x = nn.gelu(nn.Dense(self.hidden, **layer)(x))
     size = 1
     for s in self.out_shape:
       size *= s
-    x = nn.Dense(size, kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros)(x)
-    return x.reshape(x.shape[:-1] + tuple(self.out_shape))
+    x = nn.Dense(size, kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros,
+                 **layer)(x)
+    return x.reshape(x.shape[:-1] + tuple(self.out_shape)).astype(out_dtype)
+
+
+def _affine(layer: 'Coupling') -> tuple[int, Callable[[Array], distrax.Bijector]]:
+  del layer
+  return 2, lambda params: distrax.ScalarAffine(shift=params[..., 0],
+                                                log_scale=_bounded(params[..., 1]))
+
+
+def _spline(layer: 'Coupling') -> tuple[int, Callable[[Array], distrax.Bijector]]:
+  return 3 * layer.num_bins + 1, lambda params: distrax.RationalQuadraticSpline(
+      params, range_min=-layer.spline_range, range_max=layer.spline_range,
+      boundary_slopes='identity')
+
+
+# config.model.coupling -> the elementwise transform g of a `Coupling` layer: (conditioner outputs
+# per transformed coordinate, params -> g), given the layer.
+COUPLINGS: dict[str, Callable[['Coupling'], tuple[int, Callable[[Array], distrax.Bijector]]]] = {
+    'affine': _affine,
+    'spline': _spline,
+}
+
+
+def _or(names: Any) -> str:
+  """"'a' or 'b'"."""
+  return ' or '.join(repr(n) for n in names)
 
 
 class Coupling(nn.Module):
@@ -139,12 +176,18 @@ class Coupling(nn.Module):
   - 'spline': rational-quadratic spline (`distrax.RationalQuadraticSpline`) on
     [-spline_range, spline_range] with `num_bins` bins, identity outside; log-det the sum of
     log g'(x2) (forward) and its negative at x2 = g^-1(y2) (inverse).
+
+  `dtype` is the conditioner's compute dtype (e.g. bfloat16). g and its log-det are computed in
+  the dtype of x, and y1 = x1 feeds the same conditioner both ways, so the round trip stays
+  exact to x's precision whatever `dtype` is.
   """
   hidden: int
   transform: str = 'affine'
   swap: bool = False
   num_bins: int = 8
   spline_range: float = 4.0
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, inverse: bool = False) -> tuple[Array, Array]:
@@ -153,21 +196,11 @@ class Coupling(nn.Module):
       raise ValueError(f'coupling needs at least 2 features, got {d}')
     split = d // 2
     transformed = split if self.swap else d - split
-    if self.transform == 'affine':
-      conditioner = MLP(self.hidden, (transformed, 2))
-
-      def inner(params):
-        return distrax.ScalarAffine(shift=params[..., 0], log_scale=_bounded(params[..., 1]))
-    elif self.transform == 'spline':
-      conditioner = MLP(self.hidden, (transformed, 3 * self.num_bins + 1))
-
-      def inner(params):
-        return distrax.RationalQuadraticSpline(
-            params, range_min=-self.spline_range, range_max=self.spline_range,
-            boundary_slopes='identity')
-    else:
-      raise ValueError(
-          f"unknown coupling '{self.transform}' (use 'affine' or 'spline')")
+    if self.transform not in COUPLINGS:
+      raise ValueError(f'unknown coupling {self.transform!r} (use {_or(COUPLINGS)})')
+    width, inner = COUPLINGS[self.transform](self)
+    conditioner = MLP(self.hidden, (transformed, width), dtype=self.dtype,
+                      param_dtype=self.param_dtype)
     bij = distrax.SplitCoupling(
         split_index=split, event_ndims=1, conditioner=conditioner, bijector=inner,
         swap=self.swap)
@@ -249,6 +282,9 @@ class Flow(nn.Module):
   unused: more couplings of the same side would compose to one.
 
   forward(x) -> (y, log|det df/dx|) and inverse(y) -> (x, log|det df^-1/dy|), logdet (N,).
+  `dtype` is the compute dtype of the couplings' conditioner MLPs (None: that of the inputs and
+  parameters); ActNorm, the LU layers, the LinearPair, the transforms and every log-det stay in
+  the dtype of x.
   """
   features: int
   num_blocks: int
@@ -257,6 +293,8 @@ class Flow(nn.Module):
   num_bins: int = 8
   spline_range: float = 4.0
   augmented: bool = False
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @property
   def size(self) -> int:
@@ -264,10 +302,11 @@ class Flow(nn.Module):
     return 2 * self.features if self.augmented else self.features
 
   def setup(self):
-    if self.coupling not in ('affine', 'spline'):
-      raise ValueError(f"unknown coupling '{self.coupling}' (use 'affine' or 'spline')")
+    if self.coupling not in COUPLINGS:
+      raise ValueError(f'unknown coupling {self.coupling!r} (use {_or(COUPLINGS)})')
     coupling = functools.partial(Coupling, self.hidden, self.coupling, num_bins=self.num_bins,
-                                 spline_range=self.spline_range)
+                                 spline_range=self.spline_range, dtype=self.dtype,
+                                 param_dtype=self.param_dtype)
     if self.augmented:
       # swap=False: the first half (h, then a) conditions the second (e_h, then e_a).
       self.layers = [coupling(name='enc_coupling'), LinearPair(name='linear_pair'),
@@ -304,3 +343,11 @@ class Flow(nn.Module):
 
   def __call__(self, h: Array) -> tuple[Array, Array]:
     return self.forward(h)
+
+
+# config.model.flow_type -> the flow f it builds from (features, num_blocks, hidden, coupling,
+# num_bins, spline_range): augmented on [h, e_h] (R^2D, docs/design.md), plain on h (R^D).
+FLOW_TYPES: dict[str, Callable[..., Flow]] = {
+    'augmented': functools.partial(Flow, augmented=True),
+    'plain': functools.partial(Flow, augmented=False),
+}

@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from flig_jax import checkpointing, data, plotting, workdir_lock
+from flig_jax import checkpointing, data, interrupts, plotting, workdir_lock
 from flig_jax import model as model_lib
-from flig_jax.nn import compiled
+from flig_jax.nn import compiled, precision
 from flig_jax.nn import discriminator as disc_lib
 from flig_jax.nn.adapter import Adapter
 from flig_jax.training import (
@@ -132,20 +132,24 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str | Path,
-           latest: tuple[int, dict[str, Any]] | None) -> Path:
-  ctx = make_context(config, workdir, resume_step=latest[0] if latest else 0)
+           latest: checkpointing.Meta | None) -> Path:
+  ctx = make_context(config, workdir, resume_step=latest.step if latest else 0)
   try:
     state = restore_or_init(ctx, latest)
     if isinstance(state, steps.Stage1State):
       state = run_stage(ctx, stage1(ctx, state))
-      _stage1_figure(ctx, state.params)
+      _stage1_figure(ctx, state.params, int(state.step))
     state = run_stage(ctx, stage2(ctx, state))
     if int(state.best_step.min()) >= 0:
       kept = ', '.join(f'{name} {float(score):.4f} at step {int(step)}' for (name, _), score, step
                        in zip(validation.GROUPS[ctx.module.flow_type], state.best_score,
                               state.best_step))
       ctx.log.info(f'stage 2 keeps the flow parts best on the validation split: {kept}')
-    _stage2_figure(ctx, state.model_variables())
+      note = validation.kept_start_note(ctx.module.flow_type, state.best_step,
+                                        config.stage2.select_margin)
+      if note:
+        ctx.log.info(note)
+    _stage2_figure(ctx, state.model_variables(), state.selected_steps())
   finally:
     # The progress bar ends its line first: a save that fails in the background raises here, and
     # its one-line error must not land on the bar's line.
@@ -154,14 +158,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
   return ctx.workdir
 
 
-def restore_or_init(ctx: Context, latest: tuple[int, dict[str, Any]] | None = None) -> State:
-  """The state of checkpoint `latest` (step, meta; default: the manager's latest) of either stage,
+def restore_or_init(ctx: Context, latest: checkpointing.Meta | None = None) -> State:
+  """The state of checkpoint `latest` (its meta; default: the manager's latest) of either stage,
   or a fresh stage-1 state when there is none."""
   latest = latest or checkpointing.latest_meta(ctx.mgr)
   if latest is None:
     return parallel.jit_init(functools.partial(_init_stage1, ctx), ctx.mesh)()
-  step, meta = latest
-  if meta['stage'] == 1:
+  meta = latest
+  if meta.stage == 1:
     target = jax.eval_shape(functools.partial(_init_stage1, ctx))
   else:
     frozen = model_lib.abstract_frozen(ctx.module, meta)
@@ -170,18 +174,18 @@ def restore_or_init(ctx: Context, latest: tuple[int, dict[str, Any]] | None = No
   sharding = parallel.replicated(ctx.mesh)
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                         target)
-  state = checkpointing.restore(ctx.mgr, step, 'state', target)
-  ctx.log.info(f"resuming stage {meta['stage']} at step {int(state.step)}")
+  state = checkpointing.restore(ctx.mgr, meta.step, 'state', target)
+  ctx.log.info(f'resuming stage {meta.stage} at step {int(state.step)}')
   return state
 
 
-def _base_meta(config, dataset, stage: int, stage_step: int) -> dict[str, Any]:
+def _base_meta(config, dataset, stage: int, stage_step: int) -> checkpointing.Meta:
   """What a checkpoint says about itself; `step` is its number in the manager (stage-2
   checkpoints are numbered after stage 1's)."""
   step = stage_step + (config.stage1.steps if stage == 2 else 0)
-  return {'stage': stage, 'stage_step': stage_step, 'step': step, 'dataset': dataset.name,
-          'image_shape': list(dataset.image_shape), 'num_units': dataset.num_units,
-          'finished': stage == 2 and stage_step == config.stage2.steps}
+  return checkpointing.Meta(step=step, stage=stage, stage_step=stage_step, dataset=dataset.name,
+                            image_shape=tuple(dataset.image_shape), num_units=dataset.num_units,
+                            finished=stage == 2 and stage_step == config.stage2.steps)
 
 
 def _raise_preempted(signum, frame):
@@ -216,6 +220,7 @@ class _InterruptRequest:
     self._previous = {}
 
   def __enter__(self):
+    interrupts.check()  # a Ctrl-C before the stage that JAX swallowed
     if threading.current_thread() is threading.main_thread():
       self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
     return self
@@ -268,7 +273,9 @@ def run_stage(ctx: Context, stage: Stage) -> State:
         stage.save(state)
         saved = done
       if interrupt.requested:
-        saved_at = f'stage {number} saved at step {done}'
+        checkpoint = _base_meta(config, ctx.dataset, number, done).step
+        saved_at = (f'stage {number} step {done} saved as '
+                    f'{ctx.workdir / checkpointing.CHECKPOINT_SUBDIR / str(checkpoint)}')
         if interrupt.requested == signal.SIGTERM:
           raise Preempted(f'terminated (SIGTERM): {saved_at}')
         log.info(f'interrupted: {saved_at}')
@@ -292,7 +299,8 @@ def _check_finite(stage: int, state: State, workdir: Path) -> None:
   if bad >= 0:
     raise TrainingDiverged(
         f'stage {stage}: training diverged (NaN or Inf in the loss, gradients or updated '
-        f'parameters) at step {bad + 1} and stopped. The last good checkpoint in {workdir / checkpointing.CHECKPOINT_SUBDIR} is '
+        f'parameters) at step {bad + 1} and stopped. The last good checkpoint in '
+        f'{workdir / checkpointing.CHECKPOINT_SUBDIR} is '
         f'kept; lower --config.stage{stage}.learning_rate and restart with the same --workdir.')
 
 
@@ -319,7 +327,7 @@ def stage1(ctx: Context, state: steps.Stage1State) -> Stage:
 
   def save(s):
     meta = _base_meta(config, dataset, 1, int(s.step))
-    checkpointing.save(ctx.mgr, meta['step'], state=s, config=config, meta=meta)
+    checkpointing.save(ctx.mgr, meta.step, state=s, config=config, meta=meta)
 
   stream = data.BatchStream({'images': dataset.train.images}, cfg.batch_size, seed=config.seed,
                             process_index=jax.process_index(),
@@ -336,7 +344,8 @@ def stage1(ctx: Context, state: steps.Stage1State) -> Stage:
 def _stage2_parts(config: ml_collections.ConfigDict):
   """The discriminator module and the flow's and discriminator's optimisers."""
   cfg = config.stage2
-  return (disc_lib.Discriminator(config.model.disc_hidden),
+  dtype = precision.compute_dtype(config.model.get('dtype', 'float32'))
+  return (disc_lib.Discriminator(config.model.disc_hidden, dtype=dtype),
           steps.flow_optimizer(cfg, config.model.flow_type == 'augmented'),
           steps.optimizer(cfg.disc_learning_rate, 0.0, cfg.steps))
 
@@ -445,10 +454,11 @@ def stage2(ctx: Context, start: State) -> Stage:
 
   def save(s):
     variables = s.model_variables()
-    meta = {**_base_meta(config, dataset, 2, int(s.step)),
-            **model_lib.model_meta(variables, dataset.image_shape),
-            'selected_steps': [int(v) for v in s.selected_steps()]}
-    checkpointing.save(ctx.mgr, meta['step'], state=s, model=variables, config=config, meta=meta)
+    meta = dataclasses.replace(
+        _base_meta(config, dataset, 2, int(s.step)),
+        adapter_k=model_lib.model_meta(variables, dataset.image_shape).adapter_k,
+        selected_steps=tuple(int(v) for v in s.selected_steps()))
+    checkpointing.save(ctx.mgr, meta.step, state=s, model=variables, config=config, meta=meta)
 
   discriminator, flow_tx, disc_tx = _stage2_parts(config)
   step_fn = parallel.jit_step(
@@ -457,7 +467,9 @@ def stage2(ctx: Context, start: State) -> Stage:
   validate = None
   if cfg.select_by == 'val_pcc':
     if val is None:
-      ctx.log.info('no validation split (data.val_fraction): stage 2 keeps its last step')
+      n = len(dataset.val)
+      why = f'a validation split of {n} image is too small to score' if n else 'no validation split'
+      ctx.log.info(f'{why} (data.val_fraction): stage 2 keeps its last step')
     else:
       val_set = parallel.replicate(val.replace(raw_features=None), mesh)
       score = functools.partial(steps.stage2_validate, model=ctx.module,
@@ -474,23 +486,27 @@ def _figure_split(dataset):
   return (dataset.val, 'val') if len(dataset.val) else (dataset.train, 'train')
 
 
-def _stage1_figure(ctx: Context, ae_params: Any) -> None:
+def _stage1_figure(ctx: Context, ae_params: Any, step: int) -> None:
   if jax.process_index() != 0:
     return
   split, name = _figure_split(ctx.dataset)
   x = split.images[:ctx.config.num_figure_images]
   recon = compiled.apply(ctx.module, 'reconstruct')({'params': {'autoencoder': ae_params}}, x)
   plotting.reconstruction_grid(x, {f'G(E(x)) [{name}]': np.asarray(recon)},
-                               str(ctx.workdir / 'stage1_reconstructions.png'), n=len(x))
+                               str(ctx.workdir / 'stage1_reconstructions.png'), n=len(x),
+                               title=f'{ctx.dataset.name}, {name} split: stage 1 at step {step}')
 
 
-def _stage2_figure(ctx: Context, variables: Any) -> None:
+def _stage2_figure(ctx: Context, variables: Any, kept_steps: Any) -> None:
   if jax.process_index() != 0:
     return
   split, name = _figure_split(ctx.dataset)
+  kept = ', '.join(f'{group.removeprefix("val_")} at step {int(step)}' for (group, _), step
+                   in zip(validation.GROUPS[ctx.module.flow_type], kept_steps))
+  title = f'{ctx.dataset.name}, {name} split: stage 2, flow kept {kept}'
   x = split.images[:ctx.config.num_figure_images]
   r = split.responses[:ctx.config.num_figure_images]
   recons = {'G(E(x))': compiled.apply(ctx.module, 'reconstruct')(variables, x),
             f'decode(r) [{name}]': compiled.apply(ctx.module, 'decode')(variables, r)}
   plotting.reconstruction_grid(x, {k: np.asarray(v) for k, v in recons.items()},
-                               str(ctx.workdir / 'stage2_decoding.png'), n=len(x))
+                               str(ctx.workdir / 'stage2_decoding.png'), n=len(x), title=title)
