@@ -224,8 +224,8 @@ def table(result: dict) -> str:
       ms = {impl: med[f'{row}/{impl}'][kind] * 1e3 for impl in row_impls}
       cells.append(f"{ms['jax']:.2f}")
       cells += [f'{ms[m]:.2f}' if m in ms else '-' for m in modes]
-      fastest = min(v for k, v in ms.items() if k != 'jax')
-      cells.append(f"{ms['jax'] / fastest:.2f}")
+      fastest = min((v for k, v in ms.items() if k != 'jax'), default=None)
+      cells.append(f"{ms['jax'] / fastest:.2f}" if fastest else '-')
       lines.append('| ' + ' | '.join(cells) + ' |')
   ratios = ', '.join(f"{row} {med[f'{row}/jax']['loop'] / med[f'{row}/jax']['step']:.2f}"
                      for row in impls)

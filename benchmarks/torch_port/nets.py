@@ -262,6 +262,7 @@ class Flow(nn.Module):
   @torch.no_grad()
   def data_init(self, h: torch.Tensor) -> None:
     """Sets every ActNorm from standardised features h (N, D), as flig_jax's init does."""
+    h = self.augment(h)
     for layer in self.layers:
       if isinstance(layer, ActNorm):
         layer.data_init(h)

@@ -50,7 +50,7 @@ class Optimizer:
     self.params = [p for p in params if p.requires_grad]
     self.schedule = functools.partial(warmup_cosine, peak=learning_rate, total=steps)
     self.adamw = torch.optim.AdamW(self.params, lr=0.0, betas=(0.9, 0.999), eps=1e-8,
-                                   weight_decay=weight_decay)
+                                   weight_decay=weight_decay, foreach=True)
     self.count = 0
 
   def update(self, grads: list[torch.Tensor]) -> None:
