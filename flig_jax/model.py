@@ -3,6 +3,7 @@ numpy-friendly `Model` that notebooks and tools use, and `save` / `load` of chec
 
   encode: r_hat = A^-1(f((E(x) - mean) / std))
   decode: x_hat = G(f^-1(A(r)) * std + mean)
+          (with the pixel path: (1 - w) times that + w clip(A(r) P + b), `pixel_path`)
 
 With the augmented flow (the default) f acts on [h, e_h] -> [a, e_a] and the noise coordinates are
 zero at inference: encode reads the first D outputs of f([h, 0]), decode the first D of
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from flig_jax import checkpoint_recovery, checkpointing
+from flig_jax import checkpoint_recovery, checkpointing, pixel_path
 from flig_jax.nn import compiled
 from flig_jax.nn.adapter import ARRAY_NAMES, Adapter
 from flig_jax.nn.autoencoder import Autoencoder
@@ -40,7 +41,9 @@ class FLIG(nn.Module):
   Variables: `params` {'autoencoder', 'flow'}; `stats` {'feature_mean', 'feature_std'} (D,), the
   standardisation of the features (h = (E(x) - mean) / std) set from training features after
   stage 1; `adapter` {'mean', 'scale', 'components', 'sqrt_eig'}, the Adapter's arrays (k comes
-  from their shapes). Build them with `Frozen.variables`.
+  from their shapes); with `pixel_path`, `pixel_path` {'kernel' (D, H*W*C), 'bias', 'weight' ()},
+  the decoder's blend with a linear pixel map (`flig_jax.pixel_path`). Build them with
+  `Frozen.variables`.
   """
   image_shape: tuple[int, int, int]
   feature_dim: int
@@ -51,6 +54,9 @@ class FLIG(nn.Module):
   spline_bins: int = 8
   spline_range: float = 4.0
   flow_type: str = 'augmented'
+  coupling_layers: int = 2
+  decoder_input_scale: bool = False
+  pixel_path: bool = False
 
   @classmethod
   def from_config(cls, model_config: ml_collections.ConfigDict,
@@ -62,7 +68,10 @@ class FLIG(nn.Module):
                flow_blocks=int(c.flow_blocks), flow_hidden=int(c.flow_hidden),
                coupling=str(c.coupling), spline_bins=int(c.spline_bins),
                spline_range=float(c.spline_range),
-               flow_type=str(c.get('flow_type', 'plain')))  # runs saved before the option: plain
+               flow_type=str(c.get('flow_type', 'plain')),  # runs saved before the option: plain
+               coupling_layers=int(c.get('coupling_layers', 2)),
+               decoder_input_scale=bool(c.get('decoder_input_scale', False)),
+               pixel_path=bool(c.get('pixel_path', False)))
 
   def setup(self):
     self.autoencoder = Autoencoder(tuple(self.image_shape), self.feature_dim,
@@ -71,7 +80,9 @@ class FLIG(nn.Module):
       raise ValueError(f'unknown model.flow_type {self.flow_type!r}; use one of {FLOW_TYPES}')
     self.flow = Flow(self.feature_dim, self.flow_blocks, self.flow_hidden, self.coupling,
                      self.spline_bins, self.spline_range,
-                     augmented=self.flow_type == 'augmented')
+                     augmented=self.flow_type == 'augmented',
+                     coupling_layers=self.coupling_layers,
+                     decoder_input_scale=self.decoder_input_scale)
 
   # --- the fixed parts, read from the `stats` and `adapter` collections ---
 
@@ -145,10 +156,23 @@ class FLIG(nn.Module):
     """A^-1(f(standardise(E(x)))): images (N, H, W, C) -> responses (N, U)."""
     return self.adapter().inverse(self.latent(x))
 
+  def pixel_decode(self, a: Array) -> Array:
+    """The pixel path's linear map: clip(a P + b, 0, 1), adapted responses -> images."""
+    pixels = a @ self._get('pixel_path', 'kernel') + self._get('pixel_path', 'bias')
+    return jnp.clip(pixels, 0.0, 1.0).reshape((a.shape[0],) + tuple(self.image_shape))
+
+  def decode_images(self, a: Array) -> Array:
+    """Adapted responses (N, D) -> images: G(unstandardise(f^-1(a))), blended with the pixel
+    path's map by its weight when the model has one."""
+    images = self.decode_features(self.unstandardise(self.decode_adapted(a)))
+    if not self.pixel_path:
+      return images
+    return pixel_path.blend(images, self.pixel_decode(a), self._get('pixel_path', 'weight'))
+
   def decode(self, r: Array, pad: str = 'zeros', rng: Array | None = None) -> Array:
-    """G(unstandardise(f^-1(A(r)))): responses (N, U) -> images (N, H, W, C) in [0, 1]."""
-    a = self.adapter().forward(r, pad=pad, rng=rng)
-    return self.decode_features(self.unstandardise(self.decode_adapted(a)))
+    """G(unstandardise(f^-1(A(r)))) (blended with the pixel path when there is one): responses
+    (N, U) -> images (N, H, W, C) in [0, 1]."""
+    return self.decode_images(self.adapter().forward(r, pad=pad, rng=rng))
 
   def roundtrip(self, x: Array) -> Array:
     """G(unstandardise(f^-1(f(standardise(E(x)))))) on the whole (augmented) vector, which must
@@ -180,11 +204,17 @@ class Frozen:
     feature_mean: (D,) mean of the raw training features E(x).
     feature_std: (D,) their standard deviation (floored at 1e-6).
     adapter: the Adapter fitted on the training responses.
+    pixel_kernel: (D, H * W * C) the pixel path's map (`flig_jax.pixel_path`), or None.
+    pixel_bias: (H * W * C,) its bias, or None.
+    pixel_weight: () the blend's weight w, or None.
   """
   autoencoder: Any
   feature_mean: Array
   feature_std: Array
   adapter: Adapter
+  pixel_kernel: Array | None = None
+  pixel_bias: Array | None = None
+  pixel_weight: Array | None = None
 
   @classmethod
   def fit(cls, autoencoder: Any, features: Any, adapter: Adapter) -> 'Frozen':
@@ -204,9 +234,13 @@ class Frozen:
 
   def variables(self, flow: Any) -> Variables:
     """The FLIG variables with these frozen parts and the flow parameters `flow`."""
-    return {'params': {'autoencoder': self.autoencoder, 'flow': flow},
-            'stats': {'feature_mean': self.feature_mean, 'feature_std': self.feature_std},
-            'adapter': self.adapter.arrays()}
+    variables = {'params': {'autoencoder': self.autoencoder, 'flow': flow},
+                 'stats': {'feature_mean': self.feature_mean, 'feature_std': self.feature_std},
+                 'adapter': self.adapter.arrays()}
+    if self.pixel_kernel is not None:
+      variables['pixel_path'] = {'kernel': self.pixel_kernel, 'bias': self.pixel_bias,
+                                 'weight': self.pixel_weight}
+    return variables
 
 
 def map_in_chunks(fn: Callable[[np.ndarray], Any], x: np.ndarray,
@@ -376,8 +410,13 @@ def abstract_frozen(module: FLIG, meta: Mapping[str, Any]) -> Frozen:
     adapter = Adapter(mean=jnp.zeros((u,)), scale=jnp.ones((u,)), components=jnp.zeros((u, k)),
                       sqrt_eig=jnp.ones((k,)), dim=d, k=k)
     images = jnp.zeros((1,) + tuple(module.image_shape))
+    pixels = {}
+    if module.pixel_path:
+      p = int(np.prod(module.image_shape))
+      pixels = {'pixel_kernel': jnp.zeros((d, p)), 'pixel_bias': jnp.zeros((p,)),
+                'pixel_weight': jnp.zeros(())}
     return Frozen(module.init_autoencoder(jax.random.key(0), images), jnp.zeros((d,)),
-                  jnp.ones((d,)), adapter)
+                  jnp.ones((d,)), adapter, **pixels)
 
   return jax.eval_shape(build)
 

@@ -145,6 +145,8 @@ class Coupling(nn.Module):
   swap: bool = False
   num_bins: int = 8
   spline_range: float = 4.0
+  num_layers: int = 2
+  input_scale: bool = False
 
   @nn.compact
   def __call__(self, x: Array, inverse: bool = False) -> tuple[Array, Array]:
@@ -153,13 +155,14 @@ class Coupling(nn.Module):
       raise ValueError(f'coupling needs at least 2 features, got {d}')
     split = d // 2
     transformed = split if self.swap else d - split
+    mlp_layers = functools.partial(MLP, self.hidden, num_layers=self.num_layers)
     if self.transform == 'affine':
-      conditioner = MLP(self.hidden, (transformed, 2))
+      conditioner = mlp_layers((transformed, 2))
 
       def inner(params):
         return distrax.ScalarAffine(shift=params[..., 0], log_scale=_bounded(params[..., 1]))
     elif self.transform == 'spline':
-      conditioner = MLP(self.hidden, (transformed, 3 * self.num_bins + 1))
+      conditioner = mlp_layers((transformed, 3 * self.num_bins + 1))
 
       def inner(params):
         return distrax.RationalQuadraticSpline(
@@ -168,6 +171,12 @@ class Coupling(nn.Module):
     else:
       raise ValueError(
           f"unknown coupling '{self.transform}' (use 'affine' or 'spline')")
+    if self.input_scale:
+      # A fixed per-coordinate scale of the conditioning half (set at initialisation, never
+      # trained), e.g. to weigh whitened responses by their spread.
+      scale = self.param('input_scale', nn.initializers.ones, (d - transformed,))
+      net = conditioner
+      conditioner = lambda x1: net(x1 * scale)
     bij = distrax.SplitCoupling(
         split_index=split, event_ndims=1, conditioner=conditioner, bijector=inner,
         swap=self.swap)
@@ -257,6 +266,8 @@ class Flow(nn.Module):
   num_bins: int = 8
   spline_range: float = 4.0
   augmented: bool = False
+  coupling_layers: int = 2
+  decoder_input_scale: bool = False
 
   @property
   def size(self) -> int:
@@ -267,11 +278,11 @@ class Flow(nn.Module):
     if self.coupling not in ('affine', 'spline'):
       raise ValueError(f"unknown coupling '{self.coupling}' (use 'affine' or 'spline')")
     coupling = functools.partial(Coupling, self.hidden, self.coupling, num_bins=self.num_bins,
-                                 spline_range=self.spline_range)
+                                 spline_range=self.spline_range, num_layers=self.coupling_layers)
     if self.augmented:
       # swap=False: the first half (h, then a) conditions the second (e_h, then e_a).
       self.layers = [coupling(name='enc_coupling'), LinearPair(name='linear_pair'),
-                     coupling(name='dec_coupling')]
+                     coupling(name='dec_coupling', input_scale=self.decoder_input_scale)]
       return
     layers = []
     for k in range(self.num_blocks):

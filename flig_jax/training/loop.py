@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from flig_jax import checkpointing, data, plotting, workdir_lock
+from flig_jax import checkpointing, data, pixel_path, plotting, workdir_lock
 from flig_jax import model as model_lib
 from flig_jax.nn import compiled
 from flig_jax.nn import discriminator as disc_lib
@@ -342,13 +342,21 @@ def _stage2_parts(config: ml_collections.ConfigDict):
 
 
 def initial_flow_params(module: model_lib.FLIG, rng: jax.Array,
-                        first_batch: dict[str, jax.Array], linear_pair: Any = None) -> Any:
+                        first_batch: dict[str, jax.Array], linear_pair: Any = None,
+                        adapter: Adapter | None = None) -> Any:
   """Where the flow starts (the one place). Plain: ActNorm set from the standardised features of
   the first global batch, every coupling at the identity. Augmented: every block at the identity
-  and the `LinearPair` at `linear_pair`, the closed-form ridge start (`closed_form`)."""
+  and the `LinearPair` at `linear_pair`, the closed-form ridge start (`closed_form`); with
+  `model.decoder_input_scale`, the decoder coupling reads A(r) weighed by the spread of each
+  principal component (`adapter.sqrt_eig`, root-mean-square 1; 0 on the padding), so its
+  conditioner sees the responses' own geometry rather than whitened noise."""
   params = module.init_flow(rng, first_batch['features'])
   if linear_pair is not None:
     params = {**params, 'linear_pair': jax.tree.map(jnp.asarray, linear_pair)}
+  if adapter is not None and 'input_scale' in params.get('dec_coupling', {}):
+    spread = adapter.sqrt_eig / jnp.sqrt(jnp.mean(adapter.sqrt_eig ** 2))
+    scale = jnp.pad(spread, (0, adapter.dim - adapter.k))
+    params = {**params, 'dec_coupling': {**params['dec_coupling'], 'input_scale': scale}}
   return params
 
 
@@ -356,7 +364,8 @@ def _init_stage2(ctx: Context, frozen: model_lib.Frozen, first_batch: dict[str, 
                  linear_pair: Any = None) -> steps.Stage2State:
   discriminator, flow_tx, disc_tx = _stage2_parts(ctx.config)
   k_flow, k_fwd, k_inv, k_state = jax.random.split(jax.random.key(ctx.config.seed + 2), 4)
-  flow_params = initial_flow_params(ctx.module, k_flow, first_batch, linear_pair)
+  flow_params = initial_flow_params(ctx.module, k_flow, first_batch, linear_pair,
+                                    frozen.adapter)
   groups = len(validation.GROUPS[ctx.module.flow_type])
   probe = jnp.zeros((1, ctx.module.feature_dim))
   disc_params = {'forward': discriminator.init(k_fwd, probe)['params'],
@@ -442,6 +451,9 @@ def stage2(ctx: Context, start: State) -> Stage:
     first = {k: first[k] for k in ('features', 'adapted')}
     state = parallel.jit_init(functools.partial(_init_stage2, ctx), mesh)(frozen, first,
                                                                          linear_pair)
+    if ctx.module.pixel_path:
+      state = state.replace(frozen=parallel.replicate(
+          _with_pixel_path(ctx, state, arrays['adapted'], val), mesh))
 
   def save(s):
     variables = s.model_variables()
@@ -464,6 +476,29 @@ def stage2(ctx: Context, start: State) -> Stage:
                                 margin=cfg.select_margin)
       validate = functools.partial(parallel.jit_replicated(score, mesh), val=val_set)
   return Stage(2, state, step_fn, stream, cfg.steps, save, validate, cfg.eval_every_steps)
+
+
+def _with_pixel_path(ctx: Context, state: steps.Stage2State, adapted: np.ndarray,
+                     val: validation.ValidationSet | None) -> model_lib.Frozen:
+  """The state's frozen parts with the pixel path fitted on the training pairs and its blend
+  weight chosen on the validation split for the flow at its start (without a validation split,
+  weight 0: the flow's decoder alone)."""
+  frozen = jax.device_get(state.frozen)
+  k, dim = frozen.adapter.k, ctx.module.feature_dim
+  kernel, bias = pixel_path.fit(
+      adapted[:, :k], ctx.dataset.train.images, None if val is None else val.adapted[:, :k],
+      None if val is None else val.images, dim)
+  weight = 0.0
+  if val is not None:
+    variables = frozen.replace(pixel_kernel=jnp.asarray(kernel), pixel_bias=jnp.asarray(bias),
+                               pixel_weight=jnp.zeros(())).variables(state.flow_params)
+    autoencoded = compiled.apply(ctx.module, 'decode_images')(variables, val.adapted)
+    pixels = compiled.apply(ctx.module, 'pixel_decode')(variables, val.adapted)
+    weight = pixel_path.choose(pixel_path.candidate_scores(autoencoded, pixels, val.images))
+  ctx.log.info(f'pixel path: blend weight {weight:g} (chosen on the validation split from '
+               f'{", ".join(f"{w:g}" for w in pixel_path.WEIGHTS)})')
+  return frozen.replace(pixel_kernel=jnp.asarray(kernel), pixel_bias=jnp.asarray(bias),
+                        pixel_weight=jnp.asarray(weight, jnp.float32))
 
 
 # --- figures of validation pairs (training pairs when there is no validation split) ---

@@ -73,8 +73,7 @@ def scores(module: Any, variables: Any,
            val: ValidationSet) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
   """'val_dec_pcc', 'val_enc_pcc' and their sum 'val_score' for the FLIG `variables`, and each
   score's (M,) jackknife replicates: the score with validation stimulus j left out."""
-  decoded = module.apply(variables, val.adapted, method=lambda m, a: m.decode_features(
-      m.unstandardise(m.decode_adapted(a))))
+  decoded = module.apply(variables, val.adapted, method=lambda m, a: m.decode_images(a))
   encoded = module.apply(variables, val.features,
                          method=lambda m, h: m.adapter().inverse(m.encode_standardised(h)))
   n = val.images.shape[0]
