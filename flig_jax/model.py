@@ -41,9 +41,9 @@ class FLIG(nn.Module):
   Variables: `params` {'autoencoder', 'flow'}; `stats` {'feature_mean', 'feature_std'} (D,), the
   standardisation of the features (h = (E(x) - mean) / std) set from training features after
   stage 1; `adapter` {'mean', 'scale', 'components', 'sqrt_eig'}, the Adapter's arrays (k comes
-  from their shapes); with `pixel_path`, `pixel_path` {'kernel' (D, H*W*C), 'bias', 'weight' ()},
-  the decoder's blend with a linear pixel map (`flig_jax.pixel_path`). Build them with
-  `Frozen.variables`.
+  from their shapes); optionally `pixel_path` {'kernel' (D, H*W*C), 'bias', 'weight' ()}, the
+  decoder's blend with a linear pixel map (`flig_jax.pixel_path`; decoding uses it when present).
+  Build them with `Frozen.variables`.
   """
   image_shape: tuple[int, int, int]
   feature_dim: int
@@ -56,7 +56,6 @@ class FLIG(nn.Module):
   flow_type: str = 'augmented'
   coupling_layers: int = 2
   decoder_input_scale: bool = False
-  pixel_path: bool = False
 
   @classmethod
   def from_config(cls, model_config: ml_collections.ConfigDict,
@@ -70,8 +69,7 @@ class FLIG(nn.Module):
                spline_range=float(c.spline_range),
                flow_type=str(c.get('flow_type', 'plain')),  # runs saved before the option: plain
                coupling_layers=int(c.get('coupling_layers', 2)),
-               decoder_input_scale=bool(c.get('decoder_input_scale', False)),
-               pixel_path=bool(c.get('pixel_path', False)))
+               decoder_input_scale=bool(c.get('decoder_input_scale', False)))
 
   def setup(self):
     self.autoencoder = Autoencoder(tuple(self.image_shape), self.feature_dim,
@@ -165,7 +163,7 @@ class FLIG(nn.Module):
     """Adapted responses (N, D) -> images: G(unstandardise(f^-1(a))), blended with the pixel
     path's map by its weight when the model has one."""
     images = self.decode_features(self.unstandardise(self.decode_adapted(a)))
-    if not self.pixel_path:
+    if not self.has_variable('pixel_path', 'weight'):
       return images
     return pixel_path.blend(images, self.pixel_decode(a), self._get('pixel_path', 'weight'))
 
@@ -402,7 +400,8 @@ def _check_meta(meta: Mapping[str, Any]) -> None:
 
 def abstract_frozen(module: FLIG, meta: Mapping[str, Any]) -> Frozen:
   """Shapes and dtypes of the frozen parts for a module and a checkpoint's meta ('num_units',
-  'adapter_k'), from `jax.eval_shape`: a target to restore onto."""
+  'adapter_k', and 'pixel_path' when the model has one), from `jax.eval_shape`: a target to
+  restore onto."""
   _check_meta(meta)
   u, k, d = int(meta['num_units']), int(meta['adapter_k']), module.feature_dim
 
@@ -411,7 +410,7 @@ def abstract_frozen(module: FLIG, meta: Mapping[str, Any]) -> Frozen:
                       sqrt_eig=jnp.ones((k,)), dim=d, k=k)
     images = jnp.zeros((1,) + tuple(module.image_shape))
     pixels = {}
-    if module.pixel_path:
+    if meta.get('pixel_path'):
       p = int(np.prod(module.image_shape))
       pixels = {'pixel_kernel': jnp.zeros((d, p)), 'pixel_bias': jnp.zeros((p,)),
                 'pixel_weight': jnp.zeros(())}
@@ -434,10 +433,12 @@ def abstract_variables(config: ml_collections.ConfigDict, meta: Mapping[str, Any
 
 def model_meta(variables: Variables, image_shape: tuple[int, int, int],
                **extra: Any) -> dict[str, Any]:
-  """The meta entries `load` needs (image_shape, num_units, adapter_k), plus `extra`."""
+  """The meta entries `load` needs (image_shape, num_units, adapter_k, pixel_path), plus
+  `extra`."""
   meta = {'image_shape': [int(s) for s in image_shape],
           'num_units': int(variables['adapter']['mean'].shape[0]),
-          'adapter_k': int(variables['adapter']['sqrt_eig'].shape[0])}
+          'adapter_k': int(variables['adapter']['sqrt_eig'].shape[0]),
+          'pixel_path': 'pixel_path' in variables}
   meta.update(extra)
   return meta
 

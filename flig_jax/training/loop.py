@@ -451,7 +451,7 @@ def stage2(ctx: Context, start: State) -> Stage:
     first = {k: first[k] for k in ('features', 'adapted')}
     state = parallel.jit_init(functools.partial(_init_stage2, ctx), mesh)(frozen, first,
                                                                          linear_pair)
-    if ctx.module.pixel_path:
+    if config.model.pixel_path:
       state = state.replace(frozen=parallel.replicate(
           _with_pixel_path(ctx, state, arrays['adapted'], val), mesh))
 
