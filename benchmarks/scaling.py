@@ -1,6 +1,7 @@
 """Cost curves toward NSD scale: step time and peak memory as the work grows, with the log-log
 slope (the exponent) of each curve.
 
+  pip install -e ".[bench]"   # grain, which the pairs curve reads through
   python benchmarks/scaling.py [--quick] [--curves images,units,dim,pairs] [--device cpu|cuda|tpu]
       [--out docs/scaling.json] [--md docs/scaling.md] [--plots docs]
 
@@ -20,6 +21,7 @@ not the third digit.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -39,7 +41,7 @@ CURVES = {
     'images': ('pixels', 'pixels per image (H x W x 3)',
                [('step_s', 'stage-1 step, B=32')], (28, 64, 128), (28, 64)),
     'units': ('units', 'units (voxels / neurons)',
-              [('fit_s', 'adapter fit'), ('full_svd_s', 'adapter fit by full SVD (before)'),
+              [('fit_s', 'adapter fit'), ('full_svd_s', 'adapter fit by full SVD, for comparison'),
                ('encode_s', 'encode, 256 images'), ('decode_s', 'decode, 256 responses')],
               (100, 1000, 3000, 15_000, 50_000), (100, 3000, 15_000)),
     'dim': ('dim', 'D (feature and flow size)',
@@ -185,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
   unknown = sorted(set(curves) - set(CURVES))
   if unknown:
     parser.error(f'unknown curve(s) {unknown}; choose from {sorted(CURVES)}')
+  if 'pairs' in curves and importlib.util.find_spec('grain') is None:
+    print('error: the pairs curve reads its set through grain, which is not installed; install '
+          'the benchmarks\' extra: pip install -e ".[bench]" (or leave the curve out: --curves '
+          'images,units,dim)', file=sys.stderr)
+    return 1
   start = time.perf_counter()
   results = {'argv': sys.argv[1:], 'curves': {}, 'device': args.device}
   for curve in curves:

@@ -1,26 +1,45 @@
-"""Defaults shared by every flig_jax config; the dataset configs import this and change a few fields.
+"""Defaults shared by every flig_jax config; the dataset configs import this and change a few
+fields.
 
-Every field can be overridden from the command line, e.g. `--config.stage2.steps=2000`.
+Every field is listed and explained here, the one list of the config's fields: each default's type
+is the field's type (flig_jax/config_checks.py adds only ranges, choices and resume rules). Every
+field can be overridden from the command line, e.g. `--config.stage2.steps=2000`. Every config file
+(this one included) has a `:smoke` variant that shrinks the model and the steps so a run takes
+seconds:
+
+  python train.py --config configs/default.py:smoke --workdir /tmp/smoke
 """
 
 from collections.abc import Sequence
 
 import ml_collections
 
+OPTIONS = ('smoke',)
 
-def get_config() -> ml_collections.ConfigDict:
-  """Returns the default configuration (the synthetic fMRI-like dataset, CPU-sized)."""
+
+def get_config(arg: str = '') -> ml_collections.ConfigDict:
+  """Returns the default configuration (the synthetic fMRI-like dataset, CPU-sized); `arg`
+  'smoke' shrinks it (`smoke`)."""
+  options = variants(arg, OPTIONS, 'configs/default.py')
   c = ml_collections.ConfigDict()
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = 'synthetic'     # digit69 | cowley_v4 | npz | synthetic
-  c.data.dir = ''               # the dataset's own folder; else $FLIG_DATA_DIR/<name>; else the cache
-  c.data.path = ''              # npz: the file
+  c.data.name = 'synthetic'     # digit69 | cowley_v4 | npz | synthetic (data/loading.py, LOADERS)
+  c.data.dir = ''               # the dataset's own folder; else $FLIG_DATA_DIR/<name>;
+                                # else the cache
+  c.data.path = ''              # npz: the file (needs data.name = 'npz')
   c.data.session = ''           # cowley_v4: e.g. '190927'
   c.data.image_size = 32        # cowley_v4 (and synthetic): images are resized to this square size
   c.data.grayscale = True       # cowley_v4: convert colour images to one channel
-  c.data.val_fraction = 0.1     # validation split carved from train (seeded); never the test split
+  c.data.folds = 5              # K-fold cross-validation over the training pairs (folds carved by
+                                # stimulus, seeded) chooses stage 2's steps and the baselines'
+                                # penalties; every model is then refitted on all training pairs.
+                                # 0 or 1: no cross-validation (a val_fraction split, or nothing)
+  c.data.val_fraction = 0.0     # > 0 with folds 0 or 1: a validation split carved from train
+                                # (seeded) chooses instead, and no model learns from it
+  c.data.split_seed = 0         # npz without a `split` key: draws its 80/20 test split; apart from
+  #                               seed, so runs of every seed are scored on one test split
   c.data.synthetic_mode = 'fmri'  # synthetic: fmri (Gaussian RFs + noise) | spikes (LNP, Poisson)
   #                               | patterns (random binary 10x10 patterns, small Gaussian RFs)
   c.data.num_train = 256        # synthetic: number of training pairs
@@ -30,20 +49,20 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.feature_dim = 32      # D: size of the CAE feature vector and of the flow
   c.model.flow_type = 'augmented'  # augmented: f on [h, e_h] -> [A(r), e_a], R^2D, starting from
-                                   # the ridge encoder/decoder (DESIGN.md); plain: the paper's f on R^D
+                                   # the ridge encoder/decoder (docs/design.md); plain:
+                                   # the paper's f on R^D
   c.model.cae_widths = (16, 32)  # channels of the stride-2 conv stages (one halving of H, W each)
   c.model.adapter_components = 0  # cap on k, the adapter's signal coordinates (0: min(D, rank))
   c.model.flow_blocks = 4       # K
   c.model.flow_hidden = 128     # conditioner MLP width
-  c.model.coupling = 'affine'   # affine | spline
-  c.model.coupling_layers = 2   # hidden layers of each coupling's conditioner MLP
-  c.model.decoder_input_scale = False  # augmented: the decoder coupling reads A(r) weighed by
-                                       # each principal component's spread, not whitened
+  c.model.coupling = 'affine'   # affine | spline (nn/flow.py, COUPLINGS)
   c.model.pixel_path = True     # decoding blends G's image with a linear map A(r) -> pixels,
                                 # its weight chosen on validation (0: G alone; flig_jax/pixel_path)
   c.model.spline_bins = 8
   c.model.spline_range = 4.0
   c.model.disc_hidden = 128
+  c.model.dtype = 'float32'     # compute dtype of the networks: float32 | bfloat16 (parameters,
+                                # optimiser state, losses, log-dets, fits and metrics stay float32)
 
   c.stage1 = ml_collections.ConfigDict()
   c.stage1.steps = 400
@@ -73,7 +92,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.stage2.likelihood = 0.01     # -log N(f(h); 0, I) - log|det df/dh|, per dimension
   c.stage2.adversarial = 0.01    # f fools Dis on f(h) vs a
   c.stage2.adversarial_inverse = 0.0  # and on f^-1(a) vs h
-  c.stage2.mixup = 0.0           # > 0: train on convex mixtures of pairs, weight ~ Beta(mixup, mixup)
+  c.stage2.mixup = 0.0           # > 0: train on convex mixtures of pairs,
+                                 # weight ~ Beta(mixup, mixup)
   c.stage2.response_noise = 0.0  # std of Gaussian noise added to the whitened responses in training
   c.stage2.pixel = 0.0           # ||G(f^-1(a)) - x||^2 through the frozen decoder
   c.stage2.gradient_penalty = 1.0  # R1 penalty on the discriminator's real inputs
@@ -91,8 +111,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.log_every_steps = 20
   c.num_figure_images = 8
-  c.distributed = False          # call jax.distributed.initialize() (also set by FLIG_DISTRIBUTED=1)
-  return c
+  c.distributed = False          # call jax.distributed.initialize()
+                                 # (also set by FLIG_DISTRIBUTED=1)
+  return smoke(c) if 'smoke' in options else c
 
 
 def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

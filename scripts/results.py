@@ -45,7 +45,8 @@ _ROOT = flags.DEFINE_string('root', None, 'Run directories (default runs/results
 _OUT = flags.DEFINE_string('out', None, 'Where summary.json and summary.md go (default results, '
                            'or results_smoke with --smoke).')
 _FIGURE = flags.DEFINE_string('figure', None, 'The FLIG-minus-best-baseline figure (default '
-                              'docs/flig_minus_best.png, or <out>/flig_minus_best.png with --smoke).')
+                              'docs/flig_minus_best.png, or <out>/flig_minus_best.png with '
+                              '--smoke).')
 _AGGREGATE_ONLY = flags.DEFINE_bool('aggregate_only', False, 'Train and evaluate nothing; '
                                         'aggregate the metrics already there.')
 
@@ -128,7 +129,8 @@ def main(argv):
     json.dump(aggregate.to_json(summaries), f, indent=2)
     f.write('\n')
   tables = (aggregate.markdown_table(summaries) + '\n\nFLIG minus `cae_ridge` and minus the best '
-            'baseline (paired by seed):\n\n' + aggregate.differences_table(summaries))
+            'baseline (mean ± standard error of the differences paired by seed):\n\n'
+            + aggregate.differences_table(summaries))
   (out / 'summary.md').write_text(tables + '\n')
   differences = {name: aggregate.flig_minus_best(s) for name, s in summaries.items()}
   plotting.differences_figure(differences, aggregate.HEADLINE_KEYS, figure, tie=aggregate.TIE)

@@ -1,5 +1,11 @@
 """Shared pytest fixtures: where the real (read-only) datasets live, a compilation cache shared by
-every test process, and one smoke-trained model that several test files read."""
+every test process, and one smoke-trained model that several test files read (their tests are
+marked slow here).
+
+Tiers: `-m "not slow"` is the quick check; a test that trains a model, starts training or
+evaluation processes, or runs for more than a few seconds on two cores carries the `slow` marker.
+Every test has pytest-timeout's limit (pyproject.toml); those that train several runs in a row
+raise it with `pytest.mark.timeout`."""
 
 import os
 import pathlib
@@ -25,6 +31,7 @@ def subprocess_env(devices: int = 1, **extra: str) -> dict[str, str]:
   env = dict(os.environ)
   env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
   env['PYTHONPATH'] = str(ROOT)
+  env.setdefault('JAX_THREEFRY_PARTITIONABLE', '0')  # as train.py and evaluate.py set it
   env.update(extra)
   return env
 
@@ -67,6 +74,14 @@ def signal_at_checkpoint(workdir: pathlib.Path, step: int, sig: int, *overrides:
   return proc.returncode, err
 
 
+def pytest_collection_modifyitems(items):
+  """A test that reads the session's smoke-trained run (`smoke_workdir`, directly or through
+  another fixture) may be the one that trains it: it is marked slow."""
+  for item in items:
+    if 'smoke_workdir' in getattr(item, 'fixturenames', ()):
+      item.add_marker(pytest.mark.slow)
+
+
 def require_data(path: pathlib.Path, what: str) -> pathlib.Path:
   """`path`, which must exist when FLIG_DATA_DIR is set (else the test fails: a data test that
   skips under a wrong root proves nothing); without FLIG_DATA_DIR a missing `path` skips."""
@@ -79,11 +94,13 @@ def require_data(path: pathlib.Path, what: str) -> pathlib.Path:
 
 @pytest.fixture(scope='session')
 def data_root() -> pathlib.Path:
-  """The shared data root: $FLIG_DATA_DIR (must exist), else ../shared/data beside the repo (the
-  tests that need it skip when it is absent)."""
-  default = ROOT / '..' / 'shared' / 'data'
-  return require_data(pathlib.Path(os.environ.get('FLIG_DATA_DIR') or default).resolve(),
-                      'the shared data root')
+  """The real-data root $FLIG_DATA_DIR (a folder holding digit69/ and cowley_v4/), which must exist
+  when set; the tests that need it skip, saying why, when it is unset."""
+  root = os.environ.get('FLIG_DATA_DIR')
+  if not root:
+    pytest.skip('needs the real recordings: set FLIG_DATA_DIR to a folder holding digit69/ and '
+                'cowley_v4/')
+  return require_data(pathlib.Path(root).resolve(), 'the data root')
 
 
 @pytest.fixture(scope='session')

@@ -11,11 +11,14 @@ forward direction runs ActNorm's data-dependent initialisation.
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import distrax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from flig_jax.nn import precision
 
 Array = jax.Array
 
@@ -111,20 +114,54 @@ class LULinear(nn.Module):
 
 
 class MLP(nn.Module):
-  """Conditioner network: Dense-GELU layers, then a zero-initialised Dense to `out_shape`."""
+  """Conditioner network: Dense-GELU layers, then a zero-initialised Dense to `out_shape`.
+
+  Computes in `dtype` (None: that of the inputs and parameters); its output comes back in the
+  dtype it would have without it, so the coupling's transform and log-det do not change dtype.
+  """
   hidden: int
   out_shape: tuple[int, ...]
   num_layers: int = 2
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
+    out_dtype = precision.result_dtype(x, self.param_dtype)
+    layer = {'dtype': self.dtype, 'param_dtype': self.param_dtype}
     for _ in range(self.num_layers):
-      x = nn.gelu(nn.Dense(self.hidden)(x))
+      x = nn.gelu(nn.Dense(self.hidden, **layer)(x))
     size = 1
     for s in self.out_shape:
       size *= s
-    x = nn.Dense(size, kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros)(x)
-    return x.reshape(x.shape[:-1] + tuple(self.out_shape))
+    x = nn.Dense(size, kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros,
+                 **layer)(x)
+    return x.reshape(x.shape[:-1] + tuple(self.out_shape)).astype(out_dtype)
+
+
+def _affine(layer: 'Coupling') -> tuple[int, Callable[[Array], distrax.Bijector]]:
+  del layer
+  return 2, lambda params: distrax.ScalarAffine(shift=params[..., 0],
+                                                log_scale=_bounded(params[..., 1]))
+
+
+def _spline(layer: 'Coupling') -> tuple[int, Callable[[Array], distrax.Bijector]]:
+  return 3 * layer.num_bins + 1, lambda params: distrax.RationalQuadraticSpline(
+      params, range_min=-layer.spline_range, range_max=layer.spline_range,
+      boundary_slopes='identity')
+
+
+# config.model.coupling -> the elementwise transform g of a `Coupling` layer: (conditioner outputs
+# per transformed coordinate, params -> g), given the layer.
+COUPLINGS: dict[str, Callable[['Coupling'], tuple[int, Callable[[Array], distrax.Bijector]]]] = {
+    'affine': _affine,
+    'spline': _spline,
+}
+
+
+def _or(names: Any) -> str:
+  """"'a' or 'b'"."""
+  return ' or '.join(repr(n) for n in names)
 
 
 class Coupling(nn.Module):
@@ -139,14 +176,18 @@ class Coupling(nn.Module):
   - 'spline': rational-quadratic spline (`distrax.RationalQuadraticSpline`) on
     [-spline_range, spline_range] with `num_bins` bins, identity outside; log-det the sum of
     log g'(x2) (forward) and its negative at x2 = g^-1(y2) (inverse).
+
+  `dtype` is the conditioner's compute dtype (e.g. bfloat16). g and its log-det are computed in
+  the dtype of x, and y1 = x1 feeds the same conditioner both ways, so the round trip stays
+  exact to x's precision whatever `dtype` is.
   """
   hidden: int
   transform: str = 'affine'
   swap: bool = False
   num_bins: int = 8
   spline_range: float = 4.0
-  num_layers: int = 2
-  input_scale: bool = False
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, inverse: bool = False) -> tuple[Array, Array]:
@@ -155,28 +196,11 @@ class Coupling(nn.Module):
       raise ValueError(f'coupling needs at least 2 features, got {d}')
     split = d // 2
     transformed = split if self.swap else d - split
-    mlp_layers = functools.partial(MLP, self.hidden, num_layers=self.num_layers)
-    if self.transform == 'affine':
-      conditioner = mlp_layers((transformed, 2))
-
-      def inner(params):
-        return distrax.ScalarAffine(shift=params[..., 0], log_scale=_bounded(params[..., 1]))
-    elif self.transform == 'spline':
-      conditioner = mlp_layers((transformed, 3 * self.num_bins + 1))
-
-      def inner(params):
-        return distrax.RationalQuadraticSpline(
-            params, range_min=-self.spline_range, range_max=self.spline_range,
-            boundary_slopes='identity')
-    else:
-      raise ValueError(
-          f"unknown coupling '{self.transform}' (use 'affine' or 'spline')")
-    if self.input_scale:
-      # A fixed per-coordinate scale of the conditioning half (set at initialisation, never
-      # trained), e.g. to weigh whitened responses by their spread.
-      scale = self.param('input_scale', nn.initializers.ones, (d - transformed,))
-      net = conditioner
-      conditioner = lambda x1: net(x1 * scale)
+    if self.transform not in COUPLINGS:
+      raise ValueError(f'unknown coupling {self.transform!r} (use {_or(COUPLINGS)})')
+    width, inner = COUPLINGS[self.transform](self)
+    conditioner = MLP(self.hidden, (transformed, width), dtype=self.dtype,
+                      param_dtype=self.param_dtype)
     bij = distrax.SplitCoupling(
         split_index=split, event_ndims=1, conditioner=conditioner, bijector=inner,
         swap=self.swap)
@@ -187,9 +211,9 @@ class LinearPair(nn.Module):
   """The augmented flow's linear part: a linear encoder and decoder held as one bijection.
 
   It acts on augmented vectors of size 2D: features with their noise coordinates `[h, e]` on the
-  input side, responses with theirs `[a, e_a]` on the output side (DESIGN.md, the augmented flow).
-  Two shears and two diagonal scales, so any linear encoder `h -> a` and decoder `a -> h` pair is
-  one bijection, with no matrix to invert:
+  input side, responses with theirs `[a, e_a]` on the output side (docs/design.md, the augmented
+  flow). Two shears and two diagonal scales, so any linear encoder `h -> a` and decoder `a -> h`
+  pair is one bijection, with no matrix to invert:
 
   - forward:  a = h W_enc + b_enc + exp(s_enc) * e;   e_a = exp(s_dec) * (h - a W_dec - b_dec)
   - inverse:  h = exp(-s_dec) * e_a + a W_dec + b_dec;   e = exp(-s_enc) * (a - h W_enc - b_enc)
@@ -248,16 +272,19 @@ class Flow(nn.Module):
   alternating halves. Initialise with `Flow(...).init(rng, h, method=Flow.forward)` on a batch of
   (standardised) features so ActNorm's data-dependent initialisation sees them.
 
-  Augmented (`augmented=True`, DESIGN.md) on R^2D, features with noise coordinates `[h, e_h]` to
-  responses with theirs `[a, e_a]`: an encoder coupling (e_h moved by an MLP of h), the
-  `LinearPair` (the linear encoder and decoder), and a decoder coupling (e_a moved by an MLP of
-  a). With the noise at zero, encoding is `a = h W_enc + b_enc + exp(s_enc) t_enc(h)` and decoding
-  `h = a W_dec + b_dec - exp(-s_dec) t_dec(a)`: each direction is the linear map plus a learned
-  residual that the other direction never sees. The couplings start as the identity, so f starts
-  as the linear pair that `closed_form.linear_pair_params` writes into it. `num_blocks` is unused:
-  more couplings of the same side would compose to one.
+  Augmented (`augmented=True`, docs/design.md) on R^2D, features with noise coordinates
+  `[h, e_h]` to responses with theirs `[a, e_a]`: an encoder coupling (e_h moved by an MLP of
+  h), the `LinearPair` (the linear encoder and decoder), and a decoder coupling (e_a moved by an
+  MLP of a). With the noise at zero, encoding is `a = h W_enc + b_enc + exp(s_enc) t_enc(h)` and
+  decoding `h = a W_dec + b_dec - exp(-s_dec) t_dec(a)`: each direction is the linear map plus a
+  learned residual that the other direction never sees. The couplings start as the identity, so f
+  starts as the linear pair that `closed_form.linear_pair_params` writes into it. `num_blocks` is
+  unused: more couplings of the same side would compose to one.
 
   forward(x) -> (y, log|det df/dx|) and inverse(y) -> (x, log|det df^-1/dy|), logdet (N,).
+  `dtype` is the compute dtype of the couplings' conditioner MLPs (None: that of the inputs and
+  parameters); ActNorm, the LU layers, the LinearPair, the transforms and every log-det stay in
+  the dtype of x.
   """
   features: int
   num_blocks: int
@@ -266,8 +293,8 @@ class Flow(nn.Module):
   num_bins: int = 8
   spline_range: float = 4.0
   augmented: bool = False
-  coupling_layers: int = 2
-  decoder_input_scale: bool = False
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @property
   def size(self) -> int:
@@ -275,14 +302,15 @@ class Flow(nn.Module):
     return 2 * self.features if self.augmented else self.features
 
   def setup(self):
-    if self.coupling not in ('affine', 'spline'):
-      raise ValueError(f"unknown coupling '{self.coupling}' (use 'affine' or 'spline')")
+    if self.coupling not in COUPLINGS:
+      raise ValueError(f'unknown coupling {self.coupling!r} (use {_or(COUPLINGS)})')
     coupling = functools.partial(Coupling, self.hidden, self.coupling, num_bins=self.num_bins,
-                                 spline_range=self.spline_range, num_layers=self.coupling_layers)
+                                 spline_range=self.spline_range, dtype=self.dtype,
+                                 param_dtype=self.param_dtype)
     if self.augmented:
       # swap=False: the first half (h, then a) conditions the second (e_h, then e_a).
       self.layers = [coupling(name='enc_coupling'), LinearPair(name='linear_pair'),
-                     coupling(name='dec_coupling', input_scale=self.decoder_input_scale)]
+                     coupling(name='dec_coupling')]
       return
     layers = []
     for k in range(self.num_blocks):
@@ -315,3 +343,11 @@ class Flow(nn.Module):
 
   def __call__(self, h: Array) -> tuple[Array, Array]:
     return self.forward(h)
+
+
+# config.model.flow_type -> the flow f it builds from (features, num_blocks, hidden, coupling,
+# num_bins, spline_range): augmented on [h, e_h] (R^2D, docs/design.md), plain on h (R^D).
+FLOW_TYPES: dict[str, Callable[..., Flow]] = {
+    'augmented': functools.partial(Flow, augmented=True),
+    'plain': functools.partial(Flow, augmented=False),
+}

@@ -26,8 +26,9 @@ class RunLog:
   Args:
     workdir: the run's working directory.
     stage1_steps: stage 1's length; TensorBoard numbers stage-2 steps after it.
-    resume_step: the checkpoint step the run resumes from (TensorBoard hides what an interrupted
-      earlier run logged from there on).
+    resume_step: the checkpoint step the run resumes from, 0 for a fresh start (TensorBoard hides
+      what an interrupted earlier run logged after it, as `metrics_file.trim` drops it; the
+      scalars at the checkpoint step itself stay, as that file's rows do).
   """
 
   def __init__(self, workdir: Path, stage1_steps: int = 0, resume_step: int = 0):
@@ -35,7 +36,8 @@ class RunLog:
     self.path = Path(workdir) / metrics_file.NAME
     self._bar = None
     self._stage1_steps = int(stage1_steps)
-    self.events = tensorboard.ScalarWriter(workdir, purge_step=int(resume_step))
+    self.events = tensorboard.ScalarWriter(
+        workdir, purge_step=int(resume_step) + 1 if resume_step else 0)
 
   def start(self, stage: int, first_step: int, total_steps: int) -> None:
     if self.active:
@@ -67,6 +69,15 @@ class RunLog:
     if self._bar is not None:
       shown = {k: f'{v:.4g}' for k, v in record.items() if k not in ('stage', 'step')}
       self._bar.set_postfix(shown, refresh=False)
+
+  def record(self, stage: int, step: int, metrics: dict[str, Any]) -> None:
+    """Appends metrics that no training step produced (such as cross-validated scores) at
+    `step` of `stage` to metrics.jsonl: no speed, no TensorBoard scalar, no progress bar."""
+    if self.active:
+      record = {'stage': stage, 'step': step, **{k: float(np.asarray(v))
+                                                 for k, v in metrics.items()}}
+      with self.path.open('a') as f:
+        f.write(json.dumps(record) + '\n')
 
   def info(self, message: str) -> None:
     if self.active:

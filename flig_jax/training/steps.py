@@ -3,8 +3,9 @@
 Both steps are plain functions `step(state, batch) -> (state, metrics)`; `parallel.jit_step`
 compiles them (the model, optimisers and config are bound with `functools.partial` first). What
 stage 2 reads and never trains (autoencoder, feature statistics, adapter) rides in its state as a
-`model.Frozen`, so one checkpointed pytree holds everything a resumed step needs. The per-step RNG is `fold_in(state.rng, state.step)`, so a
-resumed run draws exactly what an uninterrupted one would.
+`model.Frozen`, so one checkpointed pytree holds everything a resumed step needs. The per-step RNG
+is `fold_in(state.rng, state.step)`, so a resumed run draws exactly what an uninterrupted one
+would.
 """
 
 from typing import Any
@@ -45,15 +46,18 @@ class Stage2State:
   best_step: jax.Array       # (G,) the step each was taken at; -1: no selection, keep the last
   ref_score: jax.Array       # (G,) each group's score at the first validated step (step 0)
   ref_replicates: jax.Array  # (G, M) its jackknife replicates over the M validation stimuli
+  #                            (M = 1, unused, without a validation split: orbax saves no
+  #                            zero-size array)
 
   @staticmethod
   def no_selection(flow_params: Any, groups: int, val_size: int) -> dict[str, Any]:
-    """The model-selection fields of a state that has not been validated yet."""
+    """The model-selection fields of a state that has not been validated yet (`val_size` 0:
+    no validation split)."""
     return {'best_flow_params': flow_params,
             'best_score': jnp.full((groups,), -jnp.inf, jnp.float32),
             'best_step': jnp.full((groups,), -1, jnp.int32),
             'ref_score': jnp.zeros((groups,), jnp.float32),
-            'ref_replicates': jnp.zeros((groups, val_size), jnp.float32)}
+            'ref_replicates': jnp.zeros((groups, max(val_size, 1)), jnp.float32)}
 
   def selected_flow_params(self) -> Any:
     """The flow that the model uses: the kept one, or the current one when nothing was kept."""
@@ -70,7 +74,8 @@ class Stage2State:
     return self.frozen.variables(self.selected_flow_params())
 
 
-def optimizer(learning_rate: float, weight_decay: float, steps: int) -> optax.GradientTransformation:
+def optimizer(learning_rate: float, weight_decay: float,
+              steps: int) -> optax.GradientTransformation:
   """AdamW with a short warm-up and cosine decay, gradients clipped at norm 1."""
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, learning_rate, warmup_steps=max(1, min(100, steps // 10)), decay_steps=max(steps, 2),
@@ -180,9 +185,9 @@ def stage2_validate(state: Stage2State, val: validation.ValidationSet, *, model:
 
 def flow_optimizer(cfg: ml_collections.ConfigDict, augmented: bool) -> optax.GradientTransformation:
   """The flow's optimiser. For the augmented flow the linear pair's fitted maps (kernels and
-  biases, the closed-form start) and the couplings' fixed input scales stay fixed; the noise
-  scales train with `weight_decay`, the couplings with `coupling_weight_decay`, which pulls them
-  back toward the identity, i.e. each direction toward its ridge start."""
+  biases, the closed-form start) stay fixed; its noise scales train with `weight_decay`, the
+  couplings with `coupling_weight_decay`, which pulls them back toward the identity, i.e. each
+  direction toward its ridge start."""
   train = optimizer(cfg.learning_rate, cfg.weight_decay, cfg.steps)
   if not augmented:
     return train
@@ -191,8 +196,7 @@ def flow_optimizer(cfg: ml_collections.ConfigDict, augmented: bool) -> optax.Gra
 
   def label(path, _):
     names = [getattr(key, 'key', '') for key in path]
-    if (names[0] == 'linear_pair' and not names[-1].endswith('log_scale')
-        or names[-1] == 'input_scale'):
+    if names[0] == 'linear_pair' and not names[-1].endswith('log_scale'):
       return 'fixed'
     return 'coupling' if names[0].endswith('coupling') else 'train'
 
