@@ -1,6 +1,6 @@
 """Results over seeds: trains and evaluates every dataset with the shipped configs, then tabulates.
 
-  python scripts/results.py                      # all datasets, 3 seeds (about an hour of CPU)
+  python scripts/results.py                      # all datasets, 3 seeds (2-5 min a run on 2 cores)
   python scripts/results.py --datasets digit69,v4_190927 --seeds 5
   python scripts/results.py --smoke              # :smoke configs, 2 seeds, synthetic + digit69
 
