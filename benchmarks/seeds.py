@@ -94,15 +94,11 @@ class Program:
 
 
 def _pure_steps(ctx: loop.Context) -> tuple[Any, Any]:
-  """The unjitted stage-1 and stage-2 steps with the model, optimisers and config `train.py` binds."""
+  """The unjitted stage-1 and stage-2 steps with the model and config `train.py` binds (the
+  optimisers come with the states)."""
   config = ctx.config
-  stage1 = functools.partial(
-      steps.stage1_step, model=ctx.module, cfg=config.stage1,
-      tx=loop._stage1_optimizer(config.stage1))  # pylint: disable=protected-access
-  discriminator, flow_tx, disc_tx = loop._stage2_parts(config)  # pylint: disable=protected-access
-  stage2 = functools.partial(steps.stage2_step, model=ctx.module, discriminator=discriminator,
-                             flow_tx=flow_tx, disc_tx=disc_tx, cfg=config.stage2)
-  return stage1, stage2
+  return (functools.partial(steps.stage1_step, model=ctx.module, cfg=config.stage1),
+          functools.partial(steps.stage2_step, model=ctx.module, cfg=config.stage2))
 
 
 def _with_seed(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:

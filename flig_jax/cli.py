@@ -217,12 +217,14 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, source: str = 
     enable_compilation_cache()
     import jax
 
-    from flig_jax.training import loop, parallel
-    parallel.maybe_initialize_distributed(config.distributed)  # before JAX touches a device
-    if jax.process_index() == 0:
-      print(f'config: {source or "(given)"}\n  {_summary(config)}\nworkdir: {workdir}',
-            flush=True)
-    loop.train(config, workdir, allow_config_change=allow_config_change)
+    from flig_jax.training import loop
+
+    def announce():  # once JAX's distributed runtime is up
+      if jax.process_index() == 0:
+        print(f'config: {source or "(given)"}\n  {_summary(config)}\nworkdir: {workdir}',
+              flush=True)
+
+    loop.train(config, workdir, allow_config_change=allow_config_change, on_start=announce)
     if jax.process_index() == 0:
       _report(workdir)
 

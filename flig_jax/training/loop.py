@@ -13,8 +13,6 @@ state) -> `stage1` -> `run_stage` -> `stage2` -> `run_stage`.
 
 import dataclasses
 import functools
-import signal
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,26 +20,25 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from flig_jax import checkpointing, data, plotting, workdir_lock
 from flig_jax import model as model_lib
 from flig_jax.nn import compiled
-from flig_jax.nn import discriminator as disc_lib
-from flig_jax.nn.adapter import Adapter
+from flig_jax.nn.flig import FLIG, Frozen
 from flig_jax.training import (
-  Preempted,
   TrainingDiverged,
-  closed_form,
+  interrupts,
   parallel,
   prefetch,
   progress,
   resume,
+  stage2_data,
   steps,
+  train_state,
   validation,
 )
 
-State = steps.Stage1State | steps.Stage2State
+State = train_state.Stage1State | train_state.Stage2State
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +58,7 @@ class Context:
   config: ml_collections.ConfigDict
   workdir: Path
   dataset: data.Dataset
-  module: model_lib.FLIG
+  module: FLIG
   mesh: Any
   mgr: Any
   log: progress.RunLog
@@ -90,13 +87,13 @@ VAL_CLOSER_THAN_TEST = 0.5
 def make_context(config: ml_collections.ConfigDict, workdir: str | Path,
                  resume_step: int = 0) -> Context:
   """Loads the data and builds the module, mesh, checkpoint manager and log of a run (resuming
-  from checkpoint `resume_step`, or 0)."""
-  parallel.maybe_initialize_distributed(config.distributed)
+  from checkpoint `resume_step`, or 0). In several processes `train` has started JAX's distributed
+  runtime before."""
   workdir = Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = parallel.make_mesh()
   dataset = data.from_config(config)
-  module = model_lib.FLIG.from_config(config.model, dataset.image_shape)
+  module = FLIG.from_config(config.model, dataset.image_shape)
   mgr = checkpointing.manager(workdir, keep=config.checkpoint.keep)
   log = progress.RunLog(workdir, stage1_steps=config.stage1.steps, resume_step=resume_step)
   log.info(f'{dataset.name}: train {len(dataset.train)}, val {len(dataset.val)}, '
@@ -112,7 +109,7 @@ def make_context(config: ml_collections.ConfigDict, workdir: str | Path,
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
-          allow_config_change: bool = False) -> Path:
+          allow_config_change: bool = False, on_start: Callable[[], Any] | None = None) -> Path:
   """Trains both stages (resuming from `workdir` if it holds checkpoints) and returns the workdir.
 
   Writes `stage1_reconstructions.png` and `stage2_decoding.png` (validation pairs) beside the
@@ -120,11 +117,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
   (`workdir_lock`). A resumed run starts from the newest checkpoint that restores and must keep the
   saved config's model, data and optimiser fields unless `allow_config_change`
   (`resume.start_point`). SIGTERM, like Ctrl-C, saves at the next step boundary, then raises
-  `Preempted`.
+  `Preempted`. JAX's distributed runtime is started here (`config.distributed` or
+  FLIG_DISTRIBUTED=1), before anything touches a device; `on_start` is called right after.
   """
   parallel.maybe_initialize_distributed(config.distributed)
+  if on_start is not None:
+    on_start()
   writer = jax.process_index() == 0
-  with _TerminateRaises(), workdir_lock.WorkdirLock(Path(workdir), active=writer,
+  with interrupts.TerminateRaises(), workdir_lock.WorkdirLock(Path(workdir), active=writer,
                                                     note=progress.note):
     latest = resume.start_point(config, workdir, allow_config_change=allow_config_change,
                                 writer=writer, note=progress.note)
@@ -136,16 +136,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
   ctx = make_context(config, workdir, resume_step=latest[0] if latest else 0)
   try:
     state = restore_or_init(ctx, latest)
-    if isinstance(state, steps.Stage1State):
+    if isinstance(state, train_state.Stage1State):
       state = run_stage(ctx, stage1(ctx, state))
-      _stage1_figure(ctx, state.params)
+      _figure(ctx, 1, {'params': {'autoencoder': state.params}})
     state = run_stage(ctx, stage2(ctx, state))
     if int(state.best_step.min()) >= 0:
       kept = ', '.join(f'{name} {float(score):.4f} at step {int(step)}' for (name, _), score, step
                        in zip(validation.GROUPS[ctx.module.flow_type], state.best_score,
                               state.best_step))
       ctx.log.info(f'stage 2 keeps the flow parts best on the validation split: {kept}')
-    _stage2_figure(ctx, state.model_variables())
+    _figure(ctx, 2, state.model_variables())
   finally:
     # The progress bar ends its line first: a save that fails in the background raises here, and
     # its one-line error must not land on the bar's line.
@@ -166,7 +166,7 @@ def restore_or_init(ctx: Context, latest: tuple[int, dict[str, Any]] | None = No
   else:
     frozen = model_lib.abstract_frozen(ctx.module, meta)
     target = jax.eval_shape(functools.partial(_init_stage2, ctx), frozen,
-                            _first_batch_shape(ctx))
+                            _first_batch_shape(ctx), None)
   sharding = parallel.replicated(ctx.mesh)
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                         target)
@@ -182,52 +182,6 @@ def _base_meta(config, dataset, stage: int, stage_step: int) -> dict[str, Any]:
   return {'stage': stage, 'stage_step': stage_step, 'step': step, 'dataset': dataset.name,
           'image_shape': list(dataset.image_shape), 'num_units': dataset.num_units,
           'finished': stage == 2 and stage_step == config.stage2.steps}
-
-
-def _raise_preempted(signum, frame):
-  del signum, frame
-  raise Preempted('terminated (SIGTERM) outside the training steps')
-
-
-class _TerminateRaises:
-  """While active, SIGTERM (what SLURM and Kubernetes send) raises `Preempted` at once, as Ctrl-C
-  raises KeyboardInterrupt, so that `finally` blocks finish the checkpoint writes under way."""
-
-  def __enter__(self):
-    self._previous = None
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, _raise_preempted)
-    return self
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
-class _InterruptRequest:
-  """While active, Ctrl-C (SIGINT) or SIGTERM only sets `requested` (to the signal); the loop stops
-  at the next step boundary, where the state is whole and no checkpoint is being written. A second
-  signal of the same kind interrupts at once."""
-
-  SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-  def __init__(self):
-    self.requested = None
-    self._previous = {}
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    self.requested = signum
-    signal.signal(signum, self._previous[signum])
-
-  def __exit__(self, *exc):
-    for s, previous in self._previous.items():
-      signal.signal(s, previous)
 
 
 def run_stage(ctx: Context, stage: Stage) -> State:
@@ -248,7 +202,7 @@ def run_stage(ctx: Context, stage: Stage) -> State:
   # With several processes they are built in this thread, so every process issues its device
   # work in one fixed order.
   depth = 2 if jax.process_count() == 1 else 0
-  with (_InterruptRequest() as interrupt,
+  with (interrupts.InterruptRequest() as interrupt,
         prefetch.DeviceBatches(stage.stream, first, mesh, depth) as batches):
     for step in range(first, total):
       state, metrics = stage.step_fn(state, next(batches))
@@ -268,11 +222,7 @@ def run_stage(ctx: Context, stage: Stage) -> State:
         stage.save(state)
         saved = done
       if interrupt.requested:
-        saved_at = f'stage {number} saved at step {done}'
-        if interrupt.requested == signal.SIGTERM:
-          raise Preempted(f'terminated (SIGTERM): {saved_at}')
-        log.info(f'interrupted: {saved_at}')
-        raise KeyboardInterrupt
+        interrupt.stop(f'stage {number} saved at step {done}', log.info)
   log.close()
   return state
 
@@ -292,27 +242,20 @@ def _check_finite(stage: int, state: State, workdir: Path) -> None:
   if bad >= 0:
     raise TrainingDiverged(
         f'stage {stage}: training diverged (NaN or Inf in the loss, gradients or updated '
-        f'parameters) at step {bad + 1} and stopped. The last good checkpoint in {workdir / checkpointing.CHECKPOINT_SUBDIR} is '
-        f'kept; lower --config.stage{stage}.learning_rate and restart with the same --workdir.')
+        f'parameters) at step {bad + 1} and stopped. The last good checkpoint in '
+        f'{workdir / checkpointing.CHECKPOINT_SUBDIR} is kept; lower '
+        f'--config.stage{stage}.learning_rate and restart with the same --workdir.')
 
 
 # --- stage 1: the autoencoder ---
 
 
-def _stage1_optimizer(cfg: ml_collections.ConfigDict):
-  return steps.optimizer(cfg.learning_rate, cfg.weight_decay, cfg.steps)
+def _init_stage1(ctx: Context) -> train_state.Stage1State:
+  return train_state.create_stage1_state(jax.random.key(ctx.config.seed), ctx.config, ctx.module,
+                                         jnp.asarray(ctx.dataset.train.images[:1]))
 
 
-def _init_stage1(ctx: Context) -> steps.Stage1State:
-  rng = jax.random.key(ctx.config.seed)
-  params = ctx.module.init_autoencoder(rng, jnp.asarray(ctx.dataset.train.images[:1]))
-  return steps.Stage1State(
-      step=jnp.zeros((), jnp.int32), params=params,
-      opt_state=_stage1_optimizer(ctx.config.stage1).init(params),
-      rng=jax.random.fold_in(rng, 1), nonfinite_step=jnp.full((), -1, jnp.int32))
-
-
-def stage1(ctx: Context, state: steps.Stage1State) -> Stage:
+def stage1(ctx: Context, state: train_state.Stage1State) -> Stage:
   """Stage 1 (the autoencoder on the training stimuli), from `state`."""
   config, dataset, cfg = ctx.config, ctx.dataset, ctx.config.stage1
   parallel.check_batch_size(cfg.batch_size, ctx.mesh, 'stage1')
@@ -324,75 +267,24 @@ def stage1(ctx: Context, state: steps.Stage1State) -> Stage:
   stream = data.BatchStream({'images': dataset.train.images}, cfg.batch_size, seed=config.seed,
                             process_index=jax.process_index(),
                             process_count=jax.process_count())
-  step_fn = parallel.jit_step(
-      functools.partial(steps.stage1_step, model=ctx.module, tx=_stage1_optimizer(cfg), cfg=cfg),
-      ctx.mesh)
+  step_fn = parallel.jit_step(functools.partial(steps.stage1_step, model=ctx.module, cfg=cfg),
+                              ctx.mesh)
   return Stage(1, state, step_fn, stream, cfg.steps, save)
 
 
 # --- stage 2: the flow and the discriminator ---
 
 
-def _stage2_parts(config: ml_collections.ConfigDict):
-  """The discriminator module and the flow's and discriminator's optimisers."""
-  cfg = config.stage2
-  return (disc_lib.Discriminator(config.model.disc_hidden),
-          steps.flow_optimizer(cfg, config.model.flow_type == 'augmented'),
-          steps.optimizer(cfg.disc_learning_rate, 0.0, cfg.steps))
-
-
-def initial_flow_params(module: model_lib.FLIG, rng: jax.Array,
-                        first_batch: dict[str, jax.Array], linear_pair: Any = None) -> Any:
-  """Where the flow starts (the one place). Plain: ActNorm set from the standardised features of
-  the first global batch, every coupling at the identity. Augmented: every block at the identity
-  and the `LinearPair` at `linear_pair`, the closed-form ridge start (`closed_form`)."""
-  params = module.init_flow(rng, first_batch['features'])
-  if linear_pair is not None:
-    params = {**params, 'linear_pair': jax.tree.map(jnp.asarray, linear_pair)}
-  return params
-
-
-def _init_stage2(ctx: Context, frozen: model_lib.Frozen, first_batch: dict[str, jax.Array],
-                 linear_pair: Any = None) -> steps.Stage2State:
-  discriminator, flow_tx, disc_tx = _stage2_parts(ctx.config)
-  k_flow, k_fwd, k_inv, k_state = jax.random.split(jax.random.key(ctx.config.seed + 2), 4)
-  flow_params = initial_flow_params(ctx.module, k_flow, first_batch, linear_pair)
-  groups = len(validation.GROUPS[ctx.module.flow_type])
-  probe = jnp.zeros((1, ctx.module.feature_dim))
-  disc_params = {'forward': discriminator.init(k_fwd, probe)['params'],
-                 'inverse': discriminator.init(k_inv, probe)['params']}
-  return steps.Stage2State(
-      step=jnp.zeros((), jnp.int32), flow_params=flow_params, disc_params=disc_params,
-      flow_opt_state=flow_tx.init(flow_params), disc_opt_state=disc_tx.init(disc_params),
-      rng=k_state, nonfinite_step=jnp.full((), -1, jnp.int32), frozen=frozen,
-      **steps.Stage2State.no_selection(flow_params, groups, _val_size(ctx)))
-
-
-def _val_size(ctx: Context) -> int:
-  """Validation stimuli that stage 2 scores (none below 2)."""
-  n = len(ctx.dataset.val)
-  return n if n >= 2 else 0
+def _init_stage2(ctx: Context, frozen: Frozen, first_batch: dict[str, jax.Array],
+                 linear_pair: Any) -> train_state.Stage2State:
+  return train_state.create_stage2_state(jax.random.key(ctx.config.seed + 2), ctx.config,
+                                         ctx.module, frozen, first_batch, linear_pair,
+                                         stage2_data.val_size(ctx.dataset))
 
 
 def _first_batch_shape(ctx: Context) -> dict[str, jax.ShapeDtypeStruct]:
   b, d = ctx.config.stage2.batch_size, ctx.module.feature_dim
   return {k: jax.ShapeDtypeStruct((b, d), jnp.float32) for k in ('features', 'adapted')}
-
-
-def _features(ctx: Context, autoencoder: Any, images: np.ndarray) -> np.ndarray:
-  """Raw features E(x) of a split (computed once: the encoder is frozen in stage 2)."""
-  features = compiled.apply(ctx.module, 'features')
-  variables = {'params': {'autoencoder': autoencoder}}
-  return model_lib.map_in_chunks(lambda x: features(variables, x), images)
-
-
-@jax.jit
-def _pairs(frozen: model_lib.Frozen, raw_features: jax.Array,
-           responses: jax.Array) -> dict[str, jax.Array]:
-  """Stage 2's training pairs: standardised features h and adapted responses A(r)."""
-  return {'raw_features': raw_features,
-          'features': (raw_features - frozen.feature_mean) / frozen.feature_std,
-          'adapted': frozen.adapter.forward(responses)}
 
 
 def stage2(ctx: Context, start: State) -> Stage:
@@ -401,47 +293,21 @@ def stage2(ctx: Context, start: State) -> Stage:
   split only)."""
   config, dataset, mesh, cfg = ctx.config, ctx.dataset, ctx.mesh, ctx.config.stage2
   parallel.check_batch_size(cfg.batch_size, mesh, 'stage2')
-  train = dataset.train
-  resumed = isinstance(start, steps.Stage2State)
-  autoencoder = start.frozen.autoencoder if resumed else start.params
-  raw_features = _features(ctx, autoencoder, train.images)
-  if resumed:
-    frozen = start.frozen
-  else:
-    adapter = Adapter.fit(train.responses, config.model.feature_dim,
-                          config.model.adapter_components)
-    frozen = parallel.replicate(
-        jax.jit(model_lib.Frozen.fit)(autoencoder, raw_features, adapter), mesh)
-  pairs = jax.device_get(_pairs(frozen, raw_features, train.responses))
-  arrays = {'features': pairs['features'], 'adapted': pairs['adapted']}
-  if cfg.pixel:  # only the pixel term reads the images; otherwise they are not built or sent
-    arrays['images'] = train.images
-  stream = data.BatchStream(arrays, cfg.batch_size, seed=config.seed + 1,
+  resumed = isinstance(start, train_state.Stage2State)
+  inputs = stage2_data.prepare(config, ctx.module, dataset,
+                               start.frozen.autoencoder if resumed else start.params, mesh,
+                               start.frozen if resumed else None)
+  stream = data.BatchStream(inputs.arrays, cfg.batch_size, seed=config.seed + 1,
                             process_index=jax.process_index(),
                             process_count=jax.process_count())
-  val = None
-  # The validation pairs serve model selection and the closed-form start's regularisers.
-  if _val_size(ctx) and (cfg.select_by == 'val_pcc' or ctx.module.flow_type == 'augmented'):
-    val_pairs = jax.device_get(
-        _pairs(frozen, _features(ctx, autoencoder, dataset.val.images), dataset.val.responses))
-    val = validation.ValidationSet(raw_features=val_pairs['raw_features'],
-                                   features=val_pairs['features'], adapted=val_pairs['adapted'],
-                                   images=dataset.val.images, responses=dataset.val.responses)
   if resumed:
     state = start
   else:
-    linear_pair = None
-    if ctx.module.flow_type == 'augmented':
-      k = frozen.adapter.k
-      linear_pair = closed_form.linear_pair_params(
-          raw_features, arrays['adapted'][:, :k], None if val is None else val.raw_features,
-          None if val is None else val.adapted[:, :k], np.asarray(frozen.feature_mean),
-          np.asarray(frozen.feature_std), ctx.module.feature_dim)
     # The whole first global batch (the same on every process) starts the flow.
-    first = data.BatchStream(arrays, cfg.batch_size, seed=config.seed + 1).batch(0)
+    first = data.BatchStream(inputs.arrays, cfg.batch_size, seed=config.seed + 1).batch(0)
     first = {k: first[k] for k in ('features', 'adapted')}
-    state = parallel.jit_init(functools.partial(_init_stage2, ctx), mesh)(frozen, first,
-                                                                         linear_pair)
+    state = parallel.jit_init(functools.partial(_init_stage2, ctx), mesh)(
+        inputs.frozen, first, stage2_data.linear_pair(inputs, ctx.module))
 
   def save(s):
     variables = s.model_variables()
@@ -450,47 +316,30 @@ def stage2(ctx: Context, start: State) -> Stage:
             'selected_steps': [int(v) for v in s.selected_steps()]}
     checkpointing.save(ctx.mgr, meta['step'], state=s, model=variables, config=config, meta=meta)
 
-  discriminator, flow_tx, disc_tx = _stage2_parts(config)
-  step_fn = parallel.jit_step(
-      functools.partial(steps.stage2_step, model=ctx.module, discriminator=discriminator,
-                        flow_tx=flow_tx, disc_tx=disc_tx, cfg=cfg), mesh)
+  step_fn = parallel.jit_step(functools.partial(steps.stage2_step, model=ctx.module, cfg=cfg),
+                              mesh)
   validate = None
   if cfg.select_by == 'val_pcc':
-    if val is None:
+    if inputs.val is None:
       ctx.log.info('no validation split (data.val_fraction): stage 2 keeps its last step')
     else:
-      val_set = parallel.replicate(val.replace(raw_features=None), mesh)
+      val_set = parallel.replicate(inputs.val.replace(raw_features=None), mesh)
       score = functools.partial(steps.stage2_validate, model=ctx.module,
                                 margin=cfg.select_margin)
       validate = functools.partial(parallel.jit_replicated(score, mesh), val=val_set)
   return Stage(2, state, step_fn, stream, cfg.steps, save, validate, cfg.eval_every_steps)
 
 
-# --- figures of validation pairs (training pairs when there is no validation split) ---
-
-
-def _figure_split(dataset):
-  """Validation pairs when there are any, else training pairs: the test split stays unseen."""
-  return (dataset.val, 'val') if len(dataset.val) else (dataset.train, 'train')
-
-
-def _stage1_figure(ctx: Context, ae_params: Any) -> None:
+def _figure(ctx: Context, stage: int, variables: Any) -> None:
+  """Writes stage `stage`'s figure of the first validation pairs (training pairs when there is no
+  validation split: the test split stays unseen)."""
   if jax.process_index() != 0:
     return
-  split, name = _figure_split(ctx.dataset)
-  x = split.images[:ctx.config.num_figure_images]
-  recon = compiled.apply(ctx.module, 'reconstruct')({'params': {'autoencoder': ae_params}}, x)
-  plotting.reconstruction_grid(x, {f'G(E(x)) [{name}]': np.asarray(recon)},
-                               str(ctx.workdir / 'stage1_reconstructions.png'), n=len(x))
-
-
-def _stage2_figure(ctx: Context, variables: Any) -> None:
-  if jax.process_index() != 0:
-    return
-  split, name = _figure_split(ctx.dataset)
-  x = split.images[:ctx.config.num_figure_images]
-  r = split.responses[:ctx.config.num_figure_images]
-  recons = {'G(E(x))': compiled.apply(ctx.module, 'reconstruct')(variables, x),
-            f'decode(r) [{name}]': compiled.apply(ctx.module, 'decode')(variables, r)}
-  plotting.reconstruction_grid(x, {k: np.asarray(v) for k, v in recons.items()},
-                               str(ctx.workdir / 'stage2_decoding.png'), n=len(x))
+  split, name = (ctx.dataset.val, 'val') if len(ctx.dataset.val) else (ctx.dataset.train, 'train')
+  x, r = split.images[:ctx.config.num_figure_images], split.responses[:ctx.config.num_figure_images]
+  recon = compiled.apply(ctx.module, 'reconstruct')(variables, x)
+  if stage == 1:
+    plotting.stage1_figure(x, recon, name, ctx.workdir)
+  else:
+    decoded = compiled.apply(ctx.module, 'decode')(variables, r)
+    plotting.stage2_figure(x, recon, decoded, name, ctx.workdir)

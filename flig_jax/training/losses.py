@@ -14,8 +14,8 @@ import ml_collections
 import optax
 
 from flig_jax import ops
-from flig_jax.model import FLIG, Frozen
 from flig_jax.nn import discriminator as disc_lib
+from flig_jax.nn.flig import FLIG, Frozen
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
