@@ -1,6 +1,12 @@
 """Trains FLIG (stage 1: autoencoder; stage 2: cross-modal flow) and writes orbax checkpoints.
 
   python train.py --config configs/fmri.py --workdir runs/fmri [--config.stage2.steps=2000]
+  python train.py --config configs/synthetic.py:smoke --workdir /tmp/smoke   # seconds
+
+Every config field is listed, with what it does, in configs/default.py; any of them can be set
+with --config.<section>.<field>=<value> (e.g. --config.data.name=npz --config.data.path=my.npz
+for an own recording). Every config file has a `:smoke` variant (configs/default.py:smoke too)
+that shrinks the model and the steps to a run of seconds.
 
 Running it again with the same --workdir resumes from the newest checkpoint that restores; the
 fields of the config that shape the model, data or optimiser must then be those saved with it
@@ -13,8 +19,10 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/fmri.py.',
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file, e.g. configs/fmri.py or configs/synthetic.py:smoke; its fields '
+    '(all listed in configs/default.py) are set with --config.<section>.<field>=<value>.',
+    lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and figures go '
                                '(default: runs/<dataset>).')
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(

@@ -5,8 +5,8 @@ of the measured matmul rate, peak host memory; scaling over fake CPU devices; mo
       [--scaling] [--throughput [--ckpt DIR]]
 
 Every measurement runs in a fresh child process (cold compiles, its own peak memory, its own fake
-device count), with XLA's persistent compilation cache off. Real data comes from $FLIG_DATA_DIR,
-else ../shared/data beside the repository.
+device count), with XLA's persistent compilation cache off. The default configs (fmri,
+spikes) read their data from $FLIG_DATA_DIR; `--configs synthetic` needs no files.
 """
 
 import argparse
@@ -29,8 +29,6 @@ def _child_env(devices: int) -> dict[str, str]:
   env['JAX_PLATFORMS'] = env.get('JAX_PLATFORMS', 'cpu')
   env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(ROOT), env.get('PYTHONPATH')]))
   env.pop('JAX_COMPILATION_CACHE_DIR', None)  # compile times must be cold
-  if not env.get('FLIG_DATA_DIR') and (ROOT.parent / 'shared' / 'data').is_dir():
-    env['FLIG_DATA_DIR'] = str(ROOT.parent / 'shared' / 'data')
   return env
 
 

@@ -39,7 +39,7 @@ CURVES = {
     'images': ('pixels', 'pixels per image (H x W x 3)',
                [('step_s', 'stage-1 step, B=32')], (28, 64, 128), (28, 64)),
     'units': ('units', 'units (voxels / neurons)',
-              [('fit_s', 'adapter fit'), ('full_svd_s', 'adapter fit by full SVD (before)'),
+              [('fit_s', 'adapter fit'), ('full_svd_s', 'adapter fit by full SVD, for comparison'),
                ('encode_s', 'encode, 256 images'), ('decode_s', 'decode, 256 responses')],
               (100, 1000, 3000, 15_000, 50_000), (100, 3000, 15_000)),
     'dim': ('dim', 'D (feature and flow size)',

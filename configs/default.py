@@ -1,26 +1,37 @@
 """Defaults shared by every flig_jax config; the dataset configs import this and change a few fields.
 
-Every field can be overridden from the command line, e.g. `--config.stage2.steps=2000`.
+Every field is listed and explained here, and can be overridden from the command line, e.g.
+`--config.stage2.steps=2000`. Every config file (this one included) has a `:smoke` variant that
+shrinks the model and the steps so a run takes seconds:
+
+  python train.py --config configs/default.py:smoke --workdir /tmp/smoke
 """
 
 from collections.abc import Sequence
 
 import ml_collections
 
+OPTIONS = ('smoke',)
 
-def get_config() -> ml_collections.ConfigDict:
-  """Returns the default configuration (the synthetic fMRI-like dataset, CPU-sized)."""
+
+def get_config(arg: str = '') -> ml_collections.ConfigDict:
+  """Returns the default configuration (the synthetic fMRI-like dataset, CPU-sized); `arg`
+  'smoke' shrinks it (`smoke`)."""
+  options = variants(arg, OPTIONS, 'configs/default.py')
   c = ml_collections.ConfigDict()
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'synthetic'     # digit69 | cowley_v4 | npz | synthetic
   c.data.dir = ''               # the dataset's own folder; else $FLIG_DATA_DIR/<name>; else the cache
-  c.data.path = ''              # npz: the file
+  c.data.path = ''              # npz: the file (needs data.name = 'npz')
   c.data.session = ''           # cowley_v4: e.g. '190927'
   c.data.image_size = 32        # cowley_v4 (and synthetic): images are resized to this square size
   c.data.grayscale = True       # cowley_v4: convert colour images to one channel
   c.data.val_fraction = 0.1     # validation split carved from train (seeded); never the test split
+  #                               0: no validation split (stage 2 then keeps its last step)
+  c.data.split_seed = 0         # npz without a `split` key: draws its 80/20 test split; apart from
+  #                               seed, so runs of every seed are scored on one test split
   c.data.synthetic_mode = 'fmri'  # synthetic: fmri (Gaussian RFs + noise) | spikes (LNP, Poisson)
   #                               | patterns (random binary 10x10 patterns, small Gaussian RFs)
   c.data.num_train = 256        # synthetic: number of training pairs
@@ -30,7 +41,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.feature_dim = 32      # D: size of the CAE feature vector and of the flow
   c.model.flow_type = 'augmented'  # augmented: f on [h, e_h] -> [A(r), e_a], R^2D, starting from
-                                   # the ridge encoder/decoder (DESIGN.md); plain: the paper's f on R^D
+                                   # the ridge encoder/decoder (docs/design.md); plain:
+                                   # the paper's f on R^D
   c.model.cae_widths = (16, 32)  # channels of the stride-2 conv stages (one halving of H, W each)
   c.model.adapter_components = 0  # cap on k, the adapter's signal coordinates (0: min(D, rank))
   c.model.flow_blocks = 4       # K
@@ -81,7 +93,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 20
   c.num_figure_images = 8
   c.distributed = False          # call jax.distributed.initialize() (also set by FLIG_DISTRIBUTED=1)
-  return c
+  return smoke(c) if 'smoke' in options else c
 
 
 def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -6,7 +6,7 @@
 
 Reads digit69_28x28.mat from --config.data.dir, else $FLIG_DATA_DIR/digit69, else the cache.
 Both stages take about 2 minutes on a 2-core CPU and should give, on the 10 test digits (mean over
-seeds 0-2, README, Results), decoding PCC 0.81, SSIM 0.63, identification 0.97 and encoding mean
+seeds 0-2, docs/results.md), decoding PCC 0.81, SSIM 0.63, identification 0.97 and encoding mean
 per-voxel PCC 0.255. Hyper-parameters were chosen on the validation split carved from the 90
 training pairs; the stage-2 step of each direction is chosen on it too (a later step only where its
 gain over the ridge start clears two jackknife standard errors; on digit69's 9 validation
@@ -20,11 +20,11 @@ def get_config(arg: str = ''):
   config = default.get_config()
   config.data.name = 'digit69'
   config.data.val_fraction = 0.1
-  config.model.feature_dim = 64  # stage-1 validation reconstruction (README, Stage-1 capacity)
+  config.model.feature_dim = 64  # docs/results.md, Stage-1 capacity
   config.stage1.steps = 1000
   config.stage1.batch_size = 32
   config.stage2.steps = 1500
-  config.stage2.mixup = 0.4  # chosen on digit69's validation split (see README)
+  config.stage2.mixup = 0.4  # chosen on digit69's validation split
   config.stage2.batch_size = 32
   config.checkpoint.every_steps = 500
   if 'smoke' in default.variants(arg, ('smoke',), 'configs/fmri.py'):

@@ -7,7 +7,7 @@
 Reads images/images_<session>.zip and responses_repeat_averaged/responses_<session>.npy from
 --config.data.dir, else $FLIG_DATA_DIR/cowley_v4. Test images are those with index % 5 == 4.
 About 2 minutes on a 2-core CPU; session 190927 should give decoding PCC 0.337, SSIM 0.16 and
-encoding mean PCC 0.31 on its 240 test images (mean over seeds 0-2; README, Results, has all eight
+encoding mean PCC 0.31 on its 240 test images (mean over seeds 0-2; docs/results.md has all eight
 shared sessions with the baselines). One config for every session: nothing here was tuned to one.
 """
 
@@ -21,12 +21,12 @@ def get_config(arg: str = ''):
   config.data.image_size = 32
   config.data.grayscale = True
   config.data.val_fraction = 0.1
-  config.model.feature_dim = 128  # stage-1 validation reconstruction (README, Stage-1 capacity)
+  config.model.feature_dim = 128  # docs/results.md, Stage-1 capacity
   config.stage1.steps = 1000
   config.stage1.batch_size = 32
   config.stage1.elastic_strength = 0.5
   config.stage2.steps = 1500
-  config.stage2.mixup = 0.4  # chosen on digit69's validation split (see README)
+  config.stage2.mixup = 0.4  # chosen on digit69's validation split
   config.stage2.batch_size = 32
   config.checkpoint.every_steps = 500
   if 'smoke' in default.variants(arg, ('smoke',), 'configs/spikes.py'):

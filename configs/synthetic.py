@@ -11,7 +11,7 @@ mean PCC 0.87; ridge 0.76 and 0.88: the synthetic population is linear, which su
 
 `:patterns` is random binary 10x10 patterns at 20x20 pixels seen by 200 linear-Gaussian units with
 small receptive fields: pixel ridge decodes it well (test PCC about 0.6), and an autoencoder must
-carry 100 degrees of freedom per image through its D features (README, "Stage-1 capacity").
+carry 100 degrees of freedom per image through its D features (docs/results.md, "Stage-1 capacity").
 Options combine with commas, e.g. `:patterns,smoke`.
 """
 
@@ -34,7 +34,7 @@ def get_config(arg: str = ''):
     config.data.num_train = 1000
     config.data.num_test = 200
     config.data.num_units = 200
-    config.model.feature_dim = 128  # stage-1 validation reconstruction (README, Stage-1 capacity)
+    config.model.feature_dim = 128  # docs/results.md, Stage-1 capacity
     config.stage1.steps = 1000
     config.stage2.steps = 1500
   if 'smoke' in options:

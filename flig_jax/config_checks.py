@@ -92,6 +92,7 @@ FIELDS: dict[str, Field] = {
     'data.image_size': Field(integer(4)),
     'data.grayscale': Field(boolean),
     'data.val_fraction': Field(number(0.0, 1.0)),
+    'data.split_seed': Field(integer(0)),
     'data.synthetic_mode': Field(one_of('fmri', 'spikes', 'patterns')),
     'data.num_train': Field(integer(2)),
     'data.num_test': Field(integer(2)),
@@ -164,6 +165,9 @@ def faults(config: ml_collections.ConfigDict) -> list[str]:
     if allowed:
       out.append(f'config.{name} = {value!r}: must be {allowed}')
   out.extend(f'config.{name}: missing' for name in FIELDS if name not in values)
+  if not out and values['data.path'] and values['data.name'] != 'npz':
+    out.append(f"config.data.path = {values['data.path']!r}: read only by the npz dataset, and "
+               f"config.data.name is {values['data.name']!r}; add --config.data.name=npz")
   if not out:
     k, d = values['model.adapter_components'], values['model.feature_dim']
     if k > d:

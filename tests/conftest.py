@@ -79,11 +79,13 @@ def require_data(path: pathlib.Path, what: str) -> pathlib.Path:
 
 @pytest.fixture(scope='session')
 def data_root() -> pathlib.Path:
-  """The shared data root: $FLIG_DATA_DIR (must exist), else ../shared/data beside the repo (the
-  tests that need it skip when it is absent)."""
-  default = ROOT / '..' / 'shared' / 'data'
-  return require_data(pathlib.Path(os.environ.get('FLIG_DATA_DIR') or default).resolve(),
-                      'the shared data root')
+  """The real-data root $FLIG_DATA_DIR (a folder holding digit69/ and cowley_v4/), which must exist
+  when set; the tests that need it skip, saying why, when it is unset."""
+  root = os.environ.get('FLIG_DATA_DIR')
+  if not root:
+    pytest.skip('needs the real recordings: set FLIG_DATA_DIR to a folder holding digit69/ and '
+                'cowley_v4/')
+  return require_data(pathlib.Path(root).resolve(), 'the data root')
 
 
 @pytest.fixture(scope='session')

@@ -33,13 +33,53 @@ def test_float_colour_with_seeded_split(tmp_path):
   rng = np.random.default_rng(1)
   stimuli = rng.random((30, 6, 6, 3)).astype(np.float32)
   path = write(tmp_path, stimuli=stimuli, responses=rng.normal(size=(30, 2)))
-  a, b = data.load('npz', path=path, seed=5), data.load('npz', path=path, seed=5)
-  c = data.load('npz', path=path, seed=6)
+  a, b = data.load('npz', path=path, split_seed=5), data.load('npz', path=path, split_seed=5)
+  c = data.load('npz', path=path, split_seed=6)
   assert (len(a.train), len(a.test)) == (24, 6) and a.image_shape == (6, 6, 3)
   np.testing.assert_array_equal(a.test.images, b.test.images)
   assert not np.array_equal(a.test.images, c.test.images)
   joined = np.concatenate([a.train.images, a.test.images])
   assert sorted(map(bytes, joined)) == sorted(map(bytes, stimuli))
+
+
+def test_test_split_does_not_move_with_the_training_seed(tmp_path):
+  """Runs of several seeds are scored on one test split, and a notebook's `data.load` finds the
+  test split the run was trained without."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  stimuli, responses = pairs(n=50)
+  path = write(tmp_path, stimuli=stimuli, responses=responses)
+  notebook = data.load('npz', path=path)
+  config = default.get_config()
+  config.data.name, config.data.path = 'npz', path
+  for seed in (0, 1, 2):
+    config.seed = seed
+    run = data.from_config(config)
+    np.testing.assert_array_equal(run.test.images, notebook.test.images)
+    np.testing.assert_array_equal(run.test.responses, notebook.test.responses)
+  config.data.split_seed = 3
+  other = data.from_config(config)
+  assert not np.array_equal(other.test.responses, notebook.test.responses)
+  np.testing.assert_array_equal(
+      other.test.responses, data.load('npz', path=path, split_seed=3).test.responses)
+
+
+def test_config_saved_without_split_seed_gets_its_old_split_back(tmp_path):
+  """Such a config drew its npz test split with config.seed; evaluating it must find that one."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  stimuli, responses = pairs(n=50)
+  path = write(tmp_path, stimuli=stimuli, responses=responses)
+  config = default.get_config().unlock()
+  config.data.name, config.data.path, config.seed = 'npz', path, 4
+  del config.data['split_seed']
+  np.testing.assert_array_equal(data.from_config(config).test.responses,
+                                data.load('npz', path=path, split_seed=4).test.responses)
+
+
+def test_a_path_with_another_dataset_is_refused(tmp_path):
+  stimuli, responses = pairs()
+  path = write(tmp_path, stimuli=stimuli, responses=responses)
+  with pytest.raises(data.DataError, match='add --config.data.name=npz'):
+    data.load('synthetic', path=path)
 
 
 def test_resized_when_asked(tmp_path):

@@ -1,4 +1,4 @@
-"""Bad inputs to the Model API and the data loaders (issue 11): each is refused (or converted with
+"""Bad inputs to the Model API and the data loaders: each is refused (or converted with
 a warning) with a message naming the problem; short reprs of Model and Dataset."""
 
 import re

@@ -1,4 +1,4 @@
-"""Runs a cluster user can trust (issue 11): one run per workdir, resume checks of the saved config,
+"""Runs a cluster user can trust: one run per workdir, resume checks of the saved config,
 damaged checkpoints, SIGTERM, a full disk, and a metrics log that stays valid JSON lines. Each
 test checks the message the user sees."""
 

@@ -33,10 +33,14 @@ def resize_split(split: Split, size: int) -> Split:
 
 def read_splits(name: str, *, dir: str | None, path: str | None, session: str | None,
                 image_size: int | None, grayscale: bool, seed: int,
-                synthetic_options: dict[str, Any]) -> tuple[Split, Split, dict[str, Any]]:
+                synthetic_options: dict[str, Any],
+                split_seed: int = 0) -> tuple[Split, Split, dict[str, Any]]:
   """Reads dataset `name` as stored: (train, test, meta). The parser `load` and TFDS share."""
   if name not in NAMES:
     raise DataError(f'unknown dataset {name!r}; choose one of {NAMES}')
+  if path and name != 'npz':
+    raise DataError(f'path {path!r} is read only by the npz dataset, not {name!r}; '
+                    'add --config.data.name=npz (or load it with name "npz")')
   unknown = sorted(set(synthetic_options) - set(SYNTHETIC_OPTIONS))
   if unknown:
     raise DataError(f'unknown data option(s) {unknown}; synthetic options are {SYNTHETIC_OPTIONS}')
@@ -51,13 +55,14 @@ def read_splits(name: str, *, dir: str | None, path: str | None, session: str | 
   if name == 'npz':
     if not path:
       raise DataError('npz: no file given; set --config.data.path (or path=) to an .npz file')
-    return npz.read(path, seed=seed)
+    return npz.read(path, split_seed=split_seed)
   return synthetic.generate(image_size=image_size, seed=seed, **synthetic_options)
 
 
 def load(name: str, *, dir: str | None = None, path: str | None = None,
          session: str | None = None, image_size: int | None = None, grayscale: bool = True,
-         seed: int = 0, val_fraction: float = 0.0, **synthetic_options: Any) -> Dataset:
+         seed: int = 0, val_fraction: float = 0.0, split_seed: int = 0,
+         **synthetic_options: Any) -> Dataset:
   """Loads a dataset: train, validation (carved from train) and test splits.
 
   Args:
@@ -69,8 +74,10 @@ def load(name: str, *, dir: str | None = None, path: str | None = None,
     image_size: square side; cowley_v4 (default 32) and synthetic (default 16) are made at this
       size, digit69 and npz images are resized to it when given.
     grayscale: cowley_v4: one channel (True) or RGB.
-    seed: seeds the validation carve, npz's split when the file has none, and synthetic data.
+    seed: seeds the validation carve and synthetic data.
     val_fraction: fraction of train moved to validation; 0 gives an empty validation split.
+    split_seed: npz: draws the test split when the file has none (independent of `seed`, so
+      that runs of every training seed are scored on one test split).
     **synthetic_options: synthetic only: synthetic_mode, num_train, num_test, num_units, noise_std,
       nonlinearity (see `synthetic.generate`).
 
@@ -82,7 +89,7 @@ def load(name: str, *, dir: str | None = None, path: str | None = None,
   """
   train, test, meta = read_splits(name, dir=dir, path=path, session=session,
                                   image_size=image_size, grayscale=grayscale, seed=seed,
-                                  synthetic_options=synthetic_options)
+                                  synthetic_options=synthetic_options, split_seed=split_seed)
   if image_size is not None and name not in _SIZED:
     if not isinstance(image_size, (int, np.integer)) or image_size < 1:
       raise DataError(f'{name}: image_size must be a positive integer, got {image_size!r}')
@@ -95,7 +102,8 @@ def from_config(config: Any) -> Dataset:
   """Loads the dataset a config names (config.data.* and config.seed; see configs/default.py).
 
   `config.data.image_size` applies to cowley_v4 and synthetic only; digit69 and npz keep their
-  stored size. Empty strings mean "not set".
+  stored size. Empty strings mean "not set". A config saved without `data.split_seed` drew an npz
+  test split with `config.seed`, and gets that split again.
   """
   d = config.data
   name = d.name
@@ -106,6 +114,7 @@ def from_config(config: Any) -> Dataset:
       'grayscale': bool(d.get('grayscale', True)),
       'seed': int(config.seed),
       'val_fraction': float(d.get('val_fraction', 0.0)),
+      'split_seed': int(d.get('split_seed', config.seed)),
   }
   if name in _SIZED and d.get('image_size'):
     kwargs['image_size'] = int(d.image_size)

@@ -35,11 +35,12 @@ def split_mask(split: np.ndarray, n: int, source: str) -> np.ndarray:
   return values == 'test'
 
 
-def read(path: str | pathlib.Path, seed: int = 0) -> tuple[Split, Split, dict[str, Any]]:
+def read(path: str | pathlib.Path, split_seed: int = 0) -> tuple[Split, Split, dict[str, Any]]:
   """Reads the pairs in the .npz at `path`.
 
   The file holds `stimuli` (N, H, W) or (N, H, W, C), uint8 0-255 or float 0-1; `responses` (N, U);
-  optionally `split` (N,) of 'train'/'test' (else a seeded 80/20 split from `seed`) and
+  optionally `split` (N,) of 'train'/'test' (else a random 80/20 split drawn with `split_seed`,
+  which the training seed does not change: runs of several seeds share one test split) and
   `labels` (N,).
 
   Returns:
@@ -79,11 +80,11 @@ def read(path: str | pathlib.Path, seed: int = 0) -> tuple[Split, Split, dict[st
   if 'split' in arrays:
     is_test = split_mask(arrays['split'], n, source)
   else:
-    is_test = seeded_test_mask(n, seed, source)
+    is_test = seeded_test_mask(n, split_seed, source)
   splits = [
       check_split(source, name, images[mask], responses[mask],
                   None if labels is None else labels[mask])
       for name, mask in (('train', ~is_test), ('test', is_test))
   ]
-  meta = {'source': source, 'split_from': 'file' if 'split' in arrays else f'seed {int(seed)}'}
+  meta = {'source': source, 'split_from': 'file' if 'split' in arrays else f'split_seed {int(split_seed)}'}
   return splits[0], splits[1], meta

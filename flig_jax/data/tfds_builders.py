@@ -4,7 +4,7 @@ plain Tensor features so `tfds.data_source(...)` reads them without TensorFlow.
 Importing this module registers the builders. They read through `loading.read_splits`, the same
 parser as `data.load`, and store the splits as stored (train, test); carve validation at use.
 
-  builder = Digit69(data_dir='/tmp/tfds', source_dir='../shared/data/digit69')
+  builder = Digit69(data_dir='/tmp/tfds', source_dir='/path/to/digit69')
   builder.download_and_prepare(file_format='array_record')
   source = tfds.data_source('digit69', data_dir='/tmp/tfds')   # source['train'][i]['image']
 """
@@ -25,7 +25,7 @@ from flig_jax.data.dataset import Split
 from flig_jax.data.loading import read_splits
 
 FILE_FORMAT = 'array_record'
-# Units per shared session, as observed in ../shared/data/cowley_v4 (neurons x images arrays).
+# Units per session of the published cowley_v4 recordings (neurons x images arrays).
 COWLEY_UNITS = {'190925': 36, '190927': 31, '190928': 24, '190929': 33, '210224': 67,
                 '210305': 70, '210322': 59, '210621': 51}
 

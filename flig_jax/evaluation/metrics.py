@@ -1,4 +1,4 @@
-"""Decoding (image) and encoding (response) metrics, as defined in DESIGN.md.
+"""Decoding (image) and encoding (response) metrics, as defined in docs/design.md.
 
 Images are (N, H, W, C) in [0, 1]; responses are (N, U). Inputs may be numpy or JAX arrays; the
 numerical work runs in jitted JAX (float32), summaries come back as python floats.
@@ -149,7 +149,7 @@ def per_image_identification(recon: Any, target: Any) -> np.ndarray:
 
 def decoding_metrics(recon: Any, target: Any,
                      per_image: bool = False) -> dict[str, float] | dict[str, np.ndarray]:
-  """Decoding metrics of DESIGN.md between reconstructions and stimuli.
+  """Decoding metrics of docs/design.md between reconstructions and stimuli.
 
   Args:
     recon: reconstructions (N, H, W, C) in [0, 1].
@@ -202,7 +202,7 @@ def _zscored_mse(pred: jax.Array, target: jax.Array, mean: jax.Array,
 
 def encoding_metrics(pred: Any, target: Any, train_mean: Any = None,
                      train_std: Any = None) -> dict[str, float]:
-  """Encoding metrics of DESIGN.md between predicted and measured responses.
+  """Encoding metrics of docs/design.md between predicted and measured responses.
 
   Args:
     pred: predicted responses (N, U), in the data's own units.

@@ -1,4 +1,5 @@
-"""The metrics.json of an evaluation: checks its shape (DESIGN.md), writes it, prints its tables."""
+"""The metrics.json of an evaluation: checks its shape (docs/design.md), writes it, prints its
+tables."""
 
 import json
 import math
@@ -16,7 +17,8 @@ def _is_float(v: Any) -> bool:
 
 
 def validate_metrics(metrics: dict[str, Any]) -> None:
-  """Raises TypeError or ValueError, naming the fault, if `metrics` is not of the DESIGN.md shape.
+  """Raises TypeError or ValueError, naming the fault, if `metrics` is not of the shape that
+  docs/design.md gives.
 
   The shape: `dataset` and `split` strings, `n` an int, `decoding` model -> {mse, pcc, ssim,
   identification}, `encoding` model -> {pcc_mean, pcc_median, mse}, `roundtrip_max_abs_err` a

@@ -151,7 +151,7 @@ def evaluate(ckpt: str | os.PathLike, split: str = 'test', out: str | os.PathLik
              verbose: bool = True, allow_unfinished: bool = False) -> dict[str, Any]:
   """Evaluates the checkpoint at `ckpt` on `split`, beside the baselines, and writes the results.
 
-  Writes `<out>/metrics.json` (DESIGN.md's shape, plus `session`, `checkpoint_step`,
+  Writes `<out>/metrics.json` (docs/design.md's shape, plus `session`, `checkpoint_step`,
   `baseline_hparams`), `<out>/reconstructions.png` and `<out>/encoding.png`, and prints the tables
   to stdout.
 

@@ -28,7 +28,7 @@ def principal_axes(z: np.ndarray, count: int,
   axes, in float32, with power iterations (Rayleigh-Ritz) until the top `count` singular values
   move by less than 1e-4 (relative), at most 12; O(N U l) per iteration. It returns only the top
   l values, which is all that k = min(D, rank) needs. 'auto' is exact when min(N, U) <=
-  max(EXACT_MAX_SIDE, 2 l), else randomized (README, Performance, has its cost curve).
+  max(EXACT_MAX_SIDE, 2 l), else randomized (docs/performance.md has its cost curve).
 
   Args:
     z: the centred, z-scored training responses (float64 for the exact path).

@@ -178,9 +178,9 @@ class LinearPair(nn.Module):
   """The augmented flow's linear part: a linear encoder and decoder held as one bijection.
 
   It acts on augmented vectors of size 2D: features with their noise coordinates `[h, e]` on the
-  input side, responses with theirs `[a, e_a]` on the output side (DESIGN.md, the augmented flow).
-  Two shears and two diagonal scales, so any linear encoder `h -> a` and decoder `a -> h` pair is
-  one bijection, with no matrix to invert:
+  input side, responses with theirs `[a, e_a]` on the output side (docs/design.md, the augmented
+  flow). Two shears and two diagonal scales, so any linear encoder `h -> a` and decoder `a -> h`
+  pair is one bijection, with no matrix to invert:
 
   - forward:  a = h W_enc + b_enc + exp(s_enc) * e;   e_a = exp(s_dec) * (h - a W_dec - b_dec)
   - inverse:  h = exp(-s_dec) * e_a + a W_dec + b_dec;   e = exp(-s_enc) * (a - h W_enc - b_enc)
@@ -239,14 +239,14 @@ class Flow(nn.Module):
   alternating halves. Initialise with `Flow(...).init(rng, h, method=Flow.forward)` on a batch of
   (standardised) features so ActNorm's data-dependent initialisation sees them.
 
-  Augmented (`augmented=True`, DESIGN.md) on R^2D, features with noise coordinates `[h, e_h]` to
-  responses with theirs `[a, e_a]`: an encoder coupling (e_h moved by an MLP of h), the
-  `LinearPair` (the linear encoder and decoder), and a decoder coupling (e_a moved by an MLP of
-  a). With the noise at zero, encoding is `a = h W_enc + b_enc + exp(s_enc) t_enc(h)` and decoding
-  `h = a W_dec + b_dec - exp(-s_dec) t_dec(a)`: each direction is the linear map plus a learned
-  residual that the other direction never sees. The couplings start as the identity, so f starts
-  as the linear pair that `closed_form.linear_pair_params` writes into it. `num_blocks` is unused:
-  more couplings of the same side would compose to one.
+  Augmented (`augmented=True`, docs/design.md) on R^2D, features with noise coordinates
+  `[h, e_h]` to responses with theirs `[a, e_a]`: an encoder coupling (e_h moved by an MLP of
+  h), the `LinearPair` (the linear encoder and decoder), and a decoder coupling (e_a moved by an
+  MLP of a). With the noise at zero, encoding is `a = h W_enc + b_enc + exp(s_enc) t_enc(h)` and
+  decoding `h = a W_dec + b_dec - exp(-s_dec) t_dec(a)`: each direction is the linear map plus a
+  learned residual that the other direction never sees. The couplings start as the identity, so f
+  starts as the linear pair that `closed_form.linear_pair_params` writes into it. `num_blocks` is
+  unused: more couplings of the same side would compose to one.
 
   forward(x) -> (y, log|det df/dx|) and inverse(y) -> (x, log|det df^-1/dy|), logdet (N,).
   """

@@ -104,7 +104,7 @@ def make_context(config: ml_collections.ConfigDict, workdir: str | Path,
     log.info(f'note: validation images sit much closer to training images than test images do '
              f'(median RMS distance to the nearest one {near:.3f} against {far:.3f}): they look '
              f'like near-copies, and model selection on validation may reward memorising '
-             f'(README, Data)')
+             f'(docs/data.md, Splits)')
   return Context(config, workdir, dataset, module, mesh, mgr, log)
 
 

@@ -1,7 +1,7 @@
 """The training objectives of both stages, as pure functions of parameters and a batch.
 
 Stage 1 trains the autoencoder on pixels. Stage 2 trains the flow f between standardised features
-h = E(x) and adapted responses a = A(r) (DESIGN.md): local constraints pair by pair, a global
+h = E(x) and adapted responses a = A(r) (docs/design.md): local constraints pair by pair, a global
 likelihood term, an adversarial term against the discriminator, and an optional pixel term.
 """
 
