@@ -124,8 +124,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
   if on_start is not None:
     on_start()
   writer = jax.process_index() == 0
-  with interrupts.TerminateRaises(), workdir_lock.WorkdirLock(Path(workdir), active=writer,
-                                                    note=progress.note):
+  lock = workdir_lock.WorkdirLock(Path(workdir), active=writer, note=progress.note)
+  with interrupts.TerminateRaises(), lock:
     latest = resume.start_point(config, workdir, allow_config_change=allow_config_change,
                                 writer=writer, note=progress.note)
     return _train(config, workdir, latest)
