@@ -45,4 +45,5 @@ def main(argv):
 
 if __name__ == '__main__':
   from flig_jax import cli
+  cli.set_jax_environment()  # before JAX is imported
   app.run(main, flags_parser=cli.parse_flags)

@@ -16,6 +16,10 @@ saves a checkpoint at the next step and stops (exit status 130 or 143).
 
 import sys
 
+from flig_jax import interrupts
+
+interrupts.install()  # first: a Ctrl-C from here on ends the run with one line
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -50,4 +54,5 @@ def main(argv):
 
 if __name__ == '__main__':
   from flig_jax import cli
+  cli.set_jax_environment()  # before JAX is imported
   app.run(main, flags_parser=cli.parse_flags)

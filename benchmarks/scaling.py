@@ -1,6 +1,7 @@
 """Cost curves toward NSD scale: step time and peak memory as the work grows, with the log-log
 slope (the exponent) of each curve.
 
+  pip install -e ".[bench]"   # grain, which the pairs curve reads through
   python benchmarks/scaling.py [--quick] [--curves images,units,dim,pairs] [--device cpu|cuda|tpu]
       [--out docs/scaling.json] [--md docs/scaling.md] [--plots docs]
 
@@ -20,6 +21,7 @@ not the third digit.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -185,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
   unknown = sorted(set(curves) - set(CURVES))
   if unknown:
     parser.error(f'unknown curve(s) {unknown}; choose from {sorted(CURVES)}')
+  if 'pairs' in curves and importlib.util.find_spec('grain') is None:
+    print('error: the pairs curve reads its set through grain, which is not installed; install '
+          'the benchmarks\' extra: pip install -e ".[bench]" (or leave the curve out: --curves '
+          'images,units,dim)', file=sys.stderr)
+    return 1
   start = time.perf_counter()
   results = {'argv': sys.argv[1:], 'curves': {}, 'device': args.device}
   for curve in curves:

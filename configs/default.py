@@ -1,4 +1,5 @@
-"""Defaults shared by every flig_jax config; the dataset configs import this and change a few fields.
+"""Defaults shared by every flig_jax config; the dataset configs import this and change a few
+fields.
 
 Every field is listed and explained here, and can be overridden from the command line, e.g.
 `--config.stage2.steps=2000`. Every config file (this one included) has a `:smoke` variant that
@@ -23,7 +24,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'synthetic'     # digit69 | cowley_v4 | npz | synthetic
-  c.data.dir = ''               # the dataset's own folder; else $FLIG_DATA_DIR/<name>; else the cache
+  c.data.dir = ''               # the dataset's own folder; else $FLIG_DATA_DIR/<name>;
+                                # else the cache
   c.data.path = ''              # npz: the file (needs data.name = 'npz')
   c.data.session = ''           # cowley_v4: e.g. '190927'
   c.data.image_size = 32        # cowley_v4 (and synthetic): images are resized to this square size
@@ -51,6 +53,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.model.spline_bins = 8
   c.model.spline_range = 4.0
   c.model.disc_hidden = 128
+  c.model.dtype = 'float32'     # compute dtype of the networks: float32 | bfloat16 (parameters,
+                                # optimiser state, losses, log-dets, fits and metrics stay float32)
 
   c.stage1 = ml_collections.ConfigDict()
   c.stage1.steps = 400
@@ -74,7 +78,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.stage2.likelihood = 0.01     # -log N(f(h); 0, I) - log|det df/dh|, per dimension
   c.stage2.adversarial = 0.01    # f fools Dis on f(h) vs a
   c.stage2.adversarial_inverse = 0.0  # and on f^-1(a) vs h
-  c.stage2.mixup = 0.0           # > 0: train on convex mixtures of pairs, weight ~ Beta(mixup, mixup)
+  c.stage2.mixup = 0.0           # > 0: train on convex mixtures of pairs,
+                                 # weight ~ Beta(mixup, mixup)
   c.stage2.response_noise = 0.0  # std of Gaussian noise added to the whitened responses in training
   c.stage2.pixel = 0.0           # ||G(f^-1(a)) - x||^2 through the frozen decoder
   c.stage2.gradient_penalty = 1.0  # R1 penalty on the discriminator's real inputs
@@ -92,7 +97,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
   c.log_every_steps = 20
   c.num_figure_images = 8
-  c.distributed = False          # call jax.distributed.initialize() (also set by FLIG_DISTRIBUTED=1)
+  c.distributed = False          # call jax.distributed.initialize()
+                                 # (also set by FLIG_DISTRIBUTED=1)
   return smoke(c) if 'smoke' in options else c
 
 

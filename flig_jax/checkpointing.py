@@ -134,12 +134,13 @@ def latest_meta(mgr: ocp.CheckpointManager) -> tuple[int, dict[str, Any]] | None
   return steps[-1], read_meta(mgr, steps[-1])
 
 
-def _tuples(value: Any) -> Any:
-  """JSON turns tuples into lists; the configs use tuples."""
+def json_tuples(value: Any) -> Any:
+  """`value` with every list (at any depth, in dicts and tuples too) made a tuple: JSON turns the
+  configs' tuples into lists."""
   if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
+    return {k: json_tuples(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return tuple(json_tuples(v) for v in value)
   return value
 
 
@@ -147,7 +148,7 @@ def read_config(mgr: ocp.CheckpointManager, step: int) -> ml_collections.ConfigD
   """The `config` item at `step`, as a ConfigDict (lists read back as tuples)."""
   mgr.wait_until_finished()
   restored = mgr.restore(int(step), args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-  return ml_collections.ConfigDict(_tuples(dict(restored['config'])))
+  return ml_collections.ConfigDict(json_tuples(dict(restored['config'])))
 
 
 def with_sharding(abstract_target: Any, sharding: jax.sharding.Sharding | None = None) -> Any:

@@ -15,6 +15,18 @@ XLA_CACHE_ENV = 'FLIG_XLA_CACHE_DIR'
 _MIN_COMPILE_SECONDS = 0.1  # cache every program that takes longer than this to compile
 
 
+def set_jax_environment() -> None:
+  """Sets JAX_THREEFRY_PARTITIONABLE=0 unless the user set it; train.py and evaluate.py call this
+  first, before JAX is imported (it has no effect after).
+
+  JAX's default "partitionable" threefry PRNG takes seconds to compile per random op on the XLA
+  CPU backend of jax 0.10 (about 8 s for one `jax.random.uniform`, against 0.4 s without it).
+  Random draws are sharding-invariant either way, but the two give different draws: a run's
+  numbers depend on this setting.
+  """
+  os.environ.setdefault('JAX_THREEFRY_PARTITIONABLE', '0')
+
+
 def compilation_cache_dir() -> Path | None:
   """Where compiled programs are kept: the folder the user named, else the flig_jax cache.
 
@@ -130,29 +142,48 @@ def _newest_checkpoint(workdir: str | os.PathLike) -> str:
   return f'newest: step {steps[-1]}' if steps else 'none was saved yet'
 
 
+def _checkpoint_kept(workdir: str | os.PathLike | None) -> str:
+  """'; <workdir>/checkpoints/<step> is kept ...' naming the newest checkpoint, when `workdir`
+  is a training run's."""
+  from flig_jax import checkpointing
+  from flig_jax.training import resume
+  if workdir is None or not Path(checkpointing.checkpoint_dir(workdir)).is_dir():
+    return ''
+  directory = Path(checkpointing.checkpoint_dir(workdir))
+  steps = resume.saved_steps(directory)
+  if not steps:
+    return '; no checkpoint was saved yet: run the same command to start again'
+  return f'; {directory / str(steps[-1])} is kept: run the same command to resume from it'
+
+
 def guarded(job: Callable[[], object], workdir: str | os.PathLike | None = None) -> int:
   """Runs `job`; a user-facing error prints one line 'error: ...' to stderr and gives exit status 1.
 
   Ctrl-C gives 130 and SIGTERM 143 (the shell's codes for them), each after the training loop saved
-  a checkpoint. `workdir` is the folder a full disk is reported for. Orbax's own log lines are
-  dropped: the errors it raises are reported here.
+  a checkpoint (a Ctrl-C before the loop, caught by `interrupts` after `interrupts.install()`,
+  saves none); the line names the newest checkpoint in `workdir`. `workdir` is also the folder a
+  full disk is reported for. Orbax's own log lines are dropped: the errors it raises are reported
+  here.
   """
   import logging
 
-  from flig_jax import orbax_logs
+  from flig_jax import interrupts, orbax_logs
   from flig_jax.training import Preempted
   orbax_logs.quiet(logging.CRITICAL + 1)
   orbax_logs.quiet_failed_writes()
   try:
     job()
+    interrupts.check()  # a Ctrl-C that JAX swallowed stops the run all the same
   except KeyboardInterrupt:
-    print('interrupted; the latest checkpoint is kept, run the same command to resume',
-          file=sys.stderr)
+    print(f'interrupted{_checkpoint_kept(workdir)}', file=sys.stderr)
     return 130
   except Preempted as e:
     print(f'{e}; run the same command to resume', file=sys.stderr)
     return 128 + 15
   except Exception as e:
+    if interrupts.requested():  # raised by the interrupt, e.g. an import it cut short
+      print(f'interrupted{_checkpoint_kept(workdir)}', file=sys.stderr)
+      return 130
     if workdir is not None and _disk_full(e):
       print(f'error: no space left on the device holding {os.path.abspath(workdir)}; the '
             f'checkpoints saved before are intact ({_newest_checkpoint(workdir)}): free some '
@@ -188,14 +219,29 @@ def _summary(config: ml_collections.ConfigDict) -> str:
 
 def _report(workdir: Path) -> None:
   """Says where the run's outputs are and what to run next."""
+  import importlib.util
+
   from flig_jax.training import metrics_file, tensorboard
   figures = ', '.join(str(p) for p in sorted(workdir.glob('stage*.png')))
+  install = ('' if importlib.util.find_spec('tensorboard') else
+             ' (TensorBoard is not installed: pip install -e ".[tensorboard]")')
   print(f'done: training finished ({_newest_checkpoint(workdir)})\n'
         f'  checkpoints  {workdir / "checkpoints"}\n'
         f'  figures      {figures or "(none)"}\n'
         f'  metrics      {workdir / metrics_file.NAME}; watch with: tensorboard --logdir '
-        f'{workdir / tensorboard.SUBDIR}\n'
+        f'{workdir / tensorboard.SUBDIR}{install}\n'
         f'next: python evaluate.py --ckpt {workdir}', flush=True)
+
+
+def _check_workdir(workdir: Path) -> None:
+  """Creates `workdir` if it is missing; raises ValueError (one line) if it cannot be a folder."""
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+  except FileExistsError:
+    raise ValueError(f'--workdir {workdir}: a file is there, not a folder; name a new folder or '
+                     'the folder of a run to resume') from None
+  except OSError as e:
+    raise ValueError(f'--workdir {workdir}: cannot create the folder ({e.strerror})') from None
 
 
 def run_training(config: ml_collections.ConfigDict, workdir: str, source: str = '',
@@ -214,6 +260,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, source: str = 
   def job():
     from flig_jax import config_checks
     config_checks.validate(config)  # before any data or JAX work
+    _check_workdir(workdir)
     enable_compilation_cache()
     import jax
 

@@ -107,6 +107,7 @@ FIELDS: dict[str, Field] = {
     'model.spline_bins': Field(integer(2)),
     'model.spline_range': Field(number(0.0, strict=True)),
     'model.disc_hidden': Field(integer(1), IN_STAGE1),
+    'model.dtype': Field(one_of('float32', 'bfloat16')),
     'stage1.steps': Field(integer(1), IN_STAGE1),
     'stage1.batch_size': Field(integer(1)),
     'stage1.learning_rate': Field(number(0.0, strict=True)),

@@ -1,4 +1,5 @@
-"""Image operations shared by training (the stage-1 loss) and evaluation (the metrics)."""
+"""Array operations shared by training (the stage-1 loss, validation scores) and evaluation (the
+metrics): SSIM and Pearson correlation."""
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,7 @@ SSIM_SIGMA = 1.5
 SSIM_TRUNCATE = 3.5  # scikit-image fixes this for Gaussian weights: an 11-tap window at sigma 1.5
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
+EPS = 1e-12  # a variance or norm at or below this counts as zero
 
 
 def gaussian_window(sigma: float = SSIM_SIGMA, truncate: float = SSIM_TRUNCATE) -> np.ndarray:
@@ -57,3 +59,13 @@ def ssim(recon: jax.Array, target: jax.Array) -> jax.Array:
   s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
   # Mean over the cropped pixels of each channel, then over channels (equal sizes: one mean).
   return jnp.mean(s.reshape(n, -1), axis=1)
+
+
+def pearson(a: jax.Array, b: jax.Array, axis: int) -> jax.Array:
+  """Pearson r between `a` and `b` along `axis` (axis 1 of (N, P): per row); 0 where either side
+  is constant."""
+  a = a - a.mean(axis=axis, keepdims=True)
+  b = b - b.mean(axis=axis, keepdims=True)
+  num = jnp.sum(a * b, axis=axis)
+  den = jnp.sqrt(jnp.sum(a * a, axis=axis) * jnp.sum(b * b, axis=axis))
+  return jnp.where(den > EPS, num / jnp.maximum(den, EPS), 0.0)

@@ -15,12 +15,40 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # after matplotlib.use: the backend must be chosen first
 import numpy as np
 
+# Line styles that keep a curve visible when another one lies on it.
+_LINESTYLES = ('-', '--', ':', '-.')
+# Reconstructions and per-unit correlations closer than these draw alike on a figure.
+_SAME_PIXELS = 1.0 / 255.0
+_SAME_PCC = 1e-3
 
-def _save(fig: Any, path: str) -> str:
+
+def _save(fig: Any, path: str, title: str = '', notes: Sequence[str] = ()) -> str:
+  """Writes `fig` to `path` with `title` on top; the PNG keeps the title and the `notes` as its
+  Title and Description text."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100, bbox_inches='tight')
+  if title:
+    fig.suptitle(title, fontsize=10, y=1.0, va='bottom')
+  metadata = {'Title': title} if title else {}
+  if notes:
+    metadata['Description'] = '; '.join(notes)
+  fig.savefig(path, dpi=100, bbox_inches='tight', metadata=metadata)
   plt.close(fig)
   return path
+
+
+def same_as(series: Mapping[str, Any], tolerance: float) -> dict[str, str]:
+  """name -> the earlier name whose values are within `tolerance` everywhere (the two draw
+  alike), for each name that has one."""
+  out, seen = {}, []
+  for name, values in series.items():
+    values = np.asarray(values, np.float64)
+    match = next((other for other, v in seen
+                  if v.shape == values.shape and np.max(np.abs(v - values), initial=0.0)
+                  <= tolerance), None)
+    if match is not None:
+      out[name] = match
+    seen.append((name, values))
+  return out
 
 
 def _show(ax: Any, image: np.ndarray) -> None:
@@ -34,14 +62,17 @@ def _show(ax: Any, image: np.ndarray) -> None:
   ax.set_yticks([])
 
 
-def reconstruction_grid(stimuli: Any, recons: Mapping[str, Any], path: str, n: int = 10) -> str:
-  """Writes a grid of the first `n` stimuli (top row) and each model's reconstructions below.
+def reconstruction_grid(stimuli: Any, recons: Mapping[str, Any], path: str, n: int = 10,
+                        title: str = '') -> str:
+  """Writes a grid of the first `n` stimuli (top row) and each model's reconstructions below; a
+  row that draws as an earlier one is labelled so (e.g. 'cae_ridge (= flig)').
 
   Args:
     stimuli: (N, H, W, C) images in [0, 1].
     recons: model name -> (N, H, W, C) reconstructions of the same stimuli.
     path: the PNG to write.
     n: number of columns (stimuli shown).
+    title: the figure's title (say the split and the step).
 
   Returns:
     path.
@@ -55,35 +86,39 @@ def reconstruction_grid(stimuli: Any, recons: Mapping[str, Any], path: str, n: i
                        f'the stimuli have {stimuli.shape}.')
   n = max(1, min(n, stimuli.shape[0]))
   rows = [('stimulus', stimuli)] + [(k, np.asarray(v)) for k, v in recons.items()]
+  same = same_as({k: np.clip(v[:n], 0.0, 1.0) for k, v in recons.items()}, _SAME_PIXELS)
   fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n + 1.0, 1.1 * len(rows)), squeeze=False)
   for i, (name, images) in enumerate(rows):
     for j in range(n):
       _show(axes[i, j], images[j])
-    axes[i, 0].set_ylabel(name, rotation=0, ha='right', va='center', fontsize=10)
+    label = f'{name}\n(= {same[name]})' if name in same else name
+    axes[i, 0].set_ylabel(label, rotation=0, ha='right', va='center', fontsize=10)
   fig.subplots_adjust(wspace=0.05, hspace=0.05)
-  return _save(fig, path)
+  return _save(fig, path, title, [f'{k} draws as {v}' for k, v in same.items()])
 
 
-def stage1_figure(stimuli: Any, reconstructions: Any, split: str,
-                  workdir: str | os.PathLike) -> str:
+def stage1_figure(stimuli: Any, reconstructions: Any, split: str, workdir: str | os.PathLike,
+                  title: str = '') -> str:
   """Writes `<workdir>/stage1_reconstructions.png`: stimuli of `split` over their G(E(x))."""
   return reconstruction_grid(stimuli, {f'G(E(x)) [{split}]': np.asarray(reconstructions)},
-                             os.path.join(workdir, 'stage1_reconstructions.png'), n=len(stimuli))
+                             os.path.join(workdir, 'stage1_reconstructions.png'), n=len(stimuli),
+                             title=title)
 
 
 def stage2_figure(stimuli: Any, reconstructions: Any, decoded: Any, split: str,
-                  workdir: str | os.PathLike) -> str:
+                  workdir: str | os.PathLike, title: str = '') -> str:
   """Writes `<workdir>/stage2_decoding.png`: stimuli of `split` over their G(E(x)) and over the
   images decoded from their responses."""
   recons = {'G(E(x))': np.asarray(reconstructions), f'decode(r) [{split}]': np.asarray(decoded)}
   return reconstruction_grid(stimuli, recons, os.path.join(workdir, 'stage2_decoding.png'),
-                             n=len(stimuli))
+                             n=len(stimuli), title=title)
 
 
 def encoding_figure(per_unit_pcc: Mapping[str, Any], pred: Any, target: Any, path: str,
-                    n_best: int = 4, model: str = 'flig') -> str:
+                    n_best: int = 4, model: str = 'flig', title: str = '') -> str:
   """Writes the encoding summary: per-unit test correlation of every model, and for the
-  `n_best` best-predicted units of `model`, predicted against measured responses.
+  `n_best` best-predicted units of `model`, predicted against measured responses. Each model's
+  curves have a line style of their own, and one that lies on an earlier model's is labelled so.
 
   Args:
     per_unit_pcc: model name -> (U,) per-unit Pearson r on the evaluated split (`model` among
@@ -93,6 +128,7 @@ def encoding_figure(per_unit_pcc: Mapping[str, Any], pred: Any, target: Any, pat
     path: the PNG to write.
     n_best: number of units to scatter.
     model: the name `pred` belongs to (used in titles).
+    title: the figure's title (say the split and the step).
 
   Returns:
     path.
@@ -111,11 +147,14 @@ def encoding_figure(per_unit_pcc: Mapping[str, Any], pred: Any, target: Any, pat
   ax_hist = fig.add_subplot(grid[0, :cols // 2])
   ax_sort = fig.add_subplot(grid[0, cols // 2:])
   bins = np.linspace(-1.0, 1.0, 41)
-  for name, r in per_unit_pcc.items():
+  same = same_as(per_unit_pcc, _SAME_PCC)
+  for i, (name, r) in enumerate(per_unit_pcc.items()):
     r = np.asarray(r, np.float64)
-    ax_hist.hist(r, bins=bins, histtype='step', linewidth=1.5,
-                 label=f'{name} (mean {r.mean():.3f})')
-    ax_sort.plot(np.arange(1, r.size + 1), np.sort(r)[::-1], linewidth=1.5, label=name)
+    style = {'linestyle': _LINESTYLES[i % len(_LINESTYLES)],
+             'linewidth': 2.5 if i == 0 else 1.5}
+    label = f'{name} (= {same[name]})' if name in same else name
+    ax_hist.hist(r, bins=bins, histtype='step', label=f'{label} (mean {r.mean():.3f})', **style)
+    ax_sort.plot(np.arange(1, r.size + 1), np.sort(r)[::-1], label=label, **style)
   ax_hist.set_xlabel('per-unit Pearson r (test)')
   ax_hist.set_ylabel('units')
   ax_hist.legend(fontsize=8)
@@ -134,7 +173,7 @@ def encoding_figure(per_unit_pcc: Mapping[str, Any], pred: Any, target: Any, pat
     if i == 0:
       ax.set_ylabel('predicted')
   fig.tight_layout()
-  return _save(fig, path)
+  return _save(fig, path, title, [f'{k} draws as {v}' for k, v in same.items()])
 
 
 def differences_figure(differences: Mapping[str, Mapping[str, Mapping[str, Any]]],

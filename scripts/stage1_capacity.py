@@ -1,4 +1,5 @@
-"""Stage-1 capacity: validation reconstruction of the autoencoder G(E(x)) for several feature sizes D.
+"""Stage-1 capacity: validation reconstruction of the autoencoder G(E(x)) for several feature
+sizes D.
 
   python scripts/stage1_capacity.py --config configs/fmri.py --dims 32,64,128
   python scripts/stage1_capacity.py --config configs/spikes.py --set data.session=210224

@@ -49,6 +49,7 @@ def _evaluate(*args: str) -> subprocess.CompletedProcess:
 
 # --- one run per workdir ---
 
+@pytest.mark.slow
 def test_second_run_into_a_busy_workdir_is_refused(tmp_path):
   workdir = tmp_path / 'run'
   workdir.mkdir()
@@ -148,9 +149,35 @@ def test_damaged_newest_checkpoint_is_skipped_by_evaluate_and_by_resume(copy_of_
   assert 'resuming stage 2 at step 3' in proc.stdout + proc.stderr
   assert checkpoint_recovery.problem(ckpts / '12') is None
   assert _rows(copy_of_run) == [(1, 2), (1, 4), (1, 6), (2, 2), (2, 4), (2, 6)]
-  # TensorBoard is told to drop what the resumed run replays (events at step 9 or later).
+  # TensorBoard is told to drop what the resumed run replays (events after step 9).
   starts = [e.step for e in _events(copy_of_run / 'tensorboard') if e.HasField('session_log')]
-  assert starts == [0, 9]
+  assert starts == [0, 10]
+
+
+def _shown(logdir: Path) -> dict[str, list[int]]:
+  """tag -> the steps TensorBoard shows: a run's start (SessionLog START at step s) hides the
+  events that earlier files hold at step s or later."""
+  shown = []
+  for event in _events(logdir):
+    if event.HasField('session_log'):
+      shown = [(tag, step) for tag, step in shown if step < event.step]
+    shown += [(value.tag, event.step) for value in event.summary.value]
+  steps = {}
+  for tag, step in shown:
+    steps.setdefault(tag, []).append(step)
+  return steps
+
+
+def test_tensorboard_keeps_the_point_at_the_checkpoint_step_after_a_resume(copy_of_run):
+  """Resumed from checkpoint 6 (stage 1's last step, a logged one), TensorBoard shows every row
+  that metrics.jsonl keeps, the row at step 6 included."""
+  for step in ('9', '12'):
+    shutil.rmtree(copy_of_run / 'checkpoints' / step)
+  train(copy_of_run)
+  assert [step for stage, step in _rows(copy_of_run) if stage == 1] == [2, 4, 6]
+  shown = _shown(copy_of_run / 'tensorboard')
+  assert shown['stage1/loss'] == [2, 4, 6]
+  assert shown['stage2/loss'] == [8, 10, 12]
 
 
 def test_empty_meta_names_the_file_and_step(copy_of_run):
@@ -212,16 +239,19 @@ def test_losses_are_tensorboard_scalars_on_one_step_axis(smoke_workdir):
 
 # --- SIGTERM (SIGKILL: tests/test_training.py) ---
 
+@pytest.mark.slow
 def test_sigterm_saves_at_the_next_step_and_exits_143_without_temp_folders(tmp_path):
   workdir = tmp_path / 'run'
   returncode, err = signal_at_checkpoint(workdir, 20, signal.SIGTERM, *_LONG)
   assert returncode == 143, err[-3000:]
   assert 'Traceback' not in err
   last = err.strip().splitlines()[-1]
-  assert last.startswith('terminated (SIGTERM): stage 1 saved at step '), last
+  assert last.startswith('terminated (SIGTERM): stage 1 step '), last
   assert last.endswith('; run the same command to resume')
-  saved = int(last.split('saved at step ')[1].split(';')[0])
-  assert saved >= 20 and (workdir / 'checkpoints' / str(saved)).is_dir()
+  step, path = last.removeprefix('terminated (SIGTERM): stage 1 step ').split(';')[0].split(
+      ' saved as ')
+  saved = int(step)
+  assert saved >= 20 and Path(path) == workdir / 'checkpoints' / str(saved) and Path(path).is_dir()
   assert not list(workdir.rglob('*orbax-checkpoint-tmp*'))
   assert not (workdir / 'run.lock').exists()
   assert checkpoint_recovery.problem(workdir / 'checkpoints' / str(saved)) is None
@@ -263,6 +293,7 @@ runpy.run_path(sys.argv[0], run_name='__main__')
 '''
 
 
+@pytest.mark.slow
 def test_disk_full_simulated_is_one_line_and_earlier_checkpoints_restore(tmp_path):
   workdir = tmp_path / 'run'
   proc = subprocess.run([sys.executable, '-c', _FAIL_SAVES_FROM_STEP_6,
@@ -288,6 +319,7 @@ def small_tmpfs(tmp_path):
     subprocess.run(['umount', str(mount)], check=False)
 
 
+@pytest.mark.slow
 def test_disk_full_on_a_small_tmpfs(small_tmpfs):
   workdir = small_tmpfs / 'run'
   proc = train(workdir, check=False)

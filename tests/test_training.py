@@ -1,4 +1,5 @@
-"""End-to-end training runs in subprocesses: smoke configs, devices, hosts, SIGKILL resume, divergence."""
+"""End-to-end training runs in subprocesses: smoke configs, devices, hosts, SIGKILL resume,
+divergence."""
 
 import json
 import signal
@@ -13,6 +14,8 @@ from conftest import ROOT, signal_at_checkpoint, subprocess_env, train, train_co
 
 from flig_jax import checkpointing, model
 
+# Every test here trains in child processes, several runs in a row for some.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 def _losses(workdir: Path) -> list[dict]:
   """The training rows of metrics.jsonl (stage 2's validation rows hold scores, not losses)."""
@@ -138,7 +141,6 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
   port = _free_port()
   procs = []

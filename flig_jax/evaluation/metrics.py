@@ -12,7 +12,7 @@ import numpy as np
 
 from flig_jax import ops
 
-_EPS = 1e-12
+_EPS = ops.EPS
 _RANGE_SLACK = 1e-3  # images may stray this far outside [0, 1] (float round-off)
 
 
@@ -49,15 +49,6 @@ def _check_same_shape(a: jax.Array, b: jax.Array, names: str) -> None:
     raise ValueError(f'{names} differ in shape: {a.shape} vs {b.shape}.')
 
 
-def _pearson_rows(a: jax.Array, b: jax.Array) -> jax.Array:
-  """Pearson r between matching rows of (N, P) arrays; a row with zero variance gives 0."""
-  a = a - a.mean(axis=1, keepdims=True)
-  b = b - b.mean(axis=1, keepdims=True)
-  num = jnp.sum(a * b, axis=1)
-  den = jnp.sqrt(jnp.sum(a * a, axis=1) * jnp.sum(b * b, axis=1))
-  return jnp.where(den > _EPS, num / jnp.maximum(den, _EPS), 0.0)
-
-
 def _corr_matrix(a: jax.Array, b: jax.Array) -> jax.Array:
   """C[i, j] = Pearson r between row i of a and row j of b (zero-variance rows give 0)."""
   a = a - a.mean(axis=1, keepdims=True)
@@ -81,7 +72,7 @@ def _per_image_mse(recon: jax.Array, target: jax.Array) -> jax.Array:
 @jax.jit
 def _per_image_pcc(recon: jax.Array, target: jax.Array) -> jax.Array:
   n = recon.shape[0]
-  return _pearson_rows(recon.reshape(n, -1), target.reshape(n, -1))
+  return ops.pearson(recon.reshape(n, -1), target.reshape(n, -1), axis=1)
 
 
 _per_image_ssim = jax.jit(ops.ssim)
@@ -178,7 +169,7 @@ def decoding_metrics(recon: Any, target: Any,
 
 @jax.jit
 def _per_unit_pcc(pred: jax.Array, target: jax.Array) -> jax.Array:
-  return _pearson_rows(pred.T, target.T)
+  return ops.pearson(pred.T, target.T, axis=1)
 
 
 def per_unit_pcc(pred: Any, target: Any) -> np.ndarray:

@@ -218,11 +218,12 @@ def evaluate(ckpt: str | os.PathLike, split: str = 'test', out: str | os.PathLik
   out = os.fspath(out) if out is not None else os.path.join(os.fspath(ckpt), f'eval_{split}')
   log(f'writing {out}')
   report.write_metrics(os.path.join(out, 'metrics.json'), result)
+  title = f'{ds.name}, {split} split (n = {len(scored)}): checkpoint step {int(m.meta["step"])}'
   plotting.reconstruction_grid(scored.images, decoded, os.path.join(out, 'reconstructions.png'),
-                               n=GRID_COLUMNS)
+                               n=GRID_COLUMNS, title=f'decoding: {title}')
   per_unit = {k: metrics.per_unit_pcc(v, scored.responses) for k, v in encoded.items()}
   plotting.encoding_figure(per_unit, encoded['flig'], scored.responses,
-                           os.path.join(out, 'encoding.png'))
+                           os.path.join(out, 'encoding.png'), title=f'encoding: {title}')
   print(report.format_table(result), flush=True)
   log('done')
   return result

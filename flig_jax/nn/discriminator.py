@@ -8,19 +8,29 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from flig_jax.nn import precision
+
 Array = jax.Array
 
 
 class Discriminator(nn.Module):
-  """Dis: (N, D) -> logits (N,). `num_layers` Dense + leaky-ReLU layers of width `hidden`."""
+  """Dis: (N, D) -> logits (N,). `num_layers` Dense + leaky-ReLU layers of width `hidden`.
+
+  Computes in `dtype` (None: that of the inputs and parameters); the logits come back in the dtype
+  they would have without it, so its losses and R1 penalty stay float32.
+  """
   hidden: int
   num_layers: int = 2
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
+    out_dtype = precision.result_dtype(x, self.param_dtype)
+    layer = {'dtype': self.dtype, 'param_dtype': self.param_dtype}
     for _ in range(self.num_layers):
-      x = nn.leaky_relu(nn.Dense(self.hidden)(x), 0.2)
-    return nn.Dense(1)(x)[..., 0]
+      x = nn.leaky_relu(nn.Dense(self.hidden, **layer)(x), 0.2)
+    return nn.Dense(1, **layer)(x)[..., 0].astype(out_dtype)
 
 
 def r1_penalty(apply_fn: Callable[[Any, Array], Array], params: Any, x: Array) -> Array:

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from flig_jax.nn import precision
 from flig_jax.nn.adapter import ARRAY_NAMES, Adapter
 from flig_jax.nn.autoencoder import Autoencoder
 from flig_jax.nn.flow import Flow
@@ -35,6 +36,10 @@ class FLIG(nn.Module):
   standardisation of the features (h = (E(x) - mean) / std) set from training features after
   stage 1; `adapter` {'mean', 'scale', 'components', 'sqrt_eig'}, the Adapter's arrays (k comes
   from their shapes). Build them with `Frozen.variables`.
+
+  `dtype` is the compute dtype of the autoencoder's layers and the couplings' conditioners (e.g.
+  bfloat16, `config.model.dtype`; None: that of the inputs and parameters). Parameters are float32
+  and every output (features, images, flow vectors, log-dets) has the dtype of the inputs.
   """
   image_shape: tuple[int, int, int]
   feature_dim: int
@@ -45,6 +50,7 @@ class FLIG(nn.Module):
   spline_bins: int = 8
   spline_range: float = 4.0
   flow_type: str = 'augmented'
+  dtype: Any = None
 
   @classmethod
   def from_config(cls, model_config: ml_collections.ConfigDict,
@@ -56,16 +62,17 @@ class FLIG(nn.Module):
                flow_blocks=int(c.flow_blocks), flow_hidden=int(c.flow_hidden),
                coupling=str(c.coupling), spline_bins=int(c.spline_bins),
                spline_range=float(c.spline_range),
-               flow_type=str(c.get('flow_type', 'plain')))  # runs saved before the option: plain
+               flow_type=str(c.get('flow_type', 'plain')),  # runs saved before the option: plain
+               dtype=precision.compute_dtype(str(c.get('dtype', 'float32'))))
 
   def setup(self):
     self.autoencoder = Autoencoder(tuple(self.image_shape), self.feature_dim,
-                                   tuple(self.cae_widths))
+                                   tuple(self.cae_widths), dtype=self.dtype)
     if self.flow_type not in FLOW_TYPES:
       raise ValueError(f'unknown model.flow_type {self.flow_type!r}; use one of {FLOW_TYPES}')
     self.flow = Flow(self.feature_dim, self.flow_blocks, self.flow_hidden, self.coupling,
                      self.spline_bins, self.spline_range,
-                     augmented=self.flow_type == 'augmented')
+                     augmented=self.flow_type == 'augmented', dtype=self.dtype)
 
   # --- the fixed parts, read from the `stats` and `adapter` collections ---
 

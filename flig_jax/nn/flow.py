@@ -11,11 +11,14 @@ forward direction runs ActNorm's data-dependent initialisation.
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import distrax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from flig_jax.nn import precision
 
 Array = jax.Array
 
@@ -111,20 +114,29 @@ class LULinear(nn.Module):
 
 
 class MLP(nn.Module):
-  """Conditioner network: Dense-GELU layers, then a zero-initialised Dense to `out_shape`."""
+  """Conditioner network: Dense-GELU layers, then a zero-initialised Dense to `out_shape`.
+
+  Computes in `dtype` (None: that of the inputs and parameters); its output comes back in the
+  dtype it would have without it, so the coupling's transform and log-det do not change dtype.
+  """
   hidden: int
   out_shape: tuple[int, ...]
   num_layers: int = 2
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
+    out_dtype = precision.result_dtype(x, self.param_dtype)
+    layer = {'dtype': self.dtype, 'param_dtype': self.param_dtype}
     for _ in range(self.num_layers):
-      x = nn.gelu(nn.Dense(self.hidden)(x))
+      x = nn.gelu(nn.Dense(self.hidden, **layer)(x))
     size = 1
     for s in self.out_shape:
       size *= s
-    x = nn.Dense(size, kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros)(x)
-    return x.reshape(x.shape[:-1] + tuple(self.out_shape))
+    x = nn.Dense(size, kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros,
+                 **layer)(x)
+    return x.reshape(x.shape[:-1] + tuple(self.out_shape)).astype(out_dtype)
 
 
 class Coupling(nn.Module):
@@ -139,12 +151,18 @@ class Coupling(nn.Module):
   - 'spline': rational-quadratic spline (`distrax.RationalQuadraticSpline`) on
     [-spline_range, spline_range] with `num_bins` bins, identity outside; log-det the sum of
     log g'(x2) (forward) and its negative at x2 = g^-1(y2) (inverse).
+
+  `dtype` is the conditioner's compute dtype (e.g. bfloat16). g and its log-det are computed in
+  the dtype of x, and y1 = x1 feeds the same conditioner both ways, so the round trip stays
+  exact to x's precision whatever `dtype` is.
   """
   hidden: int
   transform: str = 'affine'
   swap: bool = False
   num_bins: int = 8
   spline_range: float = 4.0
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, inverse: bool = False) -> tuple[Array, Array]:
@@ -154,12 +172,14 @@ class Coupling(nn.Module):
     split = d // 2
     transformed = split if self.swap else d - split
     if self.transform == 'affine':
-      conditioner = MLP(self.hidden, (transformed, 2))
+      conditioner = MLP(self.hidden, (transformed, 2), dtype=self.dtype,
+                        param_dtype=self.param_dtype)
 
       def inner(params):
         return distrax.ScalarAffine(shift=params[..., 0], log_scale=_bounded(params[..., 1]))
     elif self.transform == 'spline':
-      conditioner = MLP(self.hidden, (transformed, 3 * self.num_bins + 1))
+      conditioner = MLP(self.hidden, (transformed, 3 * self.num_bins + 1), dtype=self.dtype,
+                        param_dtype=self.param_dtype)
 
       def inner(params):
         return distrax.RationalQuadraticSpline(
@@ -249,6 +269,9 @@ class Flow(nn.Module):
   unused: more couplings of the same side would compose to one.
 
   forward(x) -> (y, log|det df/dx|) and inverse(y) -> (x, log|det df^-1/dy|), logdet (N,).
+  `dtype` is the compute dtype of the couplings' conditioner MLPs (None: that of the inputs and
+  parameters); ActNorm, the LU layers, the LinearPair, the transforms and every log-det stay in
+  the dtype of x.
   """
   features: int
   num_blocks: int
@@ -257,6 +280,8 @@ class Flow(nn.Module):
   num_bins: int = 8
   spline_range: float = 4.0
   augmented: bool = False
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @property
   def size(self) -> int:
@@ -267,7 +292,8 @@ class Flow(nn.Module):
     if self.coupling not in ('affine', 'spline'):
       raise ValueError(f"unknown coupling '{self.coupling}' (use 'affine' or 'spline')")
     coupling = functools.partial(Coupling, self.hidden, self.coupling, num_bins=self.num_bins,
-                                 spline_range=self.spline_range)
+                                 spline_range=self.spline_range, dtype=self.dtype,
+                                 param_dtype=self.param_dtype)
     if self.augmented:
       # swap=False: the first half (h, then a) conditions the second (e_h, then e_a).
       self.layers = [coupling(name='enc_coupling'), LinearPair(name='linear_pair'),

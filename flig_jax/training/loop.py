@@ -27,11 +27,11 @@ from flig_jax.nn import compiled
 from flig_jax.nn.flig import FLIG, Frozen
 from flig_jax.training import (
   TrainingDiverged,
-  interrupts,
   parallel,
   prefetch,
   progress,
   resume,
+  signals,
   stage2_data,
   steps,
   train_state,
@@ -125,7 +125,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
     on_start()
   writer = jax.process_index() == 0
   lock = workdir_lock.WorkdirLock(Path(workdir), active=writer, note=progress.note)
-  with interrupts.TerminateRaises(), lock:
+  with signals.TerminateRaises(), lock:
     latest = resume.start_point(config, workdir, allow_config_change=allow_config_change,
                                 writer=writer, note=progress.note)
     return _train(config, workdir, latest)
@@ -138,14 +138,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
     state = restore_or_init(ctx, latest)
     if isinstance(state, train_state.Stage1State):
       state = run_stage(ctx, stage1(ctx, state))
-      _figure(ctx, 1, {'params': {'autoencoder': state.params}})
+      _figure(ctx, 1, {'params': {'autoencoder': state.params}},
+              f'stage 1 at step {int(state.step)}')
     state = run_stage(ctx, stage2(ctx, state))
-    if int(state.best_step.min()) >= 0:
-      kept = ', '.join(f'{name} {float(score):.4f} at step {int(step)}' for (name, _), score, step
-                       in zip(validation.GROUPS[ctx.module.flow_type], state.best_score,
-                              state.best_step))
-      ctx.log.info(f'stage 2 keeps the flow parts best on the validation split: {kept}')
-    _figure(ctx, 2, state.model_variables())
+    for line in validation.kept_lines(ctx.module.flow_type, state.best_score, state.best_step,
+                                      config.stage2.select_margin):
+      ctx.log.info(line)
+    kept = ', '.join(f'{group.removeprefix("val_")} at step {int(step)}' for (group, _), step
+                     in zip(validation.GROUPS[ctx.module.flow_type], state.selected_steps()))
+    _figure(ctx, 2, state.model_variables(), f'stage 2, flow kept {kept}')
   finally:
     # The progress bar ends its line first: a save that fails in the background raises here, and
     # its one-line error must not land on the bar's line.
@@ -166,7 +167,7 @@ def restore_or_init(ctx: Context, latest: tuple[int, dict[str, Any]] | None = No
   else:
     frozen = model_lib.abstract_frozen(ctx.module, meta)
     target = jax.eval_shape(functools.partial(_init_stage2, ctx), frozen,
-                            _first_batch_shape(ctx), None)
+                            stage2_data.first_batch_shape(ctx.config, ctx.module), None)
   sharding = parallel.replicated(ctx.mesh)
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                         target)
@@ -202,7 +203,7 @@ def run_stage(ctx: Context, stage: Stage) -> State:
   # With several processes they are built in this thread, so every process issues its device
   # work in one fixed order.
   depth = 2 if jax.process_count() == 1 else 0
-  with (interrupts.InterruptRequest() as interrupt,
+  with (signals.InterruptRequest() as interrupt,
         prefetch.DeviceBatches(stage.stream, first, mesh, depth) as batches):
     for step in range(first, total):
       state, metrics = stage.step_fn(state, next(batches))
@@ -222,7 +223,9 @@ def run_stage(ctx: Context, stage: Stage) -> State:
         stage.save(state)
         saved = done
       if interrupt.requested:
-        interrupt.stop(f'stage {number} saved at step {done}', log.info)
+        checkpoint = ctx.workdir / checkpointing.CHECKPOINT_SUBDIR / str(
+            _base_meta(config, ctx.dataset, number, done)['step'])
+        interrupt.stop(f'stage {number} step {done} saved as {checkpoint}', log.info)
   log.close()
   return state
 
@@ -282,11 +285,6 @@ def _init_stage2(ctx: Context, frozen: Frozen, first_batch: dict[str, jax.Array]
                                          stage2_data.val_size(ctx.dataset))
 
 
-def _first_batch_shape(ctx: Context) -> dict[str, jax.ShapeDtypeStruct]:
-  b, d = ctx.config.stage2.batch_size, ctx.module.feature_dim
-  return {k: jax.ShapeDtypeStruct((b, d), jnp.float32) for k in ('features', 'adapted')}
-
-
 def stage2(ctx: Context, start: State) -> Stage:
   """Stage 2 (flow and discriminator), resumed from a Stage2State or started after the finished
   stage 1 in a Stage1State (the adapter and the feature statistics are then fitted on the training
@@ -321,7 +319,9 @@ def stage2(ctx: Context, start: State) -> Stage:
   validate = None
   if cfg.select_by == 'val_pcc':
     if inputs.val is None:
-      ctx.log.info('no validation split (data.val_fraction): stage 2 keeps its last step')
+      n = len(dataset.val)
+      why = f'a validation split of {n} image is too small to score' if n else 'no validation split'
+      ctx.log.info(f'{why} (data.val_fraction): stage 2 keeps its last step')
     else:
       val_set = parallel.replicate(inputs.val.replace(raw_features=None), mesh)
       score = functools.partial(steps.stage2_validate, model=ctx.module,
@@ -330,16 +330,17 @@ def stage2(ctx: Context, start: State) -> Stage:
   return Stage(2, state, step_fn, stream, cfg.steps, save, validate, cfg.eval_every_steps)
 
 
-def _figure(ctx: Context, stage: int, variables: Any) -> None:
+def _figure(ctx: Context, stage: int, variables: Any, title: str) -> None:
   """Writes stage `stage`'s figure of the first validation pairs (training pairs when there is no
-  validation split: the test split stays unseen)."""
+  validation split: the test split stays unseen), titled with the dataset, the split and `title`."""
   if jax.process_index() != 0:
     return
   split, name = (ctx.dataset.val, 'val') if len(ctx.dataset.val) else (ctx.dataset.train, 'train')
   x, r = split.images[:ctx.config.num_figure_images], split.responses[:ctx.config.num_figure_images]
   recon = compiled.apply(ctx.module, 'reconstruct')(variables, x)
+  title = f'{ctx.dataset.name}, {name} split: {title}'
   if stage == 1:
-    plotting.stage1_figure(x, recon, name, ctx.workdir)
+    plotting.stage1_figure(x, recon, name, ctx.workdir, title)
   else:
     decoded = compiled.apply(ctx.module, 'decode')(variables, r)
-    plotting.stage2_figure(x, recon, decoded, name, ctx.workdir)
+    plotting.stage2_figure(x, recon, decoded, name, ctx.workdir, title)

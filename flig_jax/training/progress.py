@@ -26,8 +26,9 @@ class RunLog:
   Args:
     workdir: the run's working directory.
     stage1_steps: stage 1's length; TensorBoard numbers stage-2 steps after it.
-    resume_step: the checkpoint step the run resumes from (TensorBoard hides what an interrupted
-      earlier run logged from there on).
+    resume_step: the checkpoint step the run resumes from, 0 for a fresh start (TensorBoard hides
+      what an interrupted earlier run logged after it, as `metrics_file.trim` drops it; the
+      scalars at the checkpoint step itself stay, as that file's rows do).
   """
 
   def __init__(self, workdir: Path, stage1_steps: int = 0, resume_step: int = 0):
@@ -35,7 +36,8 @@ class RunLog:
     self.path = Path(workdir) / metrics_file.NAME
     self._bar = None
     self._stage1_steps = int(stage1_steps)
-    self.events = tensorboard.ScalarWriter(workdir, purge_step=int(resume_step))
+    self.events = tensorboard.ScalarWriter(
+        workdir, purge_step=int(resume_step) + 1 if resume_step else 0)
 
   def start(self, stage: int, first_step: int, total_steps: int) -> None:
     if self.active:

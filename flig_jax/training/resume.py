@@ -33,11 +33,6 @@ def _read_json_item(step_dir: Path, name: str) -> dict[str, Any]:
   return json.loads(files[0].read_text())
 
 
-def _tuples(value: Any) -> Any:
-  """JSON turns the configs' tuples into lists."""
-  return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
 def _may_change(name: str, stage: int) -> bool:
   field = config_checks.FIELDS.get(name)
   rule = field.on_resume if field else config_checks.FIXED
@@ -48,8 +43,8 @@ def refused_changes(saved: dict[str, Any], config: ml_collections.ConfigDict,
                     meta: dict[str, Any]) -> list[str]:
   """'field: saved -> new' for each change that resuming at checkpoint `meta` does not allow."""
   stage, stage_step = int(meta.get('stage', 1)), int(meta.get('stage_step', 0))
-  old = {k: _tuples(v) for k, v in config_checks.flatten(saved)}
-  new = {k: _tuples(v) for k, v in config_checks.flatten(config)}
+  old = {k: checkpointing.json_tuples(v) for k, v in config_checks.flatten(saved)}
+  new = {k: checkpointing.json_tuples(v) for k, v in config_checks.flatten(config)}
   out = [f'{k}: {old[k]!r} -> {new[k]!r}' for k in new
          if k in old and old[k] != new[k] and not _may_change(k, stage)]
   steps = new.get(f'stage{stage}.steps')

@@ -7,6 +7,7 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -40,6 +41,14 @@ def val_size(dataset: data.Dataset) -> int:
   """Validation stimuli that stage 2 scores (none below 2)."""
   n = len(dataset.val)
   return n if n >= 2 else 0
+
+
+def first_batch_shape(config: ml_collections.ConfigDict,
+                      module: FLIG) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes and dtypes of the first global batch that starts the flow (`prepare`'s 'features' and
+  'adapted', `config.stage2.batch_size` rows)."""
+  b, d = config.stage2.batch_size, module.feature_dim
+  return {k: jax.ShapeDtypeStruct((b, d), jnp.float32) for k in ('features', 'adapted')}
 
 
 def _features(module: FLIG, autoencoder: Any, images: np.ndarray) -> np.ndarray:

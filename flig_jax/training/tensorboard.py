@@ -1,6 +1,6 @@
 """TensorBoard event files of a run's metrics, written without TensorFlow.
 
-  tensorboard --logdir <workdir>/tensorboard
+  tensorboard --logdir <workdir>/tensorboard   # pip install -e ".[tensorboard]" installs it
 
 Scalars are tagged `stage<k>/<name>` and indexed by the checkpoint numbering (stage-2 steps come
 after stage 1's), so both stages share one time axis. Events are written and flushed in the

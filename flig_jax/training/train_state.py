@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from flig_jax.nn import precision
 from flig_jax.nn.discriminator import Discriminator
 from flig_jax.nn.flig import FLIG, Frozen
 from flig_jax.training import validation
@@ -46,18 +47,21 @@ class Stage2State:
   best_step: jax.Array       # (G,) the step each was taken at; -1: no selection, keep the last
   ref_score: jax.Array       # (G,) each group's score at the first validated step (step 0)
   ref_replicates: jax.Array  # (G, M) its jackknife replicates over the M validation stimuli
+  #                            (M = 1, unused, without a validation split: orbax saves no
+  #                            zero-size array)
   discriminator: Discriminator = flax.struct.field(pytree_node=False)
   flow_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
   disc_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
   @staticmethod
   def no_selection(flow_params: Any, groups: int, val_size: int) -> dict[str, Any]:
-    """The model-selection fields of a state that has not been validated yet."""
+    """The model-selection fields of a state that has not been validated yet (`val_size` 0:
+    no validation split)."""
     return {'best_flow_params': flow_params,
             'best_score': jnp.full((groups,), -jnp.inf, jnp.float32),
             'best_step': jnp.full((groups,), -1, jnp.int32),
             'ref_score': jnp.zeros((groups,), jnp.float32),
-            'ref_replicates': jnp.zeros((groups, val_size), jnp.float32)}
+            'ref_replicates': jnp.zeros((groups, max(val_size, 1)), jnp.float32)}
 
   def selected_flow_params(self) -> Any:
     """The flow that the model uses: the kept one, or the current one when nothing was kept."""
@@ -145,9 +149,9 @@ def create_stage2_state(rng: jax.Array, config: ml_collections.ConfigDict, modul
                         frozen: Frozen, first_batch: dict[str, jax.Array], linear_pair: Any = None,
                         val_size: int = 0) -> Stage2State:
   """A fresh stage-2 state: the flow at its start (`initial_flow_params`), a new discriminator
-  (`config.model.disc_hidden`) for each direction, the flow's optimiser (`flow_optimizer`) and the
-  discriminator's (`optimizer` at `config.stage2.disc_learning_rate`, no weight decay), and no
-  flow kept by model selection yet.
+  (`config.model.disc_hidden`, computing in `config.model.dtype`) for each direction, the flow's
+  optimiser (`flow_optimizer`) and the discriminator's (`optimizer` at
+  `config.stage2.disc_learning_rate`, no weight decay), and no flow kept by model selection yet.
 
   Args:
     rng: the stage's key.
@@ -160,7 +164,8 @@ def create_stage2_state(rng: jax.Array, config: ml_collections.ConfigDict, modul
     val_size: the number of validation stimuli model selection scores (0: none).
   """
   cfg = config.stage2
-  discriminator = Discriminator(config.model.disc_hidden)
+  discriminator = Discriminator(config.model.disc_hidden,
+                                dtype=precision.compute_dtype(config.model.get('dtype', 'float32')))
   flow_tx = flow_optimizer(cfg, module.flow_type == 'augmented')
   disc_tx = optimizer(float(cfg.disc_learning_rate), 0.0, int(cfg.steps))
   k_flow, k_fwd, k_inv, k_state = jax.random.split(rng, 4)

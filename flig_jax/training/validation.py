@@ -24,7 +24,9 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-_EPS = 1e-12
+from flig_jax import ops
+
+_EPS = ops.EPS
 
 # (score, the flow parameters it selects as '/'-joined path prefixes; None: all), per flow type.
 Groups = tuple[tuple[str, tuple[str, ...] | None], ...]
@@ -48,15 +50,6 @@ class ValidationSet:
   responses: jax.Array  # (M, U)
 
 
-def _pearson(a: jax.Array, b: jax.Array, axis: int) -> jax.Array:
-  """Pearson r between `a` and `b` along `axis`; 0 where either side is constant."""
-  a = a - a.mean(axis=axis, keepdims=True)
-  b = b - b.mean(axis=axis, keepdims=True)
-  num = jnp.sum(a * b, axis=axis)
-  den = jnp.sqrt(jnp.sum(a * a, axis=axis) * jnp.sum(b * b, axis=axis))
-  return jnp.where(den > _EPS, num / jnp.maximum(den, _EPS), 0.0)
-
-
 def _leave_one_out_pearson(a: jax.Array, b: jax.Array) -> jax.Array:
   """(M, U) Pearson r per column of `a` and `b` (M, U) with row j left out, from running sums."""
   a = a - a.mean(axis=0)
@@ -78,9 +71,9 @@ def scores(module: Any, variables: Any,
   encoded = module.apply(variables, val.features,
                          method=lambda m, h: m.adapter().inverse(m.encode_standardised(h)))
   n = val.images.shape[0]
-  per_image = _pearson(decoded.reshape(n, -1), val.images.reshape(n, -1), axis=1)
+  per_image = ops.pearson(decoded.reshape(n, -1), val.images.reshape(n, -1), axis=1)
   dec = jnp.mean(per_image)
-  enc = jnp.mean(_pearson(encoded, val.responses, axis=0))
+  enc = jnp.mean(ops.pearson(encoded, val.responses, axis=0))
   dec_loo = (jnp.sum(per_image) - per_image) / max(n - 1, 1)
   enc_loo = jnp.mean(_leave_one_out_pearson(encoded, val.responses), axis=1)
   return ({'val_dec_pcc': dec, 'val_enc_pcc': enc, 'val_score': dec + enc},
@@ -128,3 +121,30 @@ def keep_best(state: Any, scores: dict[str, jax.Array], replicates: dict[str, ja
                         best_score=best_score, best_step=best_step, ref_score=ref_score,
                         ref_replicates=ref_replicates)
   return state, gain_se
+
+
+def kept_start_note(flow_type: str, kept_steps: Any, margin: float) -> str | None:
+  """The plain-words line a run prints when stage 2 keeps its start (step 0) in every part, else
+  None: no later step cleared the selection margin, so FLIG is the flow it started from."""
+  if any(int(step) != 0 for step in kept_steps):
+    return None
+  why = (f'no later step of stage 2 beat step 0 on the validation split by more than '
+         f'stage2.select_margin = {margin:g} jackknife standard errors of the gain')
+  if flow_type == 'augmented':
+    return (f'note: FLIG equals its closed-form ridge start on this data, in both directions: '
+            f'{why}, so the flow kept is the ridge map between the autoencoder\'s features and '
+            f'the responses it started from (evaluate.py\'s cae_ridge baseline is much the same '
+            f'model)')
+  return f'note: FLIG is the flow it started from (step 0): {why}'
+
+
+def kept_lines(flow_type: str, best_score: Any, best_step: Any, margin: float) -> list[str]:
+  """What a run prints at the end of stage 2 about the flow parts model selection kept (nothing
+  when it kept none): each group's score and step, and `kept_start_note`'s line."""
+  if int(jnp.min(best_step)) < 0:
+    return []
+  kept = ', '.join(f'{name} {float(score):.4f} at step {int(step)}'
+                   for (name, _), score, step in zip(GROUPS[flow_type], best_score, best_step))
+  note = kept_start_note(flow_type, best_step, margin)
+  return [f'stage 2 keeps the flow parts best on the validation split: {kept}'] + (
+      [note] if note else [])

@@ -2,13 +2,15 @@
 
 `TerminateRaises` covers a whole run: SIGTERM raises `Preempted` at once, as Ctrl-C raises
 KeyboardInterrupt. `InterruptRequest` covers the training steps: either signal only asks the loop
-to save and stop at the next step boundary.
+to save and stop at the next step boundary. (`flig_jax.interrupts` makes Ctrl-C stop a
+command-line run at any other moment.)
 """
 
 import signal
 import threading
 from collections.abc import Callable
 
+from flig_jax import interrupts
 from flig_jax.training import Preempted
 
 
@@ -44,6 +46,7 @@ class InterruptRequest:
     self._previous = {}
 
   def __enter__(self):
+    interrupts.check()  # a Ctrl-C before the stage that JAX swallowed
     if threading.current_thread() is threading.main_thread():
       self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
     return self
