@@ -1,9 +1,11 @@
 """Defaults shared by every flig_jax config; the dataset configs import this and change a few
 fields.
 
-Every field is listed and explained here, and can be overridden from the command line, e.g.
-`--config.stage2.steps=2000`. Every config file (this one included) has a `:smoke` variant that
-shrinks the model and the steps so a run takes seconds:
+Every field is listed and explained here, the one list of the config's fields: each default's type
+is the field's type (flig_jax/config_checks.py adds only ranges, choices and resume rules). Every
+field can be overridden from the command line, e.g. `--config.stage2.steps=2000`. Every config file
+(this one included) has a `:smoke` variant that shrinks the model and the steps so a run takes
+seconds:
 
   python train.py --config configs/default.py:smoke --workdir /tmp/smoke
 """
@@ -23,7 +25,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = 'synthetic'     # digit69 | cowley_v4 | npz | synthetic
+  c.data.name = 'synthetic'     # digit69 | cowley_v4 | npz | synthetic (data/loading.py, LOADERS)
   c.data.dir = ''               # the dataset's own folder; else $FLIG_DATA_DIR/<name>;
                                 # else the cache
   c.data.path = ''              # npz: the file (needs data.name = 'npz')
@@ -49,7 +51,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.model.adapter_components = 0  # cap on k, the adapter's signal coordinates (0: min(D, rank))
   c.model.flow_blocks = 4       # K
   c.model.flow_hidden = 128     # conditioner MLP width
-  c.model.coupling = 'affine'   # affine | spline
+  c.model.coupling = 'affine'   # affine | spline (nn/flow.py, COUPLINGS)
   c.model.spline_bins = 8
   c.model.spline_range = 4.0
   c.model.disc_hidden = 128

@@ -112,7 +112,7 @@ def main(argv):
 def _finished(workdir: pathlib.Path) -> bool:
   try:
     from flig_jax import model  # pylint: disable=g-import-not-at-top
-    return bool(model.load(workdir).meta.get('finished'))
+    return model.load(workdir).meta.finished
   except (FileNotFoundError, ValueError):
     return False
 

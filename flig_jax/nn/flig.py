@@ -21,11 +21,10 @@ import ml_collections
 from flig_jax.nn import precision
 from flig_jax.nn.adapter import ARRAY_NAMES, Adapter
 from flig_jax.nn.autoencoder import Autoencoder
-from flig_jax.nn.flow import Flow
+from flig_jax.nn.flow import FLOW_TYPES
 
 Array = jax.Array
 Variables = dict[str, Any]
-FLOW_TYPES = ('augmented', 'plain')
 _STD_FLOOR = 1e-6
 
 
@@ -69,10 +68,11 @@ class FLIG(nn.Module):
     self.autoencoder = Autoencoder(tuple(self.image_shape), self.feature_dim,
                                    tuple(self.cae_widths), dtype=self.dtype)
     if self.flow_type not in FLOW_TYPES:
-      raise ValueError(f'unknown model.flow_type {self.flow_type!r}; use one of {FLOW_TYPES}')
-    self.flow = Flow(self.feature_dim, self.flow_blocks, self.flow_hidden, self.coupling,
-                     self.spline_bins, self.spline_range,
-                     augmented=self.flow_type == 'augmented', dtype=self.dtype)
+      raise ValueError(f'unknown model.flow_type {self.flow_type!r}; use one of '
+                       f'{tuple(FLOW_TYPES)}')
+    self.flow = FLOW_TYPES[self.flow_type](self.feature_dim, self.flow_blocks, self.flow_hidden,
+                                           self.coupling, self.spline_bins, self.spline_range,
+                                           dtype=self.dtype)
 
   # --- the fixed parts, read from the `stats` and `adapter` collections ---
 
