@@ -7,8 +7,8 @@ the same workdir continues from the latest one (stage, step, optimiser state, RN
 which is the step itself).
 
 The path through a run: `resume.start_point` (the newest checkpoint that restores, checked against
-the config) -> `make_context` -> `restore_or_init` (that checkpoint's state, or a fresh stage-1
-state) -> `stage1` -> `run_stage` -> `stage2` -> `run_stage`.
+the config) -> `context.make_context` -> `restore_or_init` (that checkpoint's state, or a fresh
+stage-1 state) -> `stage1` -> `run_stage` -> `stage2` -> `run_stage`.
 """
 
 import dataclasses
@@ -24,9 +24,11 @@ import ml_collections
 from flig_jax import checkpointing, data, plotting, workdir_lock
 from flig_jax import model as model_lib
 from flig_jax.nn import compiled
-from flig_jax.nn.flig import FLIG, Frozen
+from flig_jax.nn.flig import Frozen
 from flig_jax.training import (
   TrainingDiverged,
+  context,
+  cross_validation,
   parallel,
   prefetch,
   progress,
@@ -39,29 +41,6 @@ from flig_jax.training import (
 )
 
 State = train_state.Stage1State | train_state.Stage2State
-
-
-@dataclasses.dataclass(frozen=True)
-class Context:
-  """What both stages share.
-
-  Attributes:
-    config: the run's config.
-    workdir: where checkpoints, logs and figures go.
-    dataset: the loaded dataset.
-    module: the FLIG Linen module (a pure function of its variables; `model.Model` is the
-      numpy-friendly wrapper of a trained one).
-    mesh: the device mesh.
-    mgr: the orbax checkpoint manager.
-    log: the metrics log and progress bar.
-  """
-  config: ml_collections.ConfigDict
-  workdir: Path
-  dataset: data.Dataset
-  module: FLIG
-  mesh: Any
-  mgr: Any
-  log: progress.RunLog
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,34 +57,6 @@ class Stage:
   # `validate_every` steps (None: no selection, the last step is kept).
   validate: Callable[[State], tuple[State, dict[str, jax.Array]]] | None = None
   validate_every: int = 0
-
-
-# Validation closer to train than this fraction of test's distance earns a note.
-VAL_CLOSER_THAN_TEST = 0.5
-
-
-def make_context(config: ml_collections.ConfigDict, workdir: str | Path,
-                 resume_step: int = 0) -> Context:
-  """Loads the data and builds the module, mesh, checkpoint manager and log of a run (resuming
-  from checkpoint `resume_step`, or 0). In several processes `train` has started JAX's distributed
-  runtime before."""
-  workdir = Path(workdir).absolute()
-  workdir.mkdir(parents=True, exist_ok=True)
-  mesh = parallel.make_mesh()
-  dataset = data.from_config(config)
-  module = FLIG.from_config(config.model, dataset.image_shape)
-  mgr = checkpointing.manager(workdir, keep=config.checkpoint.keep)
-  log = progress.RunLog(workdir, stage1_steps=config.stage1.steps, resume_step=resume_step)
-  log.info(f'{dataset.name}: train {len(dataset.train)}, val {len(dataset.val)}, '
-           f'test {len(dataset.test)}, {dataset.num_units} units, images {dataset.image_shape}; '
-           f'{mesh.size} device(s) in {jax.process_count()} process(es)')
-  near, far = (dataset.meta.get(f'{split}_to_train_rms', float('nan')) for split in ('val', 'test'))
-  if near < VAL_CLOSER_THAN_TEST * far:  # False when either is NaN
-    log.info(f'note: validation images sit much closer to training images than test images do '
-             f'(median RMS distance to the nearest one {near:.3f} against {far:.3f}): they look '
-             f'like near-copies, and model selection on validation may reward memorising '
-             f'(docs/data.md, Splits)')
-  return Context(config, workdir, dataset, module, mesh, mgr, log)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
@@ -133,14 +84,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
 
 def _train(config: ml_collections.ConfigDict, workdir: str | Path,
            latest: checkpointing.Meta | None) -> Path:
-  ctx = make_context(config, workdir, resume_step=latest.step if latest else 0)
+  ctx = context.make_context(config, workdir, resume_step=latest.step if latest else 0)
   try:
     state = restore_or_init(ctx, latest)
     if isinstance(state, train_state.Stage1State):
       state = run_stage(ctx, stage1(ctx, state))
       _figure(ctx, 1, {'params': {'autoencoder': state.params}},
               f'stage 1 at step {int(state.step)}')
-    state = run_stage(ctx, stage2(ctx, state))
+    state = run_stage(ctx, stage2(ctx, state, latest))
     for line in validation.kept_lines(ctx.module.flow_type, state.best_score, state.best_step,
                                       config.stage2.select_margin):
       ctx.log.info(line)
@@ -155,7 +106,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
   return ctx.workdir
 
 
-def restore_or_init(ctx: Context, latest: checkpointing.Meta | None = None) -> State:
+def restore_or_init(ctx: context.Context, latest: checkpointing.Meta | None = None) -> State:
   """The state of checkpoint `latest` (its meta; default: the manager's latest) of either stage,
   or a fresh stage-1 state when there is none."""
   latest = latest or checkpointing.latest_meta(ctx.mgr)
@@ -185,7 +136,7 @@ def _base_meta(config, dataset, stage: int, stage_step: int) -> checkpointing.Me
                             finished=stage == 2 and stage_step == config.stage2.steps)
 
 
-def run_stage(ctx: Context, stage: Stage) -> State:
+def run_stage(ctx: context.Context, stage: Stage) -> State:
   """Runs steps state.step..total-1, logging, checking for divergence and saving as it goes.
 
   Ctrl-C saves the state at the step reached, then raises KeyboardInterrupt; SIGTERM does the same
@@ -234,9 +185,11 @@ _add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
 
 
 def _validate(log: progress.RunLog, stage: Stage, state: State, done: int) -> State:
-  """Scores the current flow on the validation split, logs the scores, keeps the better flow."""
+  """Scores the current flow on the validation split, logs the scores, keeps the better flow (or
+  keeps the parameter groups whose cross-validated step this is)."""
   state, scores = stage.validate(state)
-  log.write(done, {k: float(v) for k, v in jax.device_get(scores).items()})
+  if scores:
+    log.write(done, {k: float(v) for k, v in jax.device_get(scores).items()})
   return state
 
 
@@ -253,12 +206,12 @@ def _check_finite(stage: int, state: State, workdir: Path) -> None:
 # --- stage 1: the autoencoder ---
 
 
-def _init_stage1(ctx: Context) -> train_state.Stage1State:
+def _init_stage1(ctx: context.Context) -> train_state.Stage1State:
   return train_state.create_stage1_state(jax.random.key(ctx.config.seed), ctx.config, ctx.module,
                                          jnp.asarray(ctx.dataset.train.images[:1]))
 
 
-def stage1(ctx: Context, state: train_state.Stage1State) -> Stage:
+def stage1(ctx: context.Context, state: train_state.Stage1State) -> Stage:
   """Stage 1 (the autoencoder on the training stimuli), from `state`."""
   config, dataset, cfg = ctx.config, ctx.dataset, ctx.config.stage1
   parallel.check_batch_size(cfg.batch_size, ctx.mesh, 'stage1')
@@ -278,60 +231,78 @@ def stage1(ctx: Context, state: train_state.Stage1State) -> Stage:
 # --- stage 2: the flow and the discriminator ---
 
 
-def _init_stage2(ctx: Context, frozen: Frozen, first_batch: dict[str, jax.Array],
+def _init_stage2(ctx: context.Context, frozen: Frozen, first_batch: dict[str, jax.Array],
                  linear_pair: Any) -> train_state.Stage2State:
   return train_state.create_stage2_state(jax.random.key(ctx.config.seed + 2), ctx.config,
                                          ctx.module, frozen, first_batch, linear_pair,
                                          stage2_data.val_size(ctx.dataset))
 
 
-def stage2(ctx: Context, start: State) -> Stage:
-  """Stage 2 (flow and discriminator), resumed from a Stage2State or started after the finished
-  stage 1 in a Stage1State (the adapter and the feature statistics are then fitted on the training
-  split only)."""
+def stage2(ctx: context.Context, start: State, meta: checkpointing.Meta | None = None) -> Stage:
+  """Stage 2 (flow and discriminator), resumed from a Stage2State (`meta`: its checkpoint's) or
+  started after the finished stage 1 in a Stage1State.
+
+  A fresh start fits the adapter, the feature statistics and the closed-form start on every
+  training pair. With `data.folds` >= 2 (and `select_by` 'val_pcc') each parameter group's step
+  is first chosen by cross-validation (`cross_validation.stage2`), and the run keeps each group's
+  parameters at that step; with a validation split instead, stage 2 scores it as it trains and
+  keeps the best steps (`validation.keep_best`).
+  """
   config, dataset, mesh, cfg = ctx.config, ctx.dataset, ctx.mesh, ctx.config.stage2
   parallel.check_batch_size(cfg.batch_size, mesh, 'stage2')
   resumed = isinstance(start, train_state.Stage2State)
-  inputs = stage2_data.prepare(config, ctx.module, dataset,
-                               start.frozen.autoencoder if resumed else start.params, mesh,
+  autoencoder = start.frozen.autoencoder if resumed else start.params
+  raw_features = stage2_data.features(ctx.module, autoencoder, dataset.train.images)
+  step_fn = parallel.jit_step(functools.partial(steps.stage2_step, model=ctx.module, cfg=cfg),
+                              mesh)
+  init = parallel.jit_init(functools.partial(_init_stage2, ctx), mesh)
+  folds = data.config_fold_ids(config, dataset.train)
+  selection = None
+  if resumed and meta is not None and meta.cross_validation:
+    selection = cross_validation.Selection.from_meta(meta.cross_validation)
+  elif not resumed and folds is not None and cfg.select_by == 'val_pcc':
+    selection = cross_validation.stage2(ctx, autoencoder, raw_features, folds, step_fn, init,
+                                        lambda s: _check_finite(2, s, ctx.workdir))
+  if selection is not None:
+    cross_validation.report(selection, ctx.log, ctx.module.flow_type, cfg.select_margin,
+                            int(start.step) if resumed else None)
+  inputs = stage2_data.prepare(config, ctx.module, dataset, autoencoder, raw_features, mesh,
                                start.frozen if resumed else None)
-  stream = data.BatchStream(inputs.arrays, cfg.batch_size, seed=config.seed + 1,
-                            process_index=jax.process_index(),
-                            process_count=jax.process_count())
-  if resumed:
-    state = start
-  else:
-    # The whole first global batch (the same on every process) starts the flow.
-    first = data.BatchStream(inputs.arrays, cfg.batch_size, seed=config.seed + 1).batch(0)
-    first = {k: first[k] for k in ('features', 'adapted')}
-    state = parallel.jit_init(functools.partial(_init_stage2, ctx), mesh)(
-        inputs.frozen, first, stage2_data.linear_pair(inputs, ctx.module))
+  state = start if resumed else init(
+      inputs.frozen, stage2_data.first_batch(config, inputs.arrays),
+      stage2_data.linear_pair(ctx.module, inputs.frozen, inputs.pairs, inputs.val, folds))
 
   def save(s):
     variables = s.model_variables()
     meta = dataclasses.replace(
         _base_meta(config, dataset, 2, int(s.step)),
         adapter_k=model_lib.model_meta(variables, dataset.image_shape).adapter_k,
-        selected_steps=tuple(int(v) for v in s.selected_steps()))
+        selected_steps=tuple(int(v) for v in s.selected_steps()),
+        cross_validation=None if selection is None else selection.to_meta())
     checkpointing.save(ctx.mgr, meta.step, state=s, model=variables, config=config, meta=meta)
 
-  step_fn = parallel.jit_step(functools.partial(steps.stage2_step, model=ctx.module, cfg=cfg),
-                              mesh)
   validate = None
-  if cfg.select_by == 'val_pcc':
+  groups = validation.GROUPS[ctx.module.flow_type]
+  if selection is not None:
+    keep = functools.partial(validation.keep_at, chosen=jnp.asarray(selection.chosen_steps(groups)),
+                             groups=groups)
+    validate = parallel.jit_replicated(keep, mesh)
+  elif cfg.select_by == 'val_pcc':
     if inputs.val is None:
       n = len(dataset.val)
       why = f'a validation split of {n} image is too small to score' if n else 'no validation split'
-      ctx.log.info(f'{why} (data.val_fraction): stage 2 keeps its last step')
+      ctx.log.info(f'{why} (data.val_fraction) and no cross-validation (data.folds): stage 2 '
+                   'keeps its last step')
     else:
       val_set = parallel.replicate(inputs.val.replace(raw_features=None), mesh)
       score = functools.partial(steps.stage2_validate, model=ctx.module,
                                 margin=cfg.select_margin)
       validate = functools.partial(parallel.jit_replicated(score, mesh), val=val_set)
-  return Stage(2, state, step_fn, stream, cfg.steps, save, validate, cfg.eval_every_steps)
+  return Stage(2, state, step_fn, stage2_data.stream(config, inputs.arrays), cfg.steps, save,
+               validate, cfg.eval_every_steps)
 
 
-def _figure(ctx: Context, stage: int, variables: Any, title: str) -> None:
+def _figure(ctx: context.Context, stage: int, variables: Any, title: str) -> None:
   """Writes stage `stage`'s figure of the first validation pairs (training pairs when there is no
   validation split: the test split stays unseen), titled with the dataset, the split and `title`."""
   if jax.process_index() != 0:

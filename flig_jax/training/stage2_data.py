@@ -1,6 +1,6 @@
-"""What stage 2 reads, made once from the trained autoencoder: the frozen parts (the adapter and
-the feature statistics, fitted on the training split only), the training pairs, the validation
-pairs and the augmented flow's closed-form start.
+"""What stage 2 reads, made from the trained autoencoder: the frozen parts (the adapter and the
+feature statistics, fitted on training pairs only), the training pairs and their batches, the
+validation pairs and the augmented flow's closed-form start.
 """
 
 import dataclasses
@@ -25,14 +25,13 @@ class Stage2Data:
 
   Attributes:
     frozen: the parts stage 2 reads and never trains, replicated on the mesh.
-    raw_features: (N, D) E(x) of the training images.
-    arrays: the training pairs that the batches are drawn from: standardised features h
-      ('features') and adapted responses A(r) ('adapted'), with the images when the pixel term
-      reads them.
+    pairs: the training pairs: raw features E(x) ('raw_features'), standardised features h
+      ('features') and adapted responses A(r) ('adapted').
+    arrays: what the batches are drawn from (`arrays`).
     val: the validation pairs, when model selection or the closed-form start needs them, else None.
   """
   frozen: Frozen
-  raw_features: np.ndarray
+  pairs: dict[str, np.ndarray]
   arrays: dict[str, np.ndarray]
   val: validation.ValidationSet | None
 
@@ -43,61 +42,95 @@ def val_size(dataset: data.Dataset) -> int:
   return n if n >= 2 else 0
 
 
-def first_batch_shape(config: ml_collections.ConfigDict,
-                      module: FLIG) -> dict[str, jax.ShapeDtypeStruct]:
-  """Shapes and dtypes of the first global batch that starts the flow (`prepare`'s 'features' and
-  'adapted', `config.stage2.batch_size` rows)."""
-  b, d = config.stage2.batch_size, module.feature_dim
-  return {k: jax.ShapeDtypeStruct((b, d), jnp.float32) for k in ('features', 'adapted')}
-
-
-def _features(module: FLIG, autoencoder: Any, images: np.ndarray) -> np.ndarray:
+def features(module: FLIG, autoencoder: Any, images: np.ndarray) -> np.ndarray:
   """Raw features E(x) of a split (computed once: the encoder is frozen in stage 2)."""
-  features = compiled.apply(module, 'features')
+  apply = compiled.apply(module, 'features')
   variables = {'params': {'autoencoder': autoencoder}}
-  return map_in_chunks(lambda x: features(variables, x), images)
+  return map_in_chunks(lambda x: apply(variables, x), images)
 
 
 @jax.jit
 def _pairs(frozen: Frozen, raw_features: jax.Array,
            responses: jax.Array) -> dict[str, jax.Array]:
-  """Standardised features h and adapted responses A(r)."""
   return {'raw_features': raw_features,
           'features': (raw_features - frozen.feature_mean) / frozen.feature_std,
           'adapted': frozen.adapter.forward(responses)}
 
 
+def pairs(frozen: Frozen, raw_features: np.ndarray, responses: np.ndarray) -> dict[str, np.ndarray]:
+  """Raw features, standardised features h and adapted responses A(r), on the host."""
+  return jax.device_get(_pairs(frozen, raw_features, responses))
+
+
+def fit_frozen(config: ml_collections.ConfigDict, autoencoder: Any, raw_features: np.ndarray,
+               responses: np.ndarray, mesh: Any) -> Frozen:
+  """The adapter and the feature standardisation fitted on these training pairs, replicated."""
+  adapter = Adapter.fit(responses, config.model.feature_dim, config.model.adapter_components)
+  return parallel.replicate(jax.jit(Frozen.fit)(autoencoder, raw_features, adapter), mesh)
+
+
+def arrays(config: ml_collections.ConfigDict, pairs: dict[str, np.ndarray],
+           images: np.ndarray) -> dict[str, Any]:
+  """What stage 2's batches are drawn from: h and A(r), and the images when the pixel term reads
+  them (otherwise they are not built or sent)."""
+  out = {'features': pairs['features'], 'adapted': pairs['adapted']}
+  if config.stage2.pixel:
+    out['images'] = images
+  return out
+
+
+def stream(config: ml_collections.ConfigDict, arrays: dict[str, Any],
+           local: bool = True) -> data.BatchStream:
+  """Stage 2's seeded batches of `arrays` (this process's rows, or the whole global batch)."""
+  kwargs = {'process_index': jax.process_index(),
+            'process_count': jax.process_count()} if local else {}
+  return data.BatchStream(arrays, config.stage2.batch_size, seed=config.seed + 1, **kwargs)
+
+
+def first_batch(config: ml_collections.ConfigDict, arrays: dict[str, Any]) -> dict[str, np.ndarray]:
+  """The whole first global batch (the same on every process), which starts the flow."""
+  first = stream(config, arrays, local=False).batch(0)
+  return {k: first[k] for k in ('features', 'adapted')}
+
+
+def first_batch_shape(config: ml_collections.ConfigDict,
+                      module: FLIG) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes and dtypes of `first_batch`."""
+  b, d = config.stage2.batch_size, module.feature_dim
+  return {k: jax.ShapeDtypeStruct((b, d), jnp.float32) for k in ('features', 'adapted')}
+
+
+def linear_pair(module: FLIG, frozen: Frozen, pairs: dict[str, np.ndarray],
+                val: validation.ValidationSet | None, folds: np.ndarray | None) -> Any:
+  """The augmented flow's closed-form start on these pairs (`closed_form`; None for the plain
+  flow): ridge penalties chosen on `val`, else by cross-validation over `folds` (random folds when
+  None)."""
+  if module.flow_type != 'augmented':
+    return None
+  k = frozen.adapter.k
+  if folds is not None and len(np.unique(folds)) < 2:
+    folds = None
+  return closed_form.linear_pair_params(
+      pairs['raw_features'], pairs['adapted'][:, :k], None if val is None else val.raw_features,
+      None if val is None else val.adapted[:, :k], np.asarray(frozen.feature_mean),
+      np.asarray(frozen.feature_std), module.feature_dim, fold_ids=folds)
+
+
 def prepare(config: ml_collections.ConfigDict, module: FLIG, dataset: data.Dataset,
-            autoencoder: Any, mesh: Any, frozen: Frozen | None = None) -> Stage2Data:
-  """Stage 2's inputs from the trained autoencoder parameters; `frozen` (of a resumed stage 2)
-  or, when None, fitted here on the training split."""
+            autoencoder: Any, raw_features: np.ndarray, mesh: Any,
+            frozen: Frozen | None = None) -> Stage2Data:
+  """Stage 2's inputs from the trained autoencoder parameters and the raw training features;
+  `frozen` (of a resumed stage 2) or, when None, fitted here on every training pair."""
   cfg, train = config.stage2, dataset.train
-  raw_features = _features(module, autoencoder, train.images)
   if frozen is None:
-    adapter = Adapter.fit(train.responses, config.model.feature_dim,
-                          config.model.adapter_components)
-    frozen = parallel.replicate(jax.jit(Frozen.fit)(autoencoder, raw_features, adapter), mesh)
-  pairs = jax.device_get(_pairs(frozen, raw_features, train.responses))
-  arrays = {'features': pairs['features'], 'adapted': pairs['adapted']}
-  if cfg.pixel:  # only the pixel term reads the images; otherwise they are not built or sent
-    arrays['images'] = train.images
+    frozen = fit_frozen(config, autoencoder, raw_features, train.responses, mesh)
+  train_pairs = pairs(frozen, raw_features, train.responses)
   val = None
   # The validation pairs serve model selection and the closed-form start's regularisers.
   if val_size(dataset) and (cfg.select_by == 'val_pcc' or module.flow_type == 'augmented'):
-    val_pairs = jax.device_get(
-        _pairs(frozen, _features(module, autoencoder, dataset.val.images), dataset.val.responses))
+    val_pairs = pairs(frozen, features(module, autoencoder, dataset.val.images),
+                      dataset.val.responses)
     val = validation.ValidationSet(raw_features=val_pairs['raw_features'],
                                    features=val_pairs['features'], adapted=val_pairs['adapted'],
                                    images=dataset.val.images, responses=dataset.val.responses)
-  return Stage2Data(frozen, raw_features, arrays, val)
-
-
-def linear_pair(inputs: Stage2Data, module: FLIG) -> Any:
-  """The augmented flow's closed-form start (`closed_form`); None for the plain flow."""
-  if module.flow_type != 'augmented':
-    return None
-  frozen, val, k = inputs.frozen, inputs.val, inputs.frozen.adapter.k
-  return closed_form.linear_pair_params(
-      inputs.raw_features, inputs.arrays['adapted'][:, :k],
-      None if val is None else val.raw_features, None if val is None else val.adapted[:, :k],
-      np.asarray(frozen.feature_mean), np.asarray(frozen.feature_std), module.feature_dim)
+  return Stage2Data(frozen, train_pairs, arrays(config, train_pairs, train.images), val)
