@@ -86,6 +86,7 @@ class JaxRows:
     if name not in self._contexts:
       config = measure.load_config(name)
       config.stage1.augment = False  # the port has no augmentation
+      config.data.folds = 0  # the steps are timed, not chosen: no cross-validation runs
       self._contexts[name] = context.make_context(config, self.workdir / name)
     return self._contexts[name]
 

@@ -32,7 +32,7 @@ MODES = ('eager', 'compiled')
 def warmup_cosine(step: int, peak: float, total: int) -> float:
   """The learning rate of update `step` (from 0): a linear warm-up from 0 over
   max(1, min(100, total // 10)) updates, then a cosine decay to 5% of `peak` at `total`, as
-  `optax.warmup_cosine_decay_schedule` in `flig_jax.training.steps.optimizer`."""
+  `optax.warmup_cosine_decay_schedule` in `flig_jax.training.train_state.optimizer`."""
   warmup, end = max(1, min(100, total // 10)), 0.05 * peak
   if step < warmup:
     return peak * step / warmup

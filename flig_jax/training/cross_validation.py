@@ -166,7 +166,8 @@ def select(fold_ids: np.ndarray, images: np.ndarray, responses: np.ndarray,
 
 
 def stage2(ctx: Any, autoencoder: Any, raw_features: np.ndarray, folds: np.ndarray,
-           step_fn: Callable, init: Callable, check_finite: Callable[[Any], None]) -> Selection:
+           step_fn: Callable, init: Callable, check_finite: Callable[[Any], None],
+           pixel_weight: float | None = None) -> Selection:
   """Stage 2 on each fold's other folds, validated on the held-out fold at step 0, every
   `eval_every_steps` and at the end; the pooled held-out scores choose each group's step.
 
@@ -181,6 +182,7 @@ def stage2(ctx: Any, autoencoder: Any, raw_features: np.ndarray, folds: np.ndarr
     step_fn: the jitted stage-2 step.
     init: the jitted `(frozen, first_batch, linear_pair) -> Stage2State`.
     check_finite: raises when a state has diverged.
+    pixel_weight: the pixel path's blend weight (`stage2_data.with_pixel_path`), or None.
   """
   config, cfg, train = ctx.config, ctx.config.stage2, ctx.dataset.train
   predict = jax.jit(functools.partial(validation.predictions, ctx.module))
@@ -194,6 +196,8 @@ def stage2(ctx: Any, autoencoder: Any, raw_features: np.ndarray, folds: np.ndarr
     frozen = stage2_data.fit_frozen(config, autoencoder, raw_features[rest], train.responses[rest],
                                     ctx.mesh)
     pairs = stage2_data.pairs(frozen, raw_features[rest], train.responses[rest])
+    frozen = stage2_data.with_pixel_path(ctx.module, frozen, pairs, train.images[rest],
+                                         pixel_weight, ctx.mesh)
     arrays = stage2_data.arrays(config, pairs, train.images[rest])
     state = init(frozen, stage2_data.first_batch(config, arrays),
                  stage2_data.linear_pair(ctx.module, frozen, pairs, None, folds[rest]))

@@ -257,17 +257,19 @@ def stage2(ctx: context.Context, start: State, meta: checkpointing.Meta | None =
                               mesh)
   init = parallel.jit_init(functools.partial(_init_stage2, ctx), mesh)
   folds = data.config_fold_ids(config, dataset.train)
-  selection = None
+  selection = pixel_weight = None
+  if not resumed and config.model.pixel_path:
+    pixel_weight = stage2_data.pixel_weight(ctx, autoencoder, raw_features, folds)
   if resumed and meta is not None and meta.cross_validation:
     selection = cross_validation.Selection.from_meta(meta.cross_validation)
   elif not resumed and folds is not None and cfg.select_by == 'val_pcc':
     selection = cross_validation.stage2(ctx, autoencoder, raw_features, folds, step_fn, init,
-                                        lambda s: _check_finite(2, s, ctx.workdir))
+                                        lambda s: _check_finite(2, s, ctx.workdir), pixel_weight)
   if selection is not None:
     cross_validation.report(selection, ctx.log, ctx.module.flow_type, cfg.select_margin,
                             int(start.step) if resumed else None)
   inputs = stage2_data.prepare(config, ctx.module, dataset, autoencoder, raw_features, mesh,
-                               start.frozen if resumed else None)
+                               start.frozen if resumed else None, pixel_weight)
   state = start if resumed else init(
       inputs.frozen, stage2_data.first_batch(config, inputs.arrays),
       stage2_data.linear_pair(ctx.module, inputs.frozen, inputs.pairs, inputs.val, folds))
@@ -277,6 +279,7 @@ def stage2(ctx: context.Context, start: State, meta: checkpointing.Meta | None =
     meta = dataclasses.replace(
         _base_meta(config, dataset, 2, int(s.step)),
         adapter_k=model_lib.model_meta(variables, dataset.image_shape).adapter_k,
+        pixel_path='pixel_path' in variables,
         selected_steps=tuple(int(v) for v in s.selected_steps()),
         cross_validation=None if selection is None else selection.to_meta())
     checkpointing.save(ctx.mgr, meta.step, state=s, model=variables, config=config, meta=meta)

@@ -1,6 +1,6 @@
-"""What stage 2 reads, made from the trained autoencoder: the frozen parts (the adapter and the
-feature statistics, fitted on training pairs only), the training pairs and their batches, the
-validation pairs and the augmented flow's closed-form start.
+"""What stage 2 reads, made from the trained autoencoder: the frozen parts (the adapter, the
+feature statistics and the decoder's pixel path, fitted on training pairs only), the training pairs
+and their batches, the validation pairs and the augmented flow's closed-form start.
 """
 
 import dataclasses
@@ -11,12 +11,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from flig_jax import data
+from flig_jax import data, pixel_path
 from flig_jax.model import map_in_chunks
 from flig_jax.nn import compiled
 from flig_jax.nn.adapter import Adapter
 from flig_jax.nn.flig import FLIG, Frozen
-from flig_jax.training import closed_form, parallel, validation
+from flig_jax.training import closed_form, context, parallel, train_state, validation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,14 +117,18 @@ def linear_pair(module: FLIG, frozen: Frozen, pairs: dict[str, np.ndarray],
 
 
 def prepare(config: ml_collections.ConfigDict, module: FLIG, dataset: data.Dataset,
-            autoencoder: Any, raw_features: np.ndarray, mesh: Any,
-            frozen: Frozen | None = None) -> Stage2Data:
+            autoencoder: Any, raw_features: np.ndarray, mesh: Any, frozen: Frozen | None = None,
+            pixel_weight: float | None = None) -> Stage2Data:
   """Stage 2's inputs from the trained autoencoder parameters and the raw training features;
-  `frozen` (of a resumed stage 2) or, when None, fitted here on every training pair."""
+  `frozen` (of a resumed stage 2) or, when None, fitted here on every training pair (with the
+  pixel path at `pixel_weight`, `with_pixel_path`)."""
   cfg, train = config.stage2, dataset.train
-  if frozen is None:
+  fresh = frozen is None
+  if fresh:
     frozen = fit_frozen(config, autoencoder, raw_features, train.responses, mesh)
   train_pairs = pairs(frozen, raw_features, train.responses)
+  if fresh:
+    frozen = with_pixel_path(module, frozen, train_pairs, train.images, pixel_weight, mesh)
   val = None
   # The validation pairs serve model selection and the closed-form start's regularisers.
   if val_size(dataset) and (cfg.select_by == 'val_pcc' or module.flow_type == 'augmented'):
@@ -134,3 +138,56 @@ def prepare(config: ml_collections.ConfigDict, module: FLIG, dataset: data.Datas
                                    features=val_pairs['features'], adapted=val_pairs['adapted'],
                                    images=dataset.val.images, responses=dataset.val.responses)
   return Stage2Data(frozen, train_pairs, arrays(config, train_pairs, train.images), val)
+
+
+def with_pixel_path(module: FLIG, frozen: Frozen, pairs: dict[str, np.ndarray],
+                    images: np.ndarray, weight: float | None, mesh: Any) -> Frozen:
+  """`frozen` with the pixel path (`flig_jax.pixel_path`) fitted on these training pairs (its
+  penalty by cross-validation over them) at blend weight `weight`; as it is when None."""
+  if weight is None:
+    return frozen
+  frozen = jax.device_get(frozen)
+  kernel, bias = pixel_path.fit(pairs['adapted'][:, :frozen.adapter.k], images, None, None,
+                                module.feature_dim)
+  return parallel.replicate(frozen.replace(
+      pixel_kernel=jnp.asarray(kernel), pixel_bias=jnp.asarray(bias),
+      pixel_weight=jnp.asarray(weight, jnp.float32)), mesh)
+
+
+def pixel_weight(ctx: context.Context, autoencoder: Any, raw_features: np.ndarray,
+                 folds: np.ndarray | None) -> float:
+  """The pixel path's blend weight, chosen from `pixel_path.WEIGHTS` on held-out pairs with the
+  flow at its closed-form start: each fold of `folds` held out in turn (adapter, start and pixel
+  map fitted on the others), else the validation split; 0 (the flow's decoder alone) when there
+  is neither."""
+  config, module, mesh, train = ctx.config, ctx.module, ctx.mesh, ctx.dataset.train
+  if folds is not None and len(np.unique(folds)) >= 2:
+    splits = [(folds != f, folds == f) for f in np.unique(folds)]
+    held_images = [train.images[held] for _, held in splits]
+    sources = [(raw_features[rest], train.responses[rest], train.images[rest], folds[rest],
+                raw_features[held], train.responses[held]) for rest, held in splits]
+  elif val_size(ctx.dataset):
+    val = ctx.dataset.val
+    held_images = [val.images]
+    sources = [(raw_features, train.responses, train.images, None,
+                features(module, autoencoder, val.images), val.responses)]
+  else:
+    return 0.0
+  scores = []
+  for (raw, responses, images, rest_folds, held_raw, held_r), held_x in zip(sources, held_images):
+    frozen = fit_frozen(config, autoencoder, raw, responses, mesh)
+    fit_pairs = pairs(frozen, raw, responses)
+    frozen = with_pixel_path(module, frozen, fit_pairs, images, 0.0, mesh)
+    held = pairs(frozen, held_raw, held_r)
+    flow = train_state.initial_flow_params(
+        module, jax.random.key(config.seed + 2),
+        first_batch(config, arrays(config, fit_pairs, images))['features'],
+        linear_pair(module, frozen, fit_pairs, None, rest_folds))
+    variables = frozen.variables(flow)
+    autoencoded = compiled.apply(module, 'decode_images')(variables, held['adapted'])
+    pixels = compiled.apply(module, 'pixel_decode')(variables, held['adapted'])
+    scores.append(pixel_path.candidate_scores(autoencoded, pixels, held_x))
+  weight = pixel_path.choose(np.concatenate(scores, axis=1))
+  ctx.log.info(f'pixel path: blend weight {weight:g}, chosen from '
+               f'{", ".join(f"{w:g}" for w in pixel_path.WEIGHTS)} on held-out pairs')
+  return weight

@@ -90,28 +90,33 @@ def optimizer(learning_rate: float, weight_decay: float,
 
 
 @functools.cache
-def _flow_optimizer(learning_rate: float, weight_decay: float, steps: int,
-                    augmented: bool) -> optax.GradientTransformation:
+def _flow_optimizer(learning_rate: float, weight_decay: float, coupling_weight_decay: float,
+                    steps: int, augmented: bool) -> optax.GradientTransformation:
   train = optimizer(learning_rate, weight_decay, steps)
   if not augmented:
     return train
+  coupling = optimizer(learning_rate, coupling_weight_decay, steps)
 
   def label(path, _):
     names = [getattr(key, 'key', '') for key in path]
-    fixed = names[0] == 'linear_pair' and not names[-1].endswith('log_scale')
-    return 'fixed' if fixed else 'train'
+    if names[0] == 'linear_pair' and not names[-1].endswith('log_scale'):
+      return 'fixed'
+    return 'coupling' if names[0].endswith('coupling') else 'train'
 
   def labels(params):
     return jax.tree_util.tree_map_with_path(label, params)
-  return optax.multi_transform({'train': train, 'fixed': optax.set_to_zero()}, labels)
+  return optax.multi_transform({'train': train, 'coupling': coupling,
+                                'fixed': optax.set_to_zero()}, labels)
 
 
 def flow_optimizer(cfg: ml_collections.ConfigDict, augmented: bool) -> optax.GradientTransformation:
-  """The flow's optimiser (`optimizer` with `config.stage2`'s settings); for the augmented flow the
-  linear pair's fitted maps (kernels and biases, the closed-form start) stay fixed: only its noise
-  scales and the couplings train."""
-  return _flow_optimizer(float(cfg.learning_rate), float(cfg.weight_decay), int(cfg.steps),
-                         bool(augmented))
+  """The flow's optimiser (`optimizer` with `config.stage2`'s settings). For the augmented flow
+  the linear pair's fitted maps (kernels and biases, the closed-form start) stay fixed; its noise
+  scales train with `weight_decay`, the couplings with `coupling_weight_decay`, which pulls them
+  back toward the identity, i.e. each direction toward its ridge start."""
+  return _flow_optimizer(float(cfg.learning_rate), float(cfg.weight_decay),
+                         float(cfg.get('coupling_weight_decay', cfg.weight_decay)),
+                         int(cfg.steps), bool(augmented))
 
 
 def create_stage1_state(rng: jax.Array, config: ml_collections.ConfigDict, module: FLIG,
