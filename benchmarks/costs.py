@@ -172,7 +172,8 @@ def units(n: int, num_units: int, dim: int, batch_size: int, full_svd: bool) -> 
 
 
 def write_pairs(data_dir: str, n: int, image_size: int, num_units: int) -> dict:
-  """Writes the synthetic set of `n` pairs unless it is there already (benchmarks/synthetic_nsd.py)."""
+  """Writes the synthetic set of `n` pairs unless it is there already
+  (benchmarks/synthetic_nsd.py)."""
   _, write_s = synthetic_nsd.prepare(data_dir, n, image_size, num_units)
   return {'write_s': write_s}
 

@@ -94,7 +94,8 @@ class Program:
 
 
 def _pure_steps(ctx: loop.Context) -> tuple[Any, Any]:
-  """The unjitted stage-1 and stage-2 steps with the model, optimisers and config `train.py` binds."""
+  """The unjitted stage-1 and stage-2 steps with the model, optimisers and config `train.py`
+  binds."""
   config = ctx.config
   stage1 = functools.partial(
       steps.stage1_step, model=ctx.module, cfg=config.stage1,

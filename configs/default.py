@@ -1,8 +1,11 @@
-"""Defaults shared by every flig_jax config; the dataset configs import this and change a few fields.
+"""Defaults shared by every flig_jax config; the dataset configs import this and change a few
+fields.
 
-Every field is listed and explained here, and can be overridden from the command line, e.g.
-`--config.stage2.steps=2000`. Every config file (this one included) has a `:smoke` variant that
-shrinks the model and the steps so a run takes seconds:
+Every field is listed and explained here, the one list of the config's fields: each default's type
+is the field's type (flig_jax/config_checks.py adds only ranges, choices and resume rules). Every
+field can be overridden from the command line, e.g. `--config.stage2.steps=2000`. Every config file
+(this one included) has a `:smoke` variant that shrinks the model and the steps so a run takes
+seconds:
 
   python train.py --config configs/default.py:smoke --workdir /tmp/smoke
 """
@@ -22,8 +25,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = 'synthetic'     # digit69 | cowley_v4 | npz | synthetic
-  c.data.dir = ''               # the dataset's own folder; else $FLIG_DATA_DIR/<name>; else the cache
+  c.data.name = 'synthetic'     # digit69 | cowley_v4 | npz | synthetic (data/loading.py, LOADERS)
+  c.data.dir = ''               # the dataset's own folder; else $FLIG_DATA_DIR/<name>;
+                                # else the cache
   c.data.path = ''              # npz: the file (needs data.name = 'npz')
   c.data.session = ''           # cowley_v4: e.g. '190927'
   c.data.image_size = 32        # cowley_v4 (and synthetic): images are resized to this square size
@@ -47,7 +51,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.model.adapter_components = 0  # cap on k, the adapter's signal coordinates (0: min(D, rank))
   c.model.flow_blocks = 4       # K
   c.model.flow_hidden = 128     # conditioner MLP width
-  c.model.coupling = 'affine'   # affine | spline
+  c.model.coupling = 'affine'   # affine | spline (nn/flow.py, COUPLINGS)
   c.model.spline_bins = 8
   c.model.spline_range = 4.0
   c.model.disc_hidden = 128
@@ -76,7 +80,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.stage2.likelihood = 0.01     # -log N(f(h); 0, I) - log|det df/dh|, per dimension
   c.stage2.adversarial = 0.01    # f fools Dis on f(h) vs a
   c.stage2.adversarial_inverse = 0.0  # and on f^-1(a) vs h
-  c.stage2.mixup = 0.0           # > 0: train on convex mixtures of pairs, weight ~ Beta(mixup, mixup)
+  c.stage2.mixup = 0.0           # > 0: train on convex mixtures of pairs,
+                                 # weight ~ Beta(mixup, mixup)
   c.stage2.response_noise = 0.0  # std of Gaussian noise added to the whitened responses in training
   c.stage2.pixel = 0.0           # ||G(f^-1(a)) - x||^2 through the frozen decoder
   c.stage2.gradient_penalty = 1.0  # R1 penalty on the discriminator's real inputs
@@ -94,7 +99,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
   c.log_every_steps = 20
   c.num_figure_images = 8
-  c.distributed = False          # call jax.distributed.initialize() (also set by FLIG_DISTRIBUTED=1)
+  c.distributed = False          # call jax.distributed.initialize()
+                                 # (also set by FLIG_DISTRIBUTED=1)
   return smoke(c) if 'smoke' in options else c
 
 

@@ -1,8 +1,9 @@
-"""Trust a checkpoint only once it reads back: find the newest step whose every item restores.
+"""Trust a checkpoint only once it reads back: find the newest step whose items restore.
 
-A step can be damaged after orbax committed it (a full disk, a copy cut short, a bad sector): each
-of its items (`meta`, `config`, `state`, `model`) is read here into host memory, so a damaged step
-is named and skipped instead of failing deep inside a restore.
+A step can be damaged after orbax committed it (a full disk, a copy cut short, a bad sector): the
+items a reader needs (`meta`, `config`, `state`, `model`) are read here into host memory, so a
+damaged step is named and skipped instead of failing deep inside a restore. `read_json` is the one
+reader of the JSON items (`meta`, `config`).
 """
 
 import contextlib
@@ -12,7 +13,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +32,26 @@ def _short(e: BaseException) -> str:
   return text if len(text) <= _REASON_CHARS else text[:_REASON_CHARS - 3] + '...'
 
 
-def _json_problem(item_dir: Path) -> str | None:
-  files = sorted(p for p in item_dir.iterdir() if p.name != 'commit_success.txt') if (
-      item_dir.is_dir()) else []
+class Damaged(ValueError):
+  """A checkpoint item that does not read back; the message says which file and why, in a line."""
+
+
+def read_json(step_dir: str | os.PathLike, name: str) -> dict[str, Any]:
+  """The JSON item `name` ('meta' or 'config') of the step at `step_dir`, as orbax wrote it.
+
+  Raises:
+    Damaged: the step has no such item, or its file is not valid JSON.
+  """
+  item_dir = Path(step_dir) / name
+  if not item_dir.is_dir():
+    raise Damaged(f'{Path(step_dir)} has no {name!r} item')
+  files = sorted(p for p in item_dir.iterdir() if p.name != 'commit_success.txt')
   if not files:
-    return f'{item_dir} holds no file'
-  for path in files:
-    try:
-      json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-      return f'{path} is not valid JSON ({_short(e)})'
-  return None
+    raise Damaged(f'{item_dir} holds no file')
+  try:
+    return json.loads(files[0].read_text())
+  except (OSError, UnicodeDecodeError, ValueError) as e:
+    raise Damaged(f'{files[0]} is not valid JSON ({_short(e)})') from e
 
 
 @contextlib.contextmanager
@@ -69,9 +79,15 @@ def _quiet_stderr(grace_s: float):
     os.close(devnull)
 
 
-def _array_problem(item_dir: Path) -> str | None:
-  """Reads every array of the item into numpy (no sharding needed); the error if one fails."""
-  try:
+def read_arrays(step_dir: str | os.PathLike, name: str) -> None:
+  """Reads every array of the item `name` ('state' or 'model') of the step at `step_dir` into
+  numpy (no sharding needed), to check it.
+
+  Raises:
+    Damaged: one does not read ('<name>: <reason>').
+  """
+  item_dir = Path(step_dir) / name
+  with reading(name):
     tree = ocp.StandardCheckpointHandler().metadata(epath.Path(item_dir)).tree
     target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree)
     checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())  # synchronous
@@ -80,9 +96,6 @@ def _array_problem(item_dir: Path) -> str | None:
         checkpointer.restore(epath.Path(item_dir), args=ocp.args.StandardRestore(target))
       finally:
         checkpointer.close()
-  except Exception as e:  # noqa: BLE001 -- orbax and tensorstore raise many kinds
-    return f'{item_dir.name}: {_short(e)}'
-  return None
 
 
 def steps_holding(directory: str | os.PathLike, item_name: str | None = None) -> list[int]:
@@ -97,18 +110,19 @@ def steps_holding(directory: str | os.PathLike, item_name: str | None = None) ->
 
 
 def problem(step_dir: str | os.PathLike) -> str | None:
-  """Why the checkpoint step at `step_dir` does not restore, in a line, or None if it does."""
+  """Why the checkpoint step at `step_dir` does not restore, in a line, or None if it does: its
+  JSON items must parse, and the array items it holds must read in full."""
   step_dir = Path(step_dir)
   if not step_dir.is_dir():
     return f'{step_dir} is missing'
-  for name in JSON_ITEMS:
-    if not (step_dir / name).is_dir():
-      return f'{step_dir} has no {name!r} item'
-    if reason := _json_problem(step_dir / name):
-      return reason
-  for name in ARRAY_ITEMS:
-    if (step_dir / name).exists() and (reason := _array_problem(step_dir / name)):
-      return reason
+  try:
+    for name in JSON_ITEMS:
+      read_json(step_dir, name)
+    for name in ARRAY_ITEMS:
+      if (step_dir / name).exists():
+        read_arrays(step_dir, name)
+  except Damaged as e:
+    return str(e)
   return None
 
 
@@ -127,6 +141,35 @@ def newest_good(directory: str | os.PathLike, steps: Iterable[int],
       return step
     skipped(step, reason)
   return None
+
+
+def first_that_restores(steps: Iterable[int], restore: Callable[[int], Any],
+                        skipped: Callable[[int, str], Any] = lambda step, reason: None) -> Any:
+  """`restore(step)` for the newest of `steps` where it succeeds (the restore is the check: every
+  item is read once), or None; `skipped(step, reason)` for each newer one that failed.
+
+  `restore` reports damage by raising `Damaged` (`read_json` does; wrap array reads in
+  `reading`); what it prints to stderr while failing (tracebacks from orbax's reader threads) is
+  dropped. Any other exception is a fault of the caller, not of the step, and propagates.
+  """
+  for step in sorted(steps, reverse=True):
+    try:
+      with _quiet_stderr(grace_s=0.5):
+        return restore(step)
+    except Damaged as e:
+      skipped(step, str(e))
+  return None
+
+
+@contextlib.contextmanager
+def reading(name: str) -> Iterator[None]:
+  """Turns a failure while reading the array item `name` into `Damaged('<name>: <reason>')`."""
+  try:
+    yield
+  except Damaged:
+    raise
+  except Exception as e:  # orbax and tensorstore raise many kinds
+    raise Damaged(f'{name}: {_short(e)}') from e
 
 
 def set_aside(directory: str | os.PathLike, step: int, workdir: str | os.PathLike) -> Path:

@@ -1,21 +1,66 @@
 """Checkpoints on disk: an orbax `CheckpointManager` at `<workdir>/checkpoints/` whose step
-directories hold the items `model` (the FLIG variables), `config` and `meta` (JSON), and the
-trainer's `state`.
+directories hold the items `model` (the FLIG variables), `config` and `meta` (JSON; `Meta` is its
+one reader and writer), and the trainer's `state`.
 """
 
+import dataclasses
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from flig_jax import orbax_logs
+from flig_jax import checkpoint_recovery, orbax_logs
 
 orbax_logs.quiet()  # orbax's info and warnings (e.g. "Given directory is read only") are noise here
 
 CHECKPOINT_SUBDIR = 'checkpoints'
+
+
+@dataclasses.dataclass(frozen=True)
+class Meta:
+  """What a checkpoint says about itself: its `meta` item. Fields a checkpoint lacks (older ones,
+  or stage 1's, which hold no model) read as their defaults; unknown keys are ignored.
+
+  Attributes:
+    step: its number in the manager (stage-2 steps are numbered after stage 1's).
+    stage: 1 or 2.
+    stage_step: the step within its stage.
+    dataset: the dataset's name.
+    image_shape: (H, W, C) of the images.
+    num_units: U, the number of response units.
+    adapter_k: k, the adapter's signal coordinates (checkpoints holding a model), else None.
+    finished: whether stage 2 had run all its steps.
+    selected_steps: stage 2: the step each flow part kept was taken at (model selection).
+  """
+  step: int = 0
+  stage: int = 1
+  stage_step: int = 0
+  dataset: str = ''
+  image_shape: tuple[int, ...] | None = None
+  num_units: int | None = None
+  adapter_k: int | None = None
+  finished: bool = False
+  selected_steps: tuple[int, ...] = ()
+
+  @classmethod
+  def from_json(cls, item: Mapping[str, Any], step: int | None = None) -> 'Meta':
+    """The Meta of a `meta` item as read from JSON; `step` (the step folder's number) wins."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {k: json_tuples(v) for k, v in item.items() if k in names}
+    if step is not None:
+      fields['step'] = int(step)
+    return cls(**fields)
+
+  def to_json(self) -> dict[str, Any]:
+    """The `meta` item to save: JSON types only."""
+    out = dataclasses.asdict(self)
+    for key in ('image_shape', 'selected_steps'):
+      out[key] = None if out[key] is None else [int(v) for v in out[key]]
+    return out
 
 
 def checkpoint_dir(path: str | os.PathLike, must_exist: bool = False) -> str:
@@ -77,7 +122,7 @@ def _config_dict(config: Any) -> dict[str, Any]:
 
 
 def save(mgr: ocp.CheckpointManager, step: int, *, model: Any = None, state: Any = None,
-         config: Any = None, meta: Mapping[str, Any] | None = None, force: bool = False) -> bool:
+         config: Any = None, meta: Meta | None = None, force: bool = False) -> bool:
   """Saves the given items (None ones are skipped) at `step`; asynchronous, see `wait`.
 
   Args:
@@ -86,8 +131,7 @@ def save(mgr: ocp.CheckpointManager, step: int, *, model: Any = None, state: Any
     model: the FLIG variables pytree (StandardSave).
     state: the trainer's state pytree (StandardSave).
     config: a ConfigDict or dict (JsonSave of its dict form).
-    meta: a JSON-able dict, e.g. {'stage', 'step', 'image_shape', 'num_units', 'adapter_k',
-      'dataset'}.
+    meta: what the checkpoint says about itself.
     force: save even if `step` is not a multiple of the manager's `every_steps`.
 
   Returns:
@@ -101,7 +145,7 @@ def save(mgr: ocp.CheckpointManager, step: int, *, model: Any = None, state: Any
   if config is not None:
     items['config'] = ocp.args.JsonSave(_config_dict(config))
   if meta is not None:
-    items['meta'] = ocp.args.JsonSave(dict(meta))
+    items['meta'] = ocp.args.JsonSave(meta.to_json())
   if not items:
     raise ValueError('save was given no item to save')
   return bool(mgr.save(int(step), args=ocp.args.Composite(**items), force=force))
@@ -119,19 +163,29 @@ def steps_with(mgr: ocp.CheckpointManager, item_name: str) -> list[int]:
   return [s for s in sorted(mgr.all_steps()) if item_name in mgr.item_metadata(s)]
 
 
-def read_meta(mgr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
-  """The `meta` item at `step`."""
-  mgr.wait_until_finished()
-  restored = mgr.restore(int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-  return dict(restored['meta'])
+def _step_dir(where: ocp.CheckpointManager | str | os.PathLike, step: int) -> Path:
+  """The folder of `step` under a manager (its pending saves written first) or its directory."""
+  if isinstance(where, ocp.CheckpointManager):
+    where.wait_until_finished()
+    where = where.directory
+  return Path(os.fspath(where)) / str(int(step))
 
 
-def latest_meta(mgr: ocp.CheckpointManager) -> tuple[int, dict[str, Any]] | None:
-  """(step, meta) of the latest step that has a `meta` item, or None if there is none."""
+def read_meta(where: ocp.CheckpointManager | str | os.PathLike, step: int) -> Meta:
+  """The `meta` item at `step` under a manager or its directory (`Meta.step` is `step`).
+
+  Raises:
+    checkpoint_recovery.Damaged: the step has no `meta`, or it does not parse.
+  """
+  return Meta.from_json(checkpoint_recovery.read_json(_step_dir(where, step), 'meta'), step)
+
+
+def latest_meta(mgr: ocp.CheckpointManager) -> Meta | None:
+  """The meta of the latest step that has a `meta` item, or None if there is none."""
   steps = steps_with(mgr, 'meta')
   if not steps:
     return None
-  return steps[-1], read_meta(mgr, steps[-1])
+  return read_meta(mgr, steps[-1])
 
 
 def json_tuples(value: Any) -> Any:
@@ -144,11 +198,16 @@ def json_tuples(value: Any) -> Any:
   return value
 
 
-def read_config(mgr: ocp.CheckpointManager, step: int) -> ml_collections.ConfigDict:
-  """The `config` item at `step`, as a ConfigDict (lists read back as tuples)."""
-  mgr.wait_until_finished()
-  restored = mgr.restore(int(step), args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-  return ml_collections.ConfigDict(json_tuples(dict(restored['config'])))
+def read_config(where: ocp.CheckpointManager | str | os.PathLike,
+                step: int) -> ml_collections.ConfigDict:
+  """The `config` item at `step` under a manager or its directory, as a ConfigDict (lists read
+  back as tuples).
+
+  Raises:
+    checkpoint_recovery.Damaged: the step has no `config`, or it does not parse.
+  """
+  item = checkpoint_recovery.read_json(_step_dir(where, step), 'config')
+  return ml_collections.ConfigDict(json_tuples(item))
 
 
 def with_sharding(abstract_target: Any, sharding: jax.sharding.Sharding | None = None) -> Any:
@@ -178,8 +237,9 @@ def restore(mgr: ocp.CheckpointManager, step: int, item_name: str, abstract_targ
   """
   mgr.wait_until_finished()
   mgr.reload()
-  # This step's items only: reading every step's metadata would fail on a damaged other step.
-  if int(step) not in mgr.all_steps() or item_name not in mgr.item_metadata(int(step)):
+  # From the folders alone: reading the metadata of this step's other items (or other steps)
+  # would fail on a damaged one that this restore does not need.
+  if not (Path(os.fspath(mgr.directory)) / str(int(step)) / item_name).is_dir():
     raise FileNotFoundError(
         f'{mgr.directory} has no item {item_name!r} at step {step}')
   args = ocp.args.Composite(**{item_name: ocp.args.StandardRestore(with_sharding(abstract_target))})

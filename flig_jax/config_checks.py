@@ -1,14 +1,18 @@
 """Checks a run's config before any work: each field's type and range, one line per fault.
 
-`FIELDS` is the table: one line per config field, with the check of its value and whether it may
-change when a run resumes. A new config field is one new line here (a test fails until it has one).
+`configs/default.py` is the schema: it names every field, and each default's type is the field's
+type (a new field is a line there). `RULES` here holds only what a default cannot say: a field's
+allowed range or choices, and when it may change on resume. A number (or tuple of numbers) needs
+a range here (a test fails until it has one); a string or boolean without a rule may take any value
+of its type, and a field without a rule is FIXED on resume. Choices are read from the code that
+implements them (`data.loading.LOADERS`, `nn.flow.FLOW_TYPES`, ...), never listed here.
 
   config_checks.validate(config)   # raises ConfigError: 'config.stage1.steps = -5: must be ...'
 """
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import ml_collections
@@ -27,100 +31,114 @@ class ConfigError(ValueError):
     self.faults = list(faults)
 
 
-Check = Callable[[Any], str | None]  # the allowed range when `value` is outside it, else None
+@dataclasses.dataclass(frozen=True)
+class Range:
+  """low <= value (low < value when `strict`) and value < high when `high` is given; for a tuple,
+  each element."""
+  low: float
+  high: float | None = None
+  strict: bool = False
+
+  def allows(self, value: Any) -> bool:
+    items = value if isinstance(value, (tuple, list)) else (value,)
+    return all((x > self.low if self.strict else x >= self.low)
+               and (self.high is None or x < self.high) for x in items)
+
+  def describe(self, kind: str) -> str:
+    """'<kind> >= low[ and < high]', e.g. 'an integer >= 1'."""
+    return (f'{kind} {">" if self.strict else ">="} {self.low:g}'
+            + (f' and < {self.high:g}' if self.high is not None else ''))
 
 
 @dataclasses.dataclass(frozen=True)
-class Field:
-  """A config field: `check(value)` names the allowed range when the value is outside it;
-  `on_resume` says when it may change on resume (FIXED, ANY_TIME or IN_STAGE1)."""
-  check: Check
+class OneOf:
+  """One of the names `names()` gives, read when the config is checked from the code that
+  implements them (a new dataset or flow type is then allowed without an edit here)."""
+  names: Callable[[], Iterable[str]]
+
+  def allows(self, value: Any) -> bool:
+    return value in tuple(self.names())
+
+  def describe(self, kind: str) -> str:
+    del kind
+    return 'one of ' + ', '.join(repr(n) for n in self.names())
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """What configs/default.py cannot say about a field: its allowed values (`allowed`; None: any
+  value of its type) and when it may change on resume (FIXED, ANY_TIME or IN_STAGE1)."""
+  allowed: Range | OneOf | None = None
   on_resume: str = FIXED
 
 
-def _is_int(v: Any) -> bool:
-  return isinstance(v, int) and not isinstance(v, bool)
+def _dataset_names() -> Iterable[str]:
+  from flig_jax.data import loading  # pylint: disable=g-import-not-at-top
+  return loading.LOADERS
 
 
-def integer(low: int, high: int | None = None) -> Check:
-  """An int in [low, high] (high: no bound when None)."""
-  allowed = f'an integer >= {low}' if high is None else f'an integer in [{low}, {high}]'
-  return lambda v: None if _is_int(v) and v >= low and (high is None or v <= high) else allowed
+def _synthetic_modes() -> Iterable[str]:
+  from flig_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  return synthetic.MODES
 
 
-def number(low: float = 0.0, high: float | None = None, strict: bool = False) -> Check:
-  """A finite float (or int) >= low (> low when `strict`), and < high when given."""
-  allowed = f'a number {">" if strict else ">="} {low:g}' + (
-      f' and < {high:g}' if high is not None else '')
-
-  def check(v):
-    if not (isinstance(v, (int, float)) and not isinstance(v, bool)) or not math.isfinite(v):
-      return allowed
-    ok = (v > low if strict else v >= low) and (high is None or v < high)
-    return None if ok else allowed
-  return check
+def _flow_types() -> Iterable[str]:
+  from flig_jax.nn import flow  # pylint: disable=g-import-not-at-top
+  return flow.FLOW_TYPES
 
 
-def one_of(*names: str) -> Check:
-  """One of `names`."""
-  return lambda v: None if v in names else 'one of ' + ', '.join(repr(n) for n in names)
+def _couplings() -> Iterable[str]:
+  from flig_jax.nn import flow  # pylint: disable=g-import-not-at-top
+  return flow.COUPLINGS
 
 
-def boolean(v: Any) -> str | None:
-  return None if isinstance(v, bool) else 'True or False'
+def _dtypes() -> Iterable[str]:
+  from flig_jax.nn import precision  # pylint: disable=g-import-not-at-top
+  return precision.DTYPES
 
 
-def text(v: Any) -> str | None:
-  return None if isinstance(v, str) else 'a string'
+def _select_by() -> Iterable[str]:
+  from flig_jax.training import validation  # pylint: disable=g-import-not-at-top
+  return validation.SELECT_BY
 
 
-def integers(low: int) -> Check:
-  """A non-empty tuple of ints >= low."""
-  allowed = f'a non-empty tuple of integers >= {low}'
-  return lambda v: None if (isinstance(v, (tuple, list)) and v
-                            and all(_is_int(x) and x >= low for x in v)) else allowed
+_POSITIVE = Range(0.0, strict=True)
+_WEIGHT = Rule(Range(0.0), IN_STAGE1)  # a stage-2 loss weight
 
-
-_WEIGHT = Field(number(0.0), IN_STAGE1)  # a stage-2 loss weight
-
-FIELDS: dict[str, Field] = {
-    'seed': Field(integer(0)),
-    'data.name': Field(one_of('digit69', 'cowley_v4', 'npz', 'synthetic')),
-    'data.dir': Field(text, ANY_TIME),
-    'data.path': Field(text),
-    'data.session': Field(text),
-    'data.image_size': Field(integer(4)),
-    'data.grayscale': Field(boolean),
-    'data.val_fraction': Field(number(0.0, 1.0)),
-    'data.split_seed': Field(integer(0)),
-    'data.synthetic_mode': Field(one_of('fmri', 'spikes', 'patterns')),
-    'data.num_train': Field(integer(2)),
-    'data.num_test': Field(integer(2)),
-    'data.num_units': Field(integer(1)),
-    'model.feature_dim': Field(integer(2)),
-    'model.cae_widths': Field(integers(1)),
-    'model.adapter_components': Field(integer(0)),
-    'model.flow_blocks': Field(integer(1)),
-    'model.flow_hidden': Field(integer(1)),
-    'model.flow_type': Field(one_of('augmented', 'plain')),
-    'model.coupling': Field(one_of('affine', 'spline')),
-    'model.spline_bins': Field(integer(2)),
-    'model.spline_range': Field(number(0.0, strict=True)),
-    'model.disc_hidden': Field(integer(1), IN_STAGE1),
-    'model.dtype': Field(one_of('float32', 'bfloat16')),
-    'stage1.steps': Field(integer(1), IN_STAGE1),
-    'stage1.batch_size': Field(integer(1)),
-    'stage1.learning_rate': Field(number(0.0, strict=True)),
-    'stage1.weight_decay': Field(number(0.0)),
-    'stage1.ssim_weight': Field(number(0.0)),
-    'stage1.augment': Field(boolean),
-    'stage1.max_shift': Field(number(0.0)),
-    'stage1.max_rotation': Field(number(0.0)),
-    'stage1.elastic_strength': Field(number(0.0)),
-    'stage2.steps': Field(integer(1), ANY_TIME),
-    'stage2.batch_size': Field(integer(1), IN_STAGE1),
-    'stage2.learning_rate': Field(number(0.0, strict=True), IN_STAGE1),
-    'stage2.disc_learning_rate': Field(number(0.0, strict=True), IN_STAGE1),
+RULES: dict[str, Rule] = {
+    'seed': Rule(Range(0)),
+    'data.name': Rule(OneOf(_dataset_names)),
+    'data.dir': Rule(on_resume=ANY_TIME),
+    'data.image_size': Rule(Range(4)),
+    'data.val_fraction': Rule(Range(0.0, 1.0)),
+    'data.split_seed': Rule(Range(0)),
+    'data.synthetic_mode': Rule(OneOf(_synthetic_modes)),
+    'data.num_train': Rule(Range(2)),
+    'data.num_test': Rule(Range(2)),
+    'data.num_units': Rule(Range(1)),
+    'model.feature_dim': Rule(Range(2)),
+    'model.cae_widths': Rule(Range(1)),
+    'model.adapter_components': Rule(Range(0)),
+    'model.flow_blocks': Rule(Range(1)),
+    'model.flow_hidden': Rule(Range(1)),
+    'model.flow_type': Rule(OneOf(_flow_types)),
+    'model.coupling': Rule(OneOf(_couplings)),
+    'model.spline_bins': Rule(Range(2)),
+    'model.spline_range': Rule(_POSITIVE),
+    'model.disc_hidden': Rule(Range(1), IN_STAGE1),
+    'model.dtype': Rule(OneOf(_dtypes)),
+    'stage1.steps': Rule(Range(1), IN_STAGE1),
+    'stage1.batch_size': Rule(Range(1)),
+    'stage1.learning_rate': Rule(_POSITIVE),
+    'stage1.weight_decay': Rule(Range(0.0)),
+    'stage1.ssim_weight': Rule(Range(0.0)),
+    'stage1.max_shift': Rule(Range(0.0)),
+    'stage1.max_rotation': Rule(Range(0.0)),
+    'stage1.elastic_strength': Rule(Range(0.0)),
+    'stage2.steps': Rule(Range(1), ANY_TIME),
+    'stage2.batch_size': Rule(Range(1), IN_STAGE1),
+    'stage2.learning_rate': Rule(_POSITIVE, IN_STAGE1),
+    'stage2.disc_learning_rate': Rule(_POSITIVE, IN_STAGE1),
     'stage2.weight_decay': _WEIGHT,
     'stage2.local_forward': _WEIGHT,
     'stage2.local_inverse': _WEIGHT,
@@ -131,15 +149,21 @@ FIELDS: dict[str, Field] = {
     'stage2.response_noise': _WEIGHT,
     'stage2.pixel': _WEIGHT,
     'stage2.gradient_penalty': _WEIGHT,
-    'stage2.eval_every_steps': Field(integer(1), ANY_TIME),
-    'stage2.select_by': Field(one_of('val_pcc', 'last'), IN_STAGE1),
-    'stage2.select_margin': Field(number(0.0), IN_STAGE1),
-    'checkpoint.every_steps': Field(integer(1), ANY_TIME),
-    'checkpoint.keep': Field(integer(1), ANY_TIME),
-    'log_every_steps': Field(integer(1), ANY_TIME),
-    'num_figure_images': Field(integer(1), ANY_TIME),
-    'distributed': Field(boolean, ANY_TIME),
+    'stage2.eval_every_steps': Rule(Range(1), ANY_TIME),
+    'stage2.select_by': Rule(OneOf(_select_by), IN_STAGE1),
+    'stage2.select_margin': Rule(Range(0.0), IN_STAGE1),
+    'checkpoint.every_steps': Rule(Range(1), ANY_TIME),
+    'checkpoint.keep': Rule(Range(1), ANY_TIME),
+    'log_every_steps': Rule(Range(1), ANY_TIME),
+    'num_figure_images': Rule(Range(1), ANY_TIME),
+    'distributed': Rule(on_resume=ANY_TIME),
 }
+_FREE = Rule()
+
+
+def rule(name: str) -> Rule:
+  """The rule of field `name` ('a.b'): any value of its type and FIXED when RULES has none."""
+  return RULES.get(name, _FREE)
 
 
 def flatten(config: ml_collections.ConfigDict | Mapping[str, Any],
@@ -152,20 +176,63 @@ def flatten(config: ml_collections.ConfigDict | Mapping[str, Any],
       yield f'{prefix}{key}', value
 
 
+def schema() -> dict[str, Any]:
+  """{'a.b': default} for every field of configs/default.py, the one list of the config's fields
+  (importable from the repository root, where train.py runs)."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  return dict(flatten(default.get_config()))
+
+
+def _is_int(v: Any) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# A default's type -> (whether a value has that type, the type in words; plural for tuples).
+_TYPES: dict[type, tuple[Callable[[Any], bool], str, str]] = {
+    bool: (lambda v: isinstance(v, bool), 'True or False', 'booleans'),
+    int: (_is_int, 'an integer', 'integers'),
+    float: (_is_number, 'a number', 'numbers'),
+    str: (lambda v: isinstance(v, str), 'a string', 'strings'),
+}
+
+
+def _type_of(default: Any) -> tuple[Callable[[Any], bool], str]:
+  """(whether a value has the type of `default`, that type in words)."""
+  if isinstance(default, (tuple, list)):
+    is_item, _, plural = _TYPES[type(default[0])]
+    return (lambda v: isinstance(v, (tuple, list)) and bool(v) and all(map(is_item, v)),
+            f'a non-empty tuple of {plural}')
+  is_type, words, _ = _TYPES[type(default)]
+  return is_type, words
+
+
+def _fault(name: str, value: Any, default: Any) -> str | None:
+  """'must be ...' naming the allowed values when `value` is outside them, else None."""
+  is_type, kind = _type_of(default)
+  allowed = rule(name).allowed
+  if is_type(value) and (allowed is None or allowed.allows(value)):
+    return None
+  return kind if allowed is None else allowed.describe(kind)
+
+
 def faults(config: ml_collections.ConfigDict) -> list[str]:
   """One line per bad field: 'config.<field> = <value>: must be <allowed range>'."""
+  fields = schema()
   values = dict(flatten(config))
   out = []
   for name, value in values.items():
-    field = FIELDS.get(name)
-    if field is None:
-      out.append(f'config.{name} = {value!r}: unknown field (the known fields and their ranges '
-                 'are in flig_jax/config_checks.py)')
+    if name not in fields:
+      out.append(f'config.{name} = {value!r}: unknown field (the fields are in configs/default.py, '
+                 'their ranges in flig_jax/config_checks.py)')
       continue
-    allowed = field.check(value)
+    allowed = _fault(name, value, fields[name])
     if allowed:
       out.append(f'config.{name} = {value!r}: must be {allowed}')
-  out.extend(f'config.{name}: missing' for name in FIELDS if name not in values)
+  out.extend(f'config.{name}: missing' for name in fields if name not in values)
   if not out and values['data.path'] and values['data.name'] != 'npz':
     out.append(f"config.data.path = {values['data.path']!r}: read only by the npz dataset, and "
                f"config.data.name is {values['data.name']!r}; add --config.data.name=npz")

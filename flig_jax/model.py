@@ -9,9 +9,10 @@ zero at inference: encode reads the first D outputs of f([h, 0]), decode the fir
 f^-1([A(r), 0]).
 """
 
+import dataclasses
 import os
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -25,11 +26,10 @@ from flig_jax import checkpoint_recovery, checkpointing
 from flig_jax.nn import compiled, precision
 from flig_jax.nn.adapter import ARRAY_NAMES, Adapter
 from flig_jax.nn.autoencoder import Autoencoder
-from flig_jax.nn.flow import Flow
+from flig_jax.nn.flow import FLOW_TYPES
 
 Array = jax.Array
 Variables = dict[str, Any]
-FLOW_TYPES = ('augmented', 'plain')
 CHUNK = 256
 _STD_FLOOR = 1e-6
 
@@ -74,10 +74,11 @@ class FLIG(nn.Module):
     self.autoencoder = Autoencoder(tuple(self.image_shape), self.feature_dim,
                                    tuple(self.cae_widths), dtype=self.dtype)
     if self.flow_type not in FLOW_TYPES:
-      raise ValueError(f'unknown model.flow_type {self.flow_type!r}; use one of {FLOW_TYPES}')
-    self.flow = Flow(self.feature_dim, self.flow_blocks, self.flow_hidden, self.coupling,
-                     self.spline_bins, self.spline_range,
-                     augmented=self.flow_type == 'augmented', dtype=self.dtype)
+      raise ValueError(f'unknown model.flow_type {self.flow_type!r}; use one of '
+                       f'{tuple(FLOW_TYPES)}')
+    self.flow = FLOW_TYPES[self.flow_type](self.feature_dim, self.flow_blocks, self.flow_hidden,
+                                           self.coupling, self.spline_bins, self.spline_range,
+                                           dtype=self.dtype)
 
   # --- the fixed parts, read from the `stats` and `adapter` collections ---
 
@@ -249,19 +250,19 @@ class Model:
   Attributes:
     config: the run's ml_collections.ConfigDict.
     variables: the FLIG variables.
-    meta: the checkpoint's meta dict (needs 'image_shape').
+    meta: the checkpoint's `checkpointing.Meta` (needs `image_shape`).
     module: the FLIG Linen module.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, variables: Variables,
-               meta: Mapping[str, Any], chunk: int = CHUNK):
-    if 'image_shape' not in meta:
-      raise ValueError("Model needs meta['image_shape'] (H, W, C)")
+               meta: checkpointing.Meta, chunk: int = CHUNK):
+    if meta.image_shape is None:
+      raise ValueError('Model needs meta.image_shape (H, W, C)')
     self.config = config
     self.variables = variables
-    self.meta = dict(meta)
+    self.meta = meta
     self.chunk = int(chunk)
-    self.module = FLIG.from_config(config.model, tuple(meta['image_shape']))
+    self.module = FLIG.from_config(config.model, tuple(meta.image_shape))
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -287,10 +288,10 @@ class Model:
 
   def __repr__(self) -> str:
     meta = self.meta
-    state = 'finished' if meta.get('finished') else 'unfinished'
-    return (f'Model({meta.get("dataset", "?")}: images {self.image_shape} <-> {self.num_units} '
+    state = 'finished' if meta.finished else 'unfinished'
+    return (f'Model({meta.dataset or "?"}: images {self.image_shape} <-> {self.num_units} '
             f'units, D={self.module.feature_dim}, {self.module.flow_blocks} flow blocks; '
-            f'checkpoint step {meta.get("step", "?")}, {state})')
+            f'checkpoint step {meta.step}, {state})')
 
   def _images(self, images: Any, where: str) -> np.ndarray:
     """(N, H, W, C) float32 in [0, 1] from floats in [0, 1] or integers 0-255 (uint8 silently,
@@ -366,17 +367,17 @@ class Model:
     return self._run('decode_features', h)
 
 
-def _check_meta(meta: Mapping[str, Any]) -> None:
+def _check_meta(meta: checkpointing.Meta) -> None:
   for key in ('image_shape', 'num_units', 'adapter_k'):
-    if key not in meta:
+    if getattr(meta, key) is None:
       raise ValueError(f"the checkpoint's meta lacks '{key}' (not written by flig_jax?)")
 
 
-def abstract_frozen(module: FLIG, meta: Mapping[str, Any]) -> Frozen:
-  """Shapes and dtypes of the frozen parts for a module and a checkpoint's meta ('num_units',
-  'adapter_k'), from `jax.eval_shape`: a target to restore onto."""
+def abstract_frozen(module: FLIG, meta: checkpointing.Meta) -> Frozen:
+  """Shapes and dtypes of the frozen parts for a module and a checkpoint's meta (`num_units`,
+  `adapter_k`), from `jax.eval_shape`: a target to restore onto."""
   _check_meta(meta)
-  u, k, d = int(meta['num_units']), int(meta['adapter_k']), module.feature_dim
+  u, k, d = meta.num_units, meta.adapter_k, module.feature_dim
 
   def build():
     adapter = Adapter(mean=jnp.zeros((u,)), scale=jnp.ones((u,)), components=jnp.zeros((u, k)),
@@ -388,11 +389,11 @@ def abstract_frozen(module: FLIG, meta: Mapping[str, Any]) -> Frozen:
   return jax.eval_shape(build)
 
 
-def abstract_variables(config: ml_collections.ConfigDict, meta: Mapping[str, Any]) -> Any:
-  """Shapes and dtypes of the FLIG variables for a config and a checkpoint's meta ('image_shape',
-  'num_units', 'adapter_k'), from `jax.eval_shape`: the target to restore onto."""
+def abstract_variables(config: ml_collections.ConfigDict, meta: checkpointing.Meta) -> Any:
+  """Shapes and dtypes of the FLIG variables for a config and a checkpoint's meta (`image_shape`,
+  `num_units`, `adapter_k`), from `jax.eval_shape`: the target to restore onto."""
   _check_meta(meta)
-  module = FLIG.from_config(config.model, tuple(meta['image_shape']))
+  module = FLIG.from_config(config.model, tuple(meta.image_shape))
   frozen = abstract_frozen(module, meta)
   flow = jax.eval_shape(module.init_flow, jax.random.key(0),
                         jax.ShapeDtypeStruct((2, module.feature_dim), jnp.float32))
@@ -400,26 +401,26 @@ def abstract_variables(config: ml_collections.ConfigDict, meta: Mapping[str, Any
 
 
 def model_meta(variables: Variables, image_shape: tuple[int, int, int],
-               **extra: Any) -> dict[str, Any]:
-  """The meta entries `load` needs (image_shape, num_units, adapter_k), plus `extra`."""
-  meta = {'image_shape': [int(s) for s in image_shape],
-          'num_units': int(variables['adapter']['mean'].shape[0]),
-          'adapter_k': int(variables['adapter']['sqrt_eig'].shape[0])}
-  meta.update(extra)
-  return meta
+               **fields: Any) -> checkpointing.Meta:
+  """The meta `load` needs (image_shape, and num_units and adapter_k from the variables), with the
+  other `fields` of `checkpointing.Meta` as given."""
+  return checkpointing.Meta(image_shape=tuple(int(s) for s in image_shape),
+                            num_units=int(variables['adapter']['mean'].shape[0]),
+                            adapter_k=int(variables['adapter']['sqrt_eig'].shape[0]), **fields)
 
 
 def save(path: str | os.PathLike, config: ml_collections.ConfigDict, variables: Variables,
-         meta: Mapping[str, Any], step: int) -> None:
+         meta: checkpointing.Meta, step: int) -> None:
   """Writes a checkpoint (items model, config, meta) at `<path>/checkpoints/<step>` and waits.
 
-  `meta` must hold 'image_shape'; 'num_units', 'adapter_k' and 'step' are filled in from the
-  variables when missing.
+  `meta` must hold `image_shape`; `step`, and `num_units` and `adapter_k` from the variables,
+  are written over its own.
   """
-  if 'image_shape' not in meta:
-    raise ValueError("save needs meta['image_shape'] (H, W, C)")
-  full = model_meta(variables, tuple(meta['image_shape']), step=int(step))
-  full.update({k: v for k, v in meta.items() if k != 'image_shape'})
+  if meta.image_shape is None:
+    raise ValueError('save needs meta.image_shape (H, W, C)')
+  shapes = model_meta(variables, meta.image_shape)
+  full = dataclasses.replace(meta, step=int(step), num_units=shapes.num_units,
+                             adapter_k=shapes.adapter_k)
   mgr = checkpointing.manager(path)
   try:
     checkpointing.save(mgr, step, model=variables, config=config, meta=full, force=True)
@@ -455,19 +456,24 @@ def load(path: str | os.PathLike, step: int | None = None,
       raise FileNotFoundError(
           f'no model at step {step} under {path} (steps: {steps})')
     reasons = []
-    found = checkpoint_recovery.newest_good(
-        mgr.directory, steps if step is None else [int(step)],
+
+    def restore(s: int) -> Model:  # the read is the check: each item read once, `state` never
+      config = checkpointing.read_config(mgr, s)
+      meta = checkpointing.read_meta(mgr, s)
+      target = abstract_variables(config, meta)
+      with checkpoint_recovery.reading('model'):
+        variables = checkpointing.restore(mgr, s, 'model', target)
+      return Model(config, variables, meta)
+
+    found = checkpoint_recovery.first_that_restores(
+        steps if step is None else [int(step)], restore,
         lambda s, why: (reasons.append(f'step {s}: {why}'), skipped(s, why)))
     if found is None:
       raise ValueError(f'no checkpoint under {path} restores; '
                        + '; '.join(reasons))
-    step = found
-    config = checkpointing.read_config(mgr, step)
-    meta = {**checkpointing.read_meta(mgr, step), 'step': int(step)}
-    variables = checkpointing.restore(mgr, step, 'model', abstract_variables(config, meta))
   finally:
     mgr.close()
-  return Model(config, variables, meta)
+  return found
 
 
 __all__ = ['FLIG', 'Frozen', 'Model', 'abstract_frozen', 'abstract_variables', 'load',

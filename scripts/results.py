@@ -45,7 +45,8 @@ _ROOT = flags.DEFINE_string('root', None, 'Run directories (default runs/results
 _OUT = flags.DEFINE_string('out', None, 'Where summary.json and summary.md go (default results, '
                            'or results_smoke with --smoke).')
 _FIGURE = flags.DEFINE_string('figure', None, 'The FLIG-minus-best-baseline figure (default '
-                              'docs/flig_minus_best.png, or <out>/flig_minus_best.png with --smoke).')
+                              'docs/flig_minus_best.png, or <out>/flig_minus_best.png with '
+                              '--smoke).')
 _AGGREGATE_ONLY = flags.DEFINE_bool('aggregate_only', False, 'Train and evaluate nothing; '
                                         'aggregate the metrics already there.')
 

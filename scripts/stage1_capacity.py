@@ -1,4 +1,5 @@
-"""Stage-1 capacity: validation reconstruction of the autoencoder G(E(x)) for several feature sizes D.
+"""Stage-1 capacity: validation reconstruction of the autoencoder G(E(x)) for several feature
+sizes D.
 
   python scripts/stage1_capacity.py --config configs/fmri.py --dims 32,64,128
   python scripts/stage1_capacity.py --config configs/spikes.py --set data.session=210224
@@ -111,7 +112,7 @@ def main(argv):
 def _finished(workdir: pathlib.Path) -> bool:
   try:
     from flig_jax import model  # pylint: disable=g-import-not-at-top
-    return bool(model.load(workdir).meta.get('finished'))
+    return model.load(workdir).meta.finished
   except (FileNotFoundError, ValueError):
     return False
 

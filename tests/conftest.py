@@ -1,5 +1,11 @@
 """Shared pytest fixtures: where the real (read-only) datasets live, a compilation cache shared by
-every test process, and one smoke-trained model that several test files read."""
+every test process, and one smoke-trained model that several test files read (their tests are
+marked slow here).
+
+Tiers: `-m "not slow"` is the quick check; a test that trains a model, starts training or
+evaluation processes, or runs for more than a few seconds on two cores carries the `slow` marker.
+Every test has pytest-timeout's limit (pyproject.toml); those that train several runs in a row
+raise it with `pytest.mark.timeout`."""
 
 import os
 import pathlib
@@ -66,6 +72,14 @@ def signal_at_checkpoint(workdir: pathlib.Path, step: int, sig: int, *overrides:
   finally:
     proc.kill()
   return proc.returncode, err
+
+
+def pytest_collection_modifyitems(items):
+  """A test that reads the session's smoke-trained run (`smoke_workdir`, directly or through
+  another fixture) may be the one that trains it: it is marked slow."""
+  for item in items:
+    if 'smoke_workdir' in getattr(item, 'fixturenames', ()):
+      item.add_marker(pytest.mark.slow)
 
 
 def require_data(path: pathlib.Path, what: str) -> pathlib.Path:

@@ -1,5 +1,6 @@
-"""Config validation: every field has a check, bad values and unknown variants or fields are refused
-in one line before any work."""
+"""Config validation: configs/default.py names the fields and their types, config_checks.RULES only
+ranges, choices and resume rules; bad values and unknown variants or fields are refused in one line
+before any work."""
 
 import subprocess
 import sys
@@ -15,9 +16,44 @@ from flig_jax import config_checks
     default.get_config(), fmri.get_config(), fmri.get_config('smoke'), spikes.get_config('smoke'),
     synthetic.get_config('spikes,smoke'),
     synthetic.get_config('patterns')])
-def test_shipped_configs_pass_and_every_field_has_one_check(config):
+def test_shipped_configs_pass_and_have_the_fields_of_the_default(config):
   assert config_checks.faults(config) == []
-  assert {name for name, _ in config_checks.flatten(config)} == set(config_checks.FIELDS)
+  assert {name for name, _ in config_checks.flatten(config)} == set(config_checks.schema())
+
+
+def test_every_number_field_has_a_range_and_rules_name_only_default_fields():
+  fields = config_checks.schema()
+  assert set(config_checks.RULES) <= set(fields)
+  for name, default_value in fields.items():
+    rule = config_checks.rule(name)
+    if isinstance(default_value, (bool, str)):  # free by type unless a rule limits them
+      continue
+    assert isinstance(default_value, (int, float, tuple)), name
+    assert rule.allowed is not None, f'{name}: a number field needs a range in RULES'
+
+
+def test_a_number_field_without_a_range_fails_the_rule_test(monkeypatch):
+  monkeypatch.delitem(config_checks.RULES, 'stage1.steps')
+  with pytest.raises(AssertionError, match='stage1.steps: a number field needs a range'):
+    test_every_number_field_has_a_range_and_rules_name_only_default_fields()
+
+
+def test_choices_come_from_the_code_that_implements_them(monkeypatch):
+  from flig_jax.data import loading
+  from flig_jax.nn import flow, precision
+  from flig_jax.training import validation
+  config = default.get_config().unlock()
+  for field, registry in [('data.name', loading.LOADERS), ('model.flow_type', flow.FLOW_TYPES),
+                          ('model.coupling', flow.COUPLINGS), ('model.dtype', precision.DTYPES),
+                          ('stage2.select_by', validation.SELECT_BY)]:
+    section, _, name = field.rpartition('.')
+    for value in registry:
+      config[section][name] = value
+      assert not [f for f in config_checks.faults(config) if f.startswith(f'config.{field} ')]
+    config[section][name] = default.get_config()[section][name]
+  monkeypatch.setitem(loading.LOADERS, 'my_recording', loading.LOADERS['npz'])
+  config.data.name = 'my_recording'
+  assert config_checks.faults(config) == []
 
 
 @pytest.mark.parametrize('field, value, message', [
@@ -53,8 +89,8 @@ def test_unknown_field_in_a_config_file_is_refused():
   config = default.get_config()
   config.stage1.stepz = 3
   assert config_checks.faults(config) == [
-      ('config.stage1.stepz = 3: unknown field (the known fields and their ranges are in '
-      'flig_jax/config_checks.py)')]
+      ('config.stage1.stepz = 3: unknown field (the fields are in configs/default.py, their '
+       'ranges in flig_jax/config_checks.py)')]
 
 
 def test_unknown_variant_is_refused():

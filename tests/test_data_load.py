@@ -102,6 +102,31 @@ def test_bad_arguments(kwargs, fault):
     data.load(**kwargs)
 
 
+def test_a_new_dataset_is_one_loader_and_one_registry_line(monkeypatch):
+  """A reader of train and test `Split`s, and a line in `loading.LOADERS`: `load`, `from_config` and
+  the config checks then accept the name."""
+  from flig_jax import config_checks
+  from flig_jax.data import loading
+  rng = np.random.default_rng(0)
+
+  def split(n):
+    return Split(rng.uniform(size=(n, 8, 8, 1)).astype(np.float32),
+                 rng.normal(size=(n, 5)).astype(np.float32))
+
+  def read(request):
+    assert request.dir == '/my/lab' and request.session == 'monday'
+    return split(20), split(6), {'response_kind': 'spikes'}
+
+  monkeypatch.setitem(loading.LOADERS, 'my_lab', loading.Loader(read))
+  config = default.get_config()
+  config.data.name, config.data.dir, config.data.session = 'my_lab', '/my/lab', 'monday'
+  assert config_checks.faults(config) == []
+  ds = data.from_config(config)
+  assert ds.name == 'my_lab' and ds.image_shape == (8, 8, 1) and len(ds.test) == 6
+  assert len(ds.train) + len(ds.val) == 20 and len(ds.val) == 2
+  assert data.load('my_lab', dir='/my/lab', session='monday', image_size=4).image_shape == (4, 4, 1)
+
+
 def test_data_error_is_a_value_error():
   assert issubclass(data.DataError, ValueError)
 

@@ -31,11 +31,13 @@ for split in ('train', 'test'):
 CASES = [('digit69', 'Digit69', '', None), ('cowley_v4', 'CowleyV4', '210305', '210305')]
 
 
+@pytest.mark.slow   # builds array_record files in a child process
 @pytest.mark.parametrize('name, builder, config, session', CASES)
 def test_builder_round_trip(name, builder, config, session, data_root, tmp_path):
   folder = require_data(data_root / name, name)
   done = subprocess.run([sys.executable, '-c', BUILD_AND_READ, builder, config, str(folder),
-                         str(tmp_path)], capture_output=True, text=True, check=False)
+                         str(tmp_path)], capture_output=True, text=True, timeout=240,
+                        check=False)
   assert done.returncode == 0, done.stderr[-3000:]
   assert list(tmp_path.glob(f'{name}/**/*.array_record-*'))
   ds = data.load(name, dir=str(folder), session=session)

@@ -1,5 +1,6 @@
 """evaluate.py and `flig_jax.evaluation.run`: metrics.json's shape, figures, the round trip, the
-baselines' validation discipline and the command line's one-line errors, on a smoke-trained model."""
+baselines' validation discipline and the command line's one-line errors, on a smoke-trained
+model."""
 
 import json
 import math
@@ -8,10 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from flig_jax import data, model
-from flig_jax.evaluation import report, run
+from flig_jax.evaluation import baselines, report, run
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ('flig', 'ridge', 'mlp', 'cae_ridge')
@@ -91,8 +93,49 @@ def test_cli_errors_on_missing_data(workdir, tmp_path):
   _assert_one_error_line(proc, str(missing))
 
 
-def test_evaluate_on_val_keeps_val_out_of_the_baselines(workdir, tmp_path):
+def _record_validation_inputs(monkeypatch) -> list[tuple[str, object, object]]:
+  """Wraps the baseline fits so that each call's validation inputs are recorded as (fit, x_val,
+  y_val); the fits still run."""
+  seen = []
+
+  def recording(name):
+    fit = getattr(baselines, name)
+
+    def spy(x, y, x_val=None, y_val=None, *args, **kwargs):
+      seen.append((name, x_val, y_val))
+      return fit(x, y, x_val, y_val, *args, **kwargs)
+    return spy
+
+  for name in ('fit_ridge', 'fit_mlp'):
+    monkeypatch.setattr(baselines, name, recording(name))
+  return seen
+
+
+def _same(a, b) -> bool:
+  return a is not None and np.shape(a) == np.shape(b) and np.array_equal(a, b)
+
+
+def test_baselines_choose_hyper_parameters_on_val_never_on_test(workdir, monkeypatch):
+  ds = data.from_config(model.load(workdir).config)
+  seen = _record_validation_inputs(monkeypatch)
+  _, _, hparams = run.fit_baselines(model.load(workdir), ds, 'test', mlp_steps=10)
+  assert hparams['chosen_on'] == 'val'
+  assert sorted(name for name, _, _ in seen) == ['fit_mlp'] * 2 + ['fit_ridge'] * 4
+  pixel_and_response_fits = [c for c in seen if c[0] == 'fit_mlp'] + [
+      c for c in seen if c[0] == 'fit_ridge'][:2]   # ridge's two fits come before cae_ridge's
+  for _, x_val, y_val in pixel_and_response_fits:
+    for arr in (x_val, y_val):
+      assert _same(arr, ds.val.responses) or _same(arr, ds.val.images)
+      assert not _same(arr, ds.test.responses) and not _same(arr, ds.test.images)
+  for _, x_val, y_val in seen:
+    assert len(x_val) == len(y_val) == len(ds.val) != len(ds.test)
+
+
+def test_evaluate_on_val_keeps_val_out_of_the_baselines(workdir, tmp_path, monkeypatch):
+  seen = _record_validation_inputs(monkeypatch)
   metrics = run.evaluate(workdir, split='val', out=tmp_path, mlp_steps=10, verbose=False)
+  # Scoring val, no fit sees it: they pick hyper-parameters inside the training split.
+  assert len(seen) == 6 and all(x is None and y is None for _, x, y in seen)
   assert metrics['split'] == 'val'
   assert metrics['n'] == len(data.from_config(model.load(workdir).config).val) > 1
   # The scored split must not choose the baselines' hyper-parameters.

@@ -9,6 +9,8 @@ from flig_jax import data, model
 from flig_jax.evaluation import metrics
 from flig_jax.training import loop
 
+# The module's fixture trains 450 steps (a few minutes on two loaded cores).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):

@@ -2,7 +2,9 @@
 the adapter keeps all D coordinates, save -> load round trips, the checkpoint API and the
 discriminator."""
 
+import dataclasses
 import functools
+import json
 import os
 
 import jax
@@ -173,7 +175,7 @@ def test_augmented_flow_reads_the_first_half_and_round_trips_exactly():
 
 def _save_and_load(tmp_path, config, variables, image_shape, step=7, **meta):
   """The test helper: save a model at `step` and load it back from the workdir."""
-  model.save(tmp_path, config, variables, {'image_shape': image_shape, **meta}, step)
+  model.save(tmp_path, config, variables, checkpointing.Meta(image_shape=image_shape, **meta), step)
   return model.load(tmp_path)
 
 
@@ -182,8 +184,8 @@ def test_save_load_round_trip_and_numpy_model(tmp_path):
   config, _, variables, x, r = _build(image_shape, 10, 'affine')
   m = model.Model(config, variables, model.model_meta(variables, image_shape))
   loaded = _save_and_load(tmp_path, config, variables, image_shape, stage=2, dataset='synthetic')
-  assert loaded.meta['step'] == 7 and loaded.meta['stage'] == 2
-  assert loaded.meta['num_units'] == 10 and loaded.meta['adapter_k'] == D
+  assert loaded.meta.step == 7 and loaded.meta.stage == 2 and loaded.meta.dataset == 'synthetic'
+  assert loaded.meta.num_units == 10 and loaded.meta.adapter_k == D
   assert loaded.config.model.cae_widths == (4, 8)
   assert jax.tree.structure(loaded.variables) == jax.tree.structure(variables)
   encoded = m.encode(x)
@@ -215,15 +217,25 @@ def test_load_picks_the_latest_model_and_errors_without_one(tmp_path):
   model.save(tmp_path, config, variables, meta, step=1)
   model.save(tmp_path, config, other, meta, step=2)
   mgr = checkpointing.manager(tmp_path)
-  checkpointing.save(mgr, 3, meta={'stage': 2}, force=True)   # no model item at step 3
+  checkpointing.save(mgr, 3, meta=checkpointing.Meta(stage=2), force=True)   # no model at step 3
   checkpointing.wait(mgr)
   mgr.close()
   loaded = model.load(tmp_path)
-  assert loaded.meta['step'] == 2
+  assert loaded.meta.step == 2
   np.testing.assert_array_equal(loaded.variables['adapter']['mean'], other['adapter']['mean'])
-  assert model.load(tmp_path, step=1).meta['step'] == 1
+  assert model.load(tmp_path, step=1).meta.step == 1
   with pytest.raises(FileNotFoundError, match='step 5'):
     model.load(tmp_path, step=5)
+
+
+def test_meta_reads_older_checkpoints_and_round_trips_through_json():
+  older = {'stage': 2, 'step': 5, 'image_shape': [28, 28, 1], 'num_units': 10, 'adapter_k': 4,
+           'finished': True, 'dataset': 'digit69', 'a_retired_key': 1}  # no stage_step, no steps
+  meta = checkpointing.Meta.from_json(older, step=12)   # the step folder's number wins
+  assert meta == checkpointing.Meta(step=12, stage=2, dataset='digit69', image_shape=(28, 28, 1),
+                                    num_units=10, adapter_k=4, finished=True)
+  again = dataclasses.replace(meta, selected_steps=(3, 0))
+  assert checkpointing.Meta.from_json(json.loads(json.dumps(again.to_json()))) == again
 
 
 def test_checkpointing_api_for_the_trainer(tmp_path):
@@ -233,12 +245,14 @@ def test_checkpointing_api_for_the_trainer(tmp_path):
   state = {'step': jnp.array(4), 'w': jnp.arange(6.0).reshape(2, 3)}
   config = default.smoke(default.get_config())
   for step in (2, 4, 6):
-    assert checkpointing.save(mgr, step, state=state, config=config, meta={'step': step})
-  assert not checkpointing.save(mgr, 7, state=state, meta={'step': 7})   # not a multiple of 2
+    assert checkpointing.save(mgr, step, state=state, config=config,
+                              meta=checkpointing.Meta(step=step))
+  assert not checkpointing.save(mgr, 7, state=state,
+                                meta=checkpointing.Meta(step=7))   # not a multiple of 2
   checkpointing.wait(mgr)
   assert checkpointing.steps_with(mgr, 'state') == [4, 6]                # keep=2
-  step, meta = checkpointing.latest_meta(mgr)
-  assert step == 6 and meta == {'step': 6}
+  meta = checkpointing.latest_meta(mgr)
+  assert meta == checkpointing.Meta(step=6)
   assert checkpointing.read_config(mgr, 6) == config
   target = jax.eval_shape(lambda: state)
   restored = checkpointing.restore(mgr, 6, 'state', target)

@@ -1,4 +1,5 @@
-"""Tests of flig_jax.plotting: each figure is written as a PNG that opens."""
+"""Tests of flig_jax.plotting: each figure is written as a PNG that opens and shows what it was
+given (pixels of the images and colours of the curves, not a blank canvas)."""
 
 import numpy as np
 import pytest
@@ -13,6 +14,16 @@ def _open_png(path) -> Image.Image:
     assert im.format == 'PNG'
     assert im.size[0] > 50 and im.size[1] > 50
     return im.copy()
+
+
+def _colour_share(im: Image.Image, rgb: tuple[int, int, int]) -> float:
+  """The fraction of the image's pixels within a small distance of the colour `rgb`."""
+  pixels = np.asarray(im.convert('RGB')).reshape(-1, 3).astype(int)
+  return float(np.mean(np.abs(pixels - np.array(rgb)).sum(1) < 30))
+
+
+def _has_colour(im: Image.Image, rgb: tuple[int, int, int]) -> bool:
+  return _colour_share(im, rgb) > 0
 
 
 def _png_text(path) -> dict[str, str]:
@@ -30,6 +41,11 @@ def test_reconstruction_grid_writes_png(tmp_path, channels):
   path = plotting.reconstruction_grid(stim, recons, str(tmp_path / 'sub' / 'grid.png'), n=4)
   im = _open_png(path)
   assert im.size[0] > im.size[1]  # 4 columns, 3 rows
+  # The images are drawn: ridge's row is a block of mid-grey, the random stimuli bring many levels.
+  pixels = np.asarray(im.convert('RGB')).reshape(-1, 3).astype(int)
+  grey = np.all(np.abs(pixels - 128) <= 2, axis=1)
+  assert grey.mean() > 0.1, grey.mean()
+  assert len(np.unique(pixels, axis=0)) > 100
   with pytest.raises(ValueError, match='ridge'):
     plotting.reconstruction_grid(stim, {'ridge': stim[:2]}, str(tmp_path / 'bad.png'))
 
@@ -40,15 +56,12 @@ def test_encoding_figure_writes_png(tmp_path):
   pred = target + rng.standard_normal((40, 12)) * np.linspace(0.1, 3, 12)
   pcc = {'flig': rng.uniform(-0.2, 0.9, 12), 'ridge': rng.uniform(-0.2, 0.6, 12)}
   path = plotting.encoding_figure(pcc, pred, target, str(tmp_path / 'enc.png'), n_best=3)
-  _open_png(path)
+  im = _open_png(path)
+  # Both models' curves and the scatters are drawn (matplotlib's tab:blue and tab:orange).
+  blue, orange = (31, 119, 180), (255, 127, 14)
+  assert _colour_share(im, blue) > 0.002 and _colour_share(im, orange) > 0.001
   with pytest.raises(ValueError, match='one shape'):
     plotting.encoding_figure(pcc, pred[:, :3], target, str(tmp_path / 'bad.png'))
-
-
-
-def _has_colour(im: Image.Image, rgb: tuple[int, int, int]) -> bool:
-  pixels = np.asarray(im.convert('RGB')).reshape(-1, 3).astype(int)
-  return bool(np.any(np.abs(pixels - np.array(rgb)).sum(1) < 30))
 
 
 @pytest.mark.parametrize('mean, colour', [(-1e-4, 'green'), (-0.01, 'red'), (0.02, 'green')])

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, signal_at_checkpoint, subprocess_env, train, train_command
 
-from flig_jax import checkpoint_recovery, workdir_lock
+from flig_jax import checkpoint_recovery, checkpointing, workdir_lock
+from flig_jax.checkpointing import Meta
 from flig_jax.evaluation import report, run
 from flig_jax.training import metrics_file, resume
 
@@ -49,6 +50,7 @@ def _evaluate(*args: str) -> subprocess.CompletedProcess:
 
 # --- one run per workdir ---
 
+@pytest.mark.slow
 def test_second_run_into_a_busy_workdir_is_refused(tmp_path):
   workdir = tmp_path / 'run'
   workdir.mkdir()
@@ -94,20 +96,20 @@ def test_resume_with_a_changed_config_is_refused_with_a_diff(copy_of_run, overri
 
 
 def test_fields_that_may_change_on_resume_are_listed_and_allowed():
-  assert resume.may_change().startswith(
+  from configs import default, synthetic
+  assert resume.may_change(default.get_config()).startswith(
       'may change on resume: data.dir, stage2.steps, stage2.eval_every_steps, checkpoint.*, '
       'log_every_steps, '
       'num_figure_images, distributed; and while the run is in stage 1: model.disc_hidden, '
       'stage1.steps, stage2.*')
-  from configs import synthetic
   config = synthetic.get_config('smoke')
   saved = config.to_dict()
   config.stage2.steps, config.checkpoint.keep, config.stage2.learning_rate = 20, 5, 0.5
-  assert resume.refused_changes(saved, config, {'stage': 1, 'stage_step': 3}) == []
-  assert resume.refused_changes(saved, config, {'stage': 2, 'stage_step': 3}) == [
+  assert resume.refused_changes(saved, config, Meta(stage=1, stage_step=3)) == []
+  assert resume.refused_changes(saved, config, Meta(stage=2, stage_step=3)) == [
       'stage2.learning_rate: 0.001 -> 0.5']
   config.model.feature_dim, config.stage2.steps = 16, 4
-  assert resume.refused_changes(saved, config, {'stage': 2, 'stage_step': 6}) == [
+  assert resume.refused_changes(saved, config, Meta(stage=2, stage_step=6)) == [
       'model.feature_dim: 8 -> 16', 'stage2.learning_rate: 0.001 -> 0.5',
       'stage2.steps: 4 is below the step the run reached in stage 2 (6)']
 
@@ -179,6 +181,19 @@ def test_tensorboard_keeps_the_point_at_the_checkpoint_step_after_a_resume(copy_
   assert shown['stage2/loss'] == [8, 10, 12]
 
 
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')  # orbax threads
+def test_evaluate_reads_only_the_items_it_restores(copy_of_run, capsys):
+  ckpts = copy_of_run / 'checkpoints'
+  _damage_arrays(ckpts / '12', 'state')
+  assert checkpoint_recovery.problem(ckpts / '12').startswith('state: ')
+  # The model, its config and meta are intact: evaluation (which never reads `state`) uses step 12.
+  assert run._load(copy_of_run, allow_unfinished=False).meta.step == 12
+  assert 'does not restore' not in capsys.readouterr().err
+  # A resumed run restores `state`: it falls back to step 9.
+  config = checkpointing.read_config(ckpts, 9)
+  assert resume.start_point(config, copy_of_run, writer=False, note=lambda line: None).step == 9
+
+
 def test_empty_meta_names_the_file_and_step(copy_of_run):
   meta_file = next(p for p in (copy_of_run / 'checkpoints' / '12' / 'meta').iterdir()
                    if p.name != 'commit_success.txt')
@@ -195,7 +210,7 @@ def test_unfinished_run_is_loaded_when_asked_and_the_step_is_named(copy_of_run):
   shutil.rmtree(copy_of_run / 'checkpoints' / '12')
   with pytest.raises(ValueError, match='has not finished: its newest usable checkpoint is step 9'):
     run._load(copy_of_run, allow_unfinished=False)
-  assert run._load(copy_of_run, allow_unfinished=True).meta['step'] == 9
+  assert run._load(copy_of_run, allow_unfinished=True).meta.step == 9
   assert report.format_table({'dataset': 'synthetic', 'split': 'test', 'n': 64,
                               'checkpoint_step': 9}) == (
                                   'synthetic / test (n = 64); checkpoint step 9')
@@ -238,6 +253,7 @@ def test_losses_are_tensorboard_scalars_on_one_step_axis(smoke_workdir):
 
 # --- SIGTERM (SIGKILL: tests/test_training.py) ---
 
+@pytest.mark.slow
 def test_sigterm_saves_at_the_next_step_and_exits_143_without_temp_folders(tmp_path):
   workdir = tmp_path / 'run'
   returncode, err = signal_at_checkpoint(workdir, 20, signal.SIGTERM, *_LONG)
@@ -291,6 +307,7 @@ runpy.run_path(sys.argv[0], run_name='__main__')
 '''
 
 
+@pytest.mark.slow
 def test_disk_full_simulated_is_one_line_and_earlier_checkpoints_restore(tmp_path):
   workdir = tmp_path / 'run'
   proc = subprocess.run([sys.executable, '-c', _FAIL_SAVES_FROM_STEP_6,
@@ -316,6 +333,7 @@ def small_tmpfs(tmp_path):
     subprocess.run(['umount', str(mount)], check=False)
 
 
+@pytest.mark.slow
 def test_disk_full_on_a_small_tmpfs(small_tmpfs):
   workdir = small_tmpfs / 'run'
   proc = train(workdir, check=False)

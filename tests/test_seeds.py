@@ -70,7 +70,8 @@ def _leaves(tree) -> list[np.ndarray]:
                      else x) for x in jax.tree.leaves(tree)]
 
 
-@pytest.mark.parametrize(('make', 'vectorize'), [(_stage1, True), (_stage2, True), (_stage1, False)],
+@pytest.mark.parametrize(('make', 'vectorize'),
+                         [(_stage1, True), (_stage2, True), (_stage1, False)],
                          ids=['stage1-vmap', 'stage2-vmap', 'stage1-unrolled'])
 def test_step_of_many_models_equals_separate_steps(make, vectorize):
   mesh = parallel.make_mesh()

@@ -1,4 +1,5 @@
-"""End-to-end training runs in subprocesses: smoke configs, devices, hosts, SIGKILL resume, divergence."""
+"""End-to-end training runs in subprocesses: smoke configs, devices, hosts, SIGKILL resume,
+divergence."""
 
 import json
 import signal
@@ -13,6 +14,8 @@ from conftest import ROOT, signal_at_checkpoint, subprocess_env, train, train_co
 
 from flig_jax import checkpointing, model
 
+# Every test here trains in child processes, several runs in a row for some.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 def _losses(workdir: Path) -> list[dict]:
   """The training rows of metrics.jsonl (stage 2's validation rows hold scores, not losses)."""
@@ -22,7 +25,7 @@ def _losses(workdir: Path) -> list[dict]:
 
 def _final_params(workdir: Path) -> list[np.ndarray]:
   m = model.load(workdir)
-  assert m.meta['finished']
+  assert m.meta.finished
   return [np.asarray(x) for x in jax.tree.leaves(m.variables)]
 
 
@@ -44,7 +47,7 @@ def _assert_same_run(a: Path, b: Path, tol: float, split: tuple[int, int] | None
 
 def test_smoke_run_finishes_with_a_restorable_checkpoint_and_figures(smoke_workdir):
   m = model.load(smoke_workdir)
-  assert m.meta['finished'] and m.meta['stage'] == 2
+  assert m.meta.finished and m.meta.stage == 2
   assert {r['stage'] for r in _losses(smoke_workdir)} == {1, 2}
   assert (smoke_workdir / 'stage1_reconstructions.png').stat().st_size > 0
   assert (smoke_workdir / 'stage2_decoding.png').stat().st_size > 0
@@ -54,7 +57,7 @@ def test_smoke_run_finishes_with_a_restorable_checkpoint_and_figures(smoke_workd
 def test_real_data_smoke_configs_train(config, tmp_path, data_root):
   train(tmp_path / 'run', config=config, FLIG_DATA_DIR=str(data_root))
   m = model.load(tmp_path / 'run')
-  assert m.meta['finished'] and m.meta['dataset'] in ('digit69', 'cowley_v4')
+  assert m.meta.finished and m.meta.dataset in ('digit69', 'cowley_v4')
 
 
 def test_same_result_on_one_and_eight_devices(tmp_path):
@@ -109,11 +112,12 @@ def test_ctrl_c_saves_then_resume_matches_uninterrupted_run(uninterrupted, tmp_p
   returncode, err = signal_at_checkpoint(workdir, 30, signal.SIGINT, *_KILL_RUN, timeout=60)
   assert returncode == 130, err[-2000:]
   assert 'Traceback' not in err
-  step, meta = checkpointing.latest_meta(checkpointing.manager(workdir))
-  assert step >= 30 and not meta['finished']
+  meta = checkpointing.latest_meta(checkpointing.manager(workdir))
+  step = meta.step
+  assert step >= 30 and not meta.finished
   assert _losses(workdir)[-1]['step'] == step   # the steps run since the last row are logged
   train(workdir, *_KILL_RUN)
-  _assert_same_run(uninterrupted, workdir, tol=1e-6, split=(meta['stage'], step))
+  _assert_same_run(uninterrupted, workdir, tol=1e-6, split=(meta.stage, step))
 
 
 def test_divergence_stops_with_message_and_keeps_last_checkpoint(tmp_path):
@@ -125,8 +129,8 @@ def test_divergence_stops_with_message_and_keeps_last_checkpoint(tmp_path):
   assert message.startswith('error: stage 2: training diverged'), proc.stderr[-2000:]
   assert 'Traceback' not in proc.stderr
   mgr = checkpointing.manager(workdir)
-  _step, meta = checkpointing.latest_meta(mgr)
-  assert meta['stage'] in (1, 2) and not meta['finished']
+  meta = checkpointing.latest_meta(mgr)
+  assert meta.stage in (1, 2) and not meta.finished
   # The last good checkpoint restores: the same command with a sane learning rate finishes from it.
   train(workdir)
   assert all(np.isfinite(x).all() for x in _final_params(workdir))
@@ -138,7 +142,6 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
   port = _free_port()
   procs = []

@@ -5,7 +5,7 @@ TFDS builders live in `flig_jax.data.tfds_builders` (imported on demand; never T
 """
 
 from flig_jax.data.dataset import DataError, Dataset, Split
-from flig_jax.data.loading import NAMES, from_config, load
+from flig_jax.data.loading import LOADERS, from_config, load
 from flig_jax.data.pipeline import BatchStream
 
-__all__ = ['NAMES', 'BatchStream', 'DataError', 'Dataset', 'Split', 'from_config', 'load']
+__all__ = ['LOADERS', 'BatchStream', 'DataError', 'Dataset', 'Split', 'from_config', 'load']

@@ -3,6 +3,8 @@ and carves the validation split."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -10,10 +12,49 @@ import numpy as np
 from flig_jax.data import cowley_v4, digit69, npz, synthetic
 from flig_jax.data.dataset import DataError, Dataset, Split, assemble
 
-NAMES = ('digit69', 'cowley_v4', 'npz', 'synthetic')
 SYNTHETIC_OPTIONS = ('synthetic_mode', 'num_train', 'num_test', 'num_units', 'noise_std',
                      'nonlinearity')
-_SIZED = ('cowley_v4', 'synthetic')  # the datasets config.data.image_size applies to
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+  """What a loader may use (each reads the fields it needs): see `load` for their meanings."""
+  dir: str | None
+  path: str | None
+  session: str | None
+  image_size: int | None
+  grayscale: bool
+  seed: int
+  split_seed: int
+  synthetic_options: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Loader:
+  """A dataset's loader: `read(request)` gives (train, test, meta) as stored; `sized`: it makes
+  its images at `request.image_size` (config.data.image_size applies; others keep their size
+  unless `load` is asked to resize)."""
+  read: Callable[[Request], tuple[Split, Split, dict[str, Any]]]
+  sized: bool = False
+
+
+def _npz(r: Request) -> tuple[Split, Split, dict[str, Any]]:
+  if not r.path:
+    raise DataError('npz: no file given; set --config.data.path (or path=) to an .npz file')
+  return npz.read(r.path, split_seed=r.split_seed)
+
+
+# Dataset name -> its loader, the one list of datasets (config.data.name accepts these). A new
+# dataset is a module that reads its files into train and test `Split`s, and one line here.
+LOADERS: dict[str, Loader] = {
+    'digit69': Loader(lambda r: digit69.read(digit69.find_file(r.dir))),
+    'cowley_v4': Loader(lambda r: cowley_v4.read(cowley_v4.find_dir(r.dir), r.session,
+                                                 image_size=r.image_size,
+                                                 grayscale=r.grayscale), sized=True),
+    'npz': Loader(_npz),
+    'synthetic': Loader(lambda r: synthetic.generate(image_size=r.image_size, seed=r.seed,
+                                                     **r.synthetic_options), sized=True),
+}
 
 
 def resize_split(split: Split, size: int) -> Split:
@@ -36,8 +77,8 @@ def read_splits(name: str, *, dir: str | None, path: str | None, session: str | 
                 synthetic_options: dict[str, Any],
                 split_seed: int = 0) -> tuple[Split, Split, dict[str, Any]]:
   """Reads dataset `name` as stored: (train, test, meta). The parser `load` and TFDS share."""
-  if name not in NAMES:
-    raise DataError(f'unknown dataset {name!r}; choose one of {NAMES}')
+  if name not in LOADERS:
+    raise DataError(f'unknown dataset {name!r}; choose one of {tuple(LOADERS)}')
   if path and name != 'npz':
     raise DataError(f'path {path!r} is read only by the npz dataset, not {name!r}; '
                     'add --config.data.name=npz (or load it with name "npz")')
@@ -47,16 +88,9 @@ def read_splits(name: str, *, dir: str | None, path: str | None, session: str | 
   if synthetic_options and name != 'synthetic':
     raise DataError(f'option(s) {sorted(synthetic_options)} apply only to the synthetic dataset, '
                     f'not {name!r}')
-  if name == 'digit69':
-    return digit69.read(digit69.find_file(dir))
-  if name == 'cowley_v4':
-    return cowley_v4.read(cowley_v4.find_dir(dir), session, image_size=image_size,
-                          grayscale=grayscale)
-  if name == 'npz':
-    if not path:
-      raise DataError('npz: no file given; set --config.data.path (or path=) to an .npz file')
-    return npz.read(path, split_seed=split_seed)
-  return synthetic.generate(image_size=image_size, seed=seed, **synthetic_options)
+  return LOADERS[name].read(Request(dir=dir, path=path, session=session, image_size=image_size,
+                                    grayscale=grayscale, seed=seed, split_seed=split_seed,
+                                    synthetic_options=synthetic_options))
 
 
 def load(name: str, *, dir: str | None = None, path: str | None = None,
@@ -66,7 +100,7 @@ def load(name: str, *, dir: str | None = None, path: str | None = None,
   """Loads a dataset: train, validation (carved from train) and test splits.
 
   Args:
-    name: 'digit69', 'cowley_v4', 'npz' or 'synthetic'.
+    name: a key of `LOADERS` ('digit69', 'cowley_v4', 'npz', 'synthetic').
     dir: the dataset's own folder (else $FLIG_DATA_DIR/<name>, else the cache; digit69 is fetched
       into the cache once).
     path: npz: the file.
@@ -90,7 +124,7 @@ def load(name: str, *, dir: str | None = None, path: str | None = None,
   train, test, meta = read_splits(name, dir=dir, path=path, session=session,
                                   image_size=image_size, grayscale=grayscale, seed=seed,
                                   synthetic_options=synthetic_options, split_seed=split_seed)
-  if image_size is not None and name not in _SIZED:
+  if image_size is not None and not LOADERS[name].sized:
     if not isinstance(image_size, (int, np.integer)) or image_size < 1:
       raise DataError(f'{name}: image_size must be a positive integer, got {image_size!r}')
     train, test = resize_split(train, int(image_size)), resize_split(test, int(image_size))
@@ -116,7 +150,7 @@ def from_config(config: Any) -> Dataset:
       'val_fraction': float(d.get('val_fraction', 0.0)),
       'split_seed': int(d.get('split_seed', config.seed)),
   }
-  if name in _SIZED and d.get('image_size'):
+  if LOADERS[name].sized and d.get('image_size'):
     kwargs['image_size'] = int(d.image_size)
   if name == 'synthetic':
     kwargs.update({k: d[k] for k in SYNTHETIC_OPTIONS if k in d})

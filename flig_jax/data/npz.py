@@ -86,5 +86,6 @@ def read(path: str | pathlib.Path, split_seed: int = 0) -> tuple[Split, Split, d
                   None if labels is None else labels[mask])
       for name, mask in (('train', ~is_test), ('test', is_test))
   ]
-  meta = {'source': source, 'split_from': 'file' if 'split' in arrays else f'split_seed {int(split_seed)}'}
+  split_from = 'file' if 'split' in arrays else f'split_seed {int(split_seed)}'
+  meta = {'source': source, 'split_from': split_from}
   return splits[0], splits[1], meta

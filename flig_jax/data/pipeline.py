@@ -20,8 +20,8 @@ class BatchStream:
   """Global batches of a split, reshuffled every epoch, each process reading its own shard.
 
   Epoch e visits the rows in a fresh permutation seeded by (seed, e) and is cut into
-  `steps_per_epoch = N // global_batch_size` batches; the remainder of each epoch is dropped, so every row appears at most once per epoch and a different remainder is
-  dropped each epoch.
+  `steps_per_epoch = N // global_batch_size` batches; the remainder of each epoch is dropped, so
+  every row appears at most once per epoch and a different remainder is dropped each epoch.
 
   When the split holds fewer rows than one global batch (N < global_batch_size), batches are cut
   from the endless sequence of per-epoch permutations instead, so rows repeat within a batch (every

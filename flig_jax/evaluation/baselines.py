@@ -134,7 +134,8 @@ def fit_mlp(x_train: Any, y_train: Any, x_val: Any = None, y_val: Any = None,
   x, y = ridge.as_matrix(x_train, 'x_train'), ridge.as_matrix(y_train, 'y_train')
   ridge.check_pair(x, y, 'x_train and y_train')
   if kind == 'decoder':
-    output_shape = tuple(output_shape) if output_shape is not None else ridge.output_shape_of(y_train)
+    output_shape = (tuple(output_shape) if output_shape is not None
+                    else ridge.output_shape_of(y_train))
     if output_shape is None or int(np.prod(output_shape)) != y.shape[1]:
       raise ValueError(f'a decoder needs image targets (N, H, W, C) or an '
                        f'output_shape matching {y.shape[1]} values; got {output_shape}.')

@@ -137,10 +137,10 @@ def _load(ckpt: str | os.PathLike, allow_unfinished: bool) -> model_lib.Model:
 
   m = model_lib.load(ckpt, skipped=skipped)
   meta = m.meta
-  if not meta.get('finished') and not allow_unfinished:
+  if not meta.finished and not allow_unfinished:
     raise ValueError(
         f'the run at {ckpt} has not finished: its newest usable checkpoint is step '
-        f'{meta.get("step")} (stage {meta.get("stage")}, step {meta.get("stage_step")} of the '
+        f'{meta.step} (stage {meta.stage}, step {meta.stage_step} of the '
         'stage); finish it (train.py with the same --workdir), or pass --allow_unfinished to score '
         'it as it is')
   return m
@@ -179,8 +179,8 @@ def evaluate(ckpt: str | os.PathLike, split: str = 'test', out: str | os.PathLik
   log = _progress(verbose)
   log(f'loading the checkpoint at {ckpt}')
   m = _load(ckpt, allow_unfinished)
-  log(f'scoring checkpoint step {m.meta["step"]}'
-      + ('' if m.meta.get('finished') else ' (an unfinished run, --allow_unfinished)'))
+  log(f'scoring checkpoint step {m.meta.step}'
+      + ('' if m.meta.finished else ' (an unfinished run, --allow_unfinished)'))
   ds = data.from_config(_data_config(m.config, data_dir))
   _check_match(m, ds, str(ckpt))
   scored = getattr(ds, split)
@@ -211,14 +211,14 @@ def evaluate(ckpt: str | os.PathLike, split: str = 'test', out: str | os.PathLik
                    for k, v in encoded.items()},
       'roundtrip_max_abs_err': roundtrip_err,
       'session': str(ds.meta.get('session') or ''),
-      'checkpoint_step': int(m.meta['step']),
+      'checkpoint_step': m.meta.step,
       'baseline_hparams': hparams,
   }
 
   out = os.fspath(out) if out is not None else os.path.join(os.fspath(ckpt), f'eval_{split}')
   log(f'writing {out}')
   report.write_metrics(os.path.join(out, 'metrics.json'), result)
-  title = f'{ds.name}, {split} split (n = {len(scored)}): checkpoint step {int(m.meta["step"])}'
+  title = f'{ds.name}, {split} split (n = {len(scored)}): checkpoint step {m.meta.step}'
   plotting.reconstruction_grid(scored.images, decoded, os.path.join(out, 'reconstructions.png'),
                                n=GRID_COLUMNS, title=f'decoding: {title}')
   per_unit = {k: metrics.per_unit_pcc(v, scored.responses) for k, v in encoded.items()}

@@ -139,6 +139,31 @@ class MLP(nn.Module):
     return x.reshape(x.shape[:-1] + tuple(self.out_shape)).astype(out_dtype)
 
 
+def _affine(layer: 'Coupling') -> tuple[int, Callable[[Array], distrax.Bijector]]:
+  del layer
+  return 2, lambda params: distrax.ScalarAffine(shift=params[..., 0],
+                                                log_scale=_bounded(params[..., 1]))
+
+
+def _spline(layer: 'Coupling') -> tuple[int, Callable[[Array], distrax.Bijector]]:
+  return 3 * layer.num_bins + 1, lambda params: distrax.RationalQuadraticSpline(
+      params, range_min=-layer.spline_range, range_max=layer.spline_range,
+      boundary_slopes='identity')
+
+
+# config.model.coupling -> the elementwise transform g of a `Coupling` layer: (conditioner outputs
+# per transformed coordinate, params -> g), given the layer.
+COUPLINGS: dict[str, Callable[['Coupling'], tuple[int, Callable[[Array], distrax.Bijector]]]] = {
+    'affine': _affine,
+    'spline': _spline,
+}
+
+
+def _or(names: Any) -> str:
+  """"'a' or 'b'"."""
+  return ' or '.join(repr(n) for n in names)
+
+
 class Coupling(nn.Module):
   """Split coupling (`distrax.SplitCoupling`): half the coordinates condition the other half.
 
@@ -171,23 +196,11 @@ class Coupling(nn.Module):
       raise ValueError(f'coupling needs at least 2 features, got {d}')
     split = d // 2
     transformed = split if self.swap else d - split
-    if self.transform == 'affine':
-      conditioner = MLP(self.hidden, (transformed, 2), dtype=self.dtype,
-                        param_dtype=self.param_dtype)
-
-      def inner(params):
-        return distrax.ScalarAffine(shift=params[..., 0], log_scale=_bounded(params[..., 1]))
-    elif self.transform == 'spline':
-      conditioner = MLP(self.hidden, (transformed, 3 * self.num_bins + 1), dtype=self.dtype,
-                        param_dtype=self.param_dtype)
-
-      def inner(params):
-        return distrax.RationalQuadraticSpline(
-            params, range_min=-self.spline_range, range_max=self.spline_range,
-            boundary_slopes='identity')
-    else:
-      raise ValueError(
-          f"unknown coupling '{self.transform}' (use 'affine' or 'spline')")
+    if self.transform not in COUPLINGS:
+      raise ValueError(f'unknown coupling {self.transform!r} (use {_or(COUPLINGS)})')
+    width, inner = COUPLINGS[self.transform](self)
+    conditioner = MLP(self.hidden, (transformed, width), dtype=self.dtype,
+                      param_dtype=self.param_dtype)
     bij = distrax.SplitCoupling(
         split_index=split, event_ndims=1, conditioner=conditioner, bijector=inner,
         swap=self.swap)
@@ -289,8 +302,8 @@ class Flow(nn.Module):
     return 2 * self.features if self.augmented else self.features
 
   def setup(self):
-    if self.coupling not in ('affine', 'spline'):
-      raise ValueError(f"unknown coupling '{self.coupling}' (use 'affine' or 'spline')")
+    if self.coupling not in COUPLINGS:
+      raise ValueError(f'unknown coupling {self.coupling!r} (use {_or(COUPLINGS)})')
     coupling = functools.partial(Coupling, self.hidden, self.coupling, num_bins=self.num_bins,
                                  spline_range=self.spline_range, dtype=self.dtype,
                                  param_dtype=self.param_dtype)
@@ -330,3 +343,11 @@ class Flow(nn.Module):
 
   def __call__(self, h: Array) -> tuple[Array, Array]:
     return self.forward(h)
+
+
+# config.model.flow_type -> the flow f it builds from (features, num_blocks, hidden, coupling,
+# num_bins, spline_range): augmented on [h, e_h] (R^2D, docs/design.md), plain on h (R^D).
+FLOW_TYPES: dict[str, Callable[..., Flow]] = {
+    'augmented': functools.partial(Flow, augmented=True),
+    'plain': functools.partial(Flow, augmented=False),
+}

@@ -51,7 +51,8 @@ def _warp_one(rng: jax.Array, image: jax.Array, max_shift: float, max_rotation: 
 
 def augment(rng: jax.Array, images: jax.Array, *, max_shift: float, max_rotation: float,
             elastic_strength: float) -> jax.Array:
-  """Applies an independent random warp to each image of a (N, H, W, C) batch; values stay in [0, 1].
+  """Applies an independent random warp to each image of a (N, H, W, C) batch; values stay in
+  [0, 1].
 
   Pixels that come from outside the image repeat the nearest edge pixel.
   """

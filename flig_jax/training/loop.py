@@ -132,8 +132,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str | Path,
-           latest: tuple[int, dict[str, Any]] | None) -> Path:
-  ctx = make_context(config, workdir, resume_step=latest[0] if latest else 0)
+           latest: checkpointing.Meta | None) -> Path:
+  ctx = make_context(config, workdir, resume_step=latest.step if latest else 0)
   try:
     state = restore_or_init(ctx, latest)
     if isinstance(state, steps.Stage1State):
@@ -158,14 +158,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
   return ctx.workdir
 
 
-def restore_or_init(ctx: Context, latest: tuple[int, dict[str, Any]] | None = None) -> State:
-  """The state of checkpoint `latest` (step, meta; default: the manager's latest) of either stage,
+def restore_or_init(ctx: Context, latest: checkpointing.Meta | None = None) -> State:
+  """The state of checkpoint `latest` (its meta; default: the manager's latest) of either stage,
   or a fresh stage-1 state when there is none."""
   latest = latest or checkpointing.latest_meta(ctx.mgr)
   if latest is None:
     return parallel.jit_init(functools.partial(_init_stage1, ctx), ctx.mesh)()
-  step, meta = latest
-  if meta['stage'] == 1:
+  meta = latest
+  if meta.stage == 1:
     target = jax.eval_shape(functools.partial(_init_stage1, ctx))
   else:
     frozen = model_lib.abstract_frozen(ctx.module, meta)
@@ -174,18 +174,18 @@ def restore_or_init(ctx: Context, latest: tuple[int, dict[str, Any]] | None = No
   sharding = parallel.replicated(ctx.mesh)
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                         target)
-  state = checkpointing.restore(ctx.mgr, step, 'state', target)
-  ctx.log.info(f"resuming stage {meta['stage']} at step {int(state.step)}")
+  state = checkpointing.restore(ctx.mgr, meta.step, 'state', target)
+  ctx.log.info(f'resuming stage {meta.stage} at step {int(state.step)}')
   return state
 
 
-def _base_meta(config, dataset, stage: int, stage_step: int) -> dict[str, Any]:
+def _base_meta(config, dataset, stage: int, stage_step: int) -> checkpointing.Meta:
   """What a checkpoint says about itself; `step` is its number in the manager (stage-2
   checkpoints are numbered after stage 1's)."""
   step = stage_step + (config.stage1.steps if stage == 2 else 0)
-  return {'stage': stage, 'stage_step': stage_step, 'step': step, 'dataset': dataset.name,
-          'image_shape': list(dataset.image_shape), 'num_units': dataset.num_units,
-          'finished': stage == 2 and stage_step == config.stage2.steps}
+  return checkpointing.Meta(step=step, stage=stage, stage_step=stage_step, dataset=dataset.name,
+                            image_shape=tuple(dataset.image_shape), num_units=dataset.num_units,
+                            finished=stage == 2 and stage_step == config.stage2.steps)
 
 
 def _raise_preempted(signum, frame):
@@ -273,7 +273,7 @@ def run_stage(ctx: Context, stage: Stage) -> State:
         stage.save(state)
         saved = done
       if interrupt.requested:
-        checkpoint = _base_meta(config, ctx.dataset, number, done)['step']
+        checkpoint = _base_meta(config, ctx.dataset, number, done).step
         saved_at = (f'stage {number} step {done} saved as '
                     f'{ctx.workdir / checkpointing.CHECKPOINT_SUBDIR / str(checkpoint)}')
         if interrupt.requested == signal.SIGTERM:
@@ -299,7 +299,8 @@ def _check_finite(stage: int, state: State, workdir: Path) -> None:
   if bad >= 0:
     raise TrainingDiverged(
         f'stage {stage}: training diverged (NaN or Inf in the loss, gradients or updated '
-        f'parameters) at step {bad + 1} and stopped. The last good checkpoint in {workdir / checkpointing.CHECKPOINT_SUBDIR} is '
+        f'parameters) at step {bad + 1} and stopped. The last good checkpoint in '
+        f'{workdir / checkpointing.CHECKPOINT_SUBDIR} is '
         f'kept; lower --config.stage{stage}.learning_rate and restart with the same --workdir.')
 
 
@@ -326,7 +327,7 @@ def stage1(ctx: Context, state: steps.Stage1State) -> Stage:
 
   def save(s):
     meta = _base_meta(config, dataset, 1, int(s.step))
-    checkpointing.save(ctx.mgr, meta['step'], state=s, config=config, meta=meta)
+    checkpointing.save(ctx.mgr, meta.step, state=s, config=config, meta=meta)
 
   stream = data.BatchStream({'images': dataset.train.images}, cfg.batch_size, seed=config.seed,
                             process_index=jax.process_index(),
@@ -453,10 +454,11 @@ def stage2(ctx: Context, start: State) -> Stage:
 
   def save(s):
     variables = s.model_variables()
-    meta = {**_base_meta(config, dataset, 2, int(s.step)),
-            **model_lib.model_meta(variables, dataset.image_shape),
-            'selected_steps': [int(v) for v in s.selected_steps()]}
-    checkpointing.save(ctx.mgr, meta['step'], state=s, model=variables, config=config, meta=meta)
+    meta = dataclasses.replace(
+        _base_meta(config, dataset, 2, int(s.step)),
+        adapter_k=model_lib.model_meta(variables, dataset.image_shape).adapter_k,
+        selected_steps=tuple(int(v) for v in s.selected_steps()))
+    checkpointing.save(ctx.mgr, meta.step, state=s, model=variables, config=config, meta=meta)
 
   discriminator, flow_tx, disc_tx = _stage2_parts(config)
   step_fn = parallel.jit_step(

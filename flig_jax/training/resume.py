@@ -2,14 +2,13 @@
 ones are set aside, with a note), a saved config that agrees with the given one, and a metrics log
 cut back to that checkpoint.
 
-Which fields may change on resume is `config_checks.FIELDS[...].on_resume`: more steps, how often
+Which fields may change on resume is `config_checks.rule(name).on_resume`: more steps, how often
 to save or log, where the data lies (any time); stage-2 settings (while the run is still in
 stage 1). Any other change (model, data, optimiser) is refused unless `allow_config_change`.
 """
 
-import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,21 +27,15 @@ def saved_steps(directory: str | os.PathLike) -> list[int]:
   return checkpoint_recovery.steps_holding(directory)
 
 
-def _read_json_item(step_dir: Path, name: str) -> dict[str, Any]:
-  files = [p for p in sorted((step_dir / name).iterdir()) if p.name != 'commit_success.txt']
-  return json.loads(files[0].read_text())
-
-
 def _may_change(name: str, stage: int) -> bool:
-  field = config_checks.FIELDS.get(name)
-  rule = field.on_resume if field else config_checks.FIXED
+  rule = config_checks.rule(name).on_resume
   return rule == config_checks.ANY_TIME or (rule == config_checks.IN_STAGE1 and stage == 1)
 
 
-def refused_changes(saved: dict[str, Any], config: ml_collections.ConfigDict,
-                    meta: dict[str, Any]) -> list[str]:
+def refused_changes(saved: Mapping[str, Any], config: ml_collections.ConfigDict,
+                    meta: checkpointing.Meta) -> list[str]:
   """'field: saved -> new' for each change that resuming at checkpoint `meta` does not allow."""
-  stage, stage_step = int(meta.get('stage', 1)), int(meta.get('stage_step', 0))
+  stage, stage_step = meta.stage, meta.stage_step
   old = {k: checkpointing.json_tuples(v) for k, v in config_checks.flatten(saved)}
   new = {k: checkpointing.json_tuples(v) for k, v in config_checks.flatten(config)}
   out = [f'{k}: {old[k]!r} -> {new[k]!r}' for k in new
@@ -54,26 +47,27 @@ def refused_changes(saved: dict[str, Any], config: ml_collections.ConfigDict,
   return out
 
 
-def _names(rule: str, *wider: str) -> str:
-  """The fields with resume rule `rule`; 'section.*' for a section whose fields all have `rule` or
-  one of the `wider` rules."""
-  fields = config_checks.FIELDS
-  names = [k for k, f in fields.items() if f.on_resume == rule]
+def _names(fields: list[str], rule: str, *wider: str) -> str:
+  """The `fields` with resume rule `rule`; 'section.*' for a section whose fields all have `rule`
+  or one of the `wider` rules."""
+  rules = {k: config_checks.rule(k).on_resume for k in fields}
+  names = [k for k in config_checks.RULES if rules.get(k) == rule]  # in the table's order
   whole = {k.rpartition('.')[0] for k in names if '.' in k} - {
-      k.rpartition('.')[0] for k, f in fields.items() if f.on_resume not in (rule, *wider)}
+      k.rpartition('.')[0] for k, r in rules.items() if r not in (rule, *wider)}
   return ', '.join(dict.fromkeys(
       f'{k.rpartition(".")[0]}.*' if k.rpartition('.')[0] in whole else k for k in names))
 
 
-def may_change() -> str:
-  """Which fields may change on resume, in a line."""
-  return (f'may change on resume: {_names(config_checks.ANY_TIME)}; and while the run is in '
-          f'stage 1: {_names(config_checks.IN_STAGE1, config_checks.ANY_TIME)}')
+def may_change(config: ml_collections.ConfigDict) -> str:
+  """Which fields of `config` may change on resume, in a line."""
+  fields = [k for k, _ in config_checks.flatten(config)]
+  return (f'may change on resume: {_names(fields, config_checks.ANY_TIME)}; and while the run is '
+          f'in stage 1: {_names(fields, config_checks.IN_STAGE1, config_checks.ANY_TIME)}')
 
 
 def start_point(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                 allow_config_change: bool = False, writer: bool = True,
-                note: Callable[[str], Any] = print) -> tuple[int, dict[str, Any]] | None:
+                note: Callable[[str], Any] = print) -> checkpointing.Meta | None:
   """Finds the checkpoint to resume from, checks the config against it, trims the metrics log.
 
   Args:
@@ -84,7 +78,9 @@ def start_point(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *
     note: prints a line for the user.
 
   Returns:
-    (step, meta) of the newest checkpoint that restores, or None for a fresh start.
+    The meta of the newest checkpoint that restores, or None for a fresh start. A resumed run
+    restores its `state` and keeps its `model` as the run's result, so both are read in full to
+    check them (with `meta` and `config`).
 
   Raises:
     ConfigChanged: the config differs in a field that may not change, and not
@@ -98,26 +94,32 @@ def start_point(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *
       where = f'; moved to {checkpoint_recovery.set_aside(directory, step, workdir)}'
     note(f'note: checkpoint step {step} does not restore, skipped: {reason}{where}')
 
-  step = checkpoint_recovery.newest_good(directory, saved_steps(directory), skipped)
-  found = None
-  if step is not None:
-    meta = {**_read_json_item(directory / str(step), 'meta'), 'step': step}
-    saved = _read_json_item(directory / str(step), 'config')
+  def read(step: int) -> tuple[checkpointing.Meta, ml_collections.ConfigDict]:
+    # `state` is what resuming restores, `model` the run's result: both must read in full.
+    meta = checkpointing.read_meta(directory, step)
+    saved = checkpointing.read_config(directory, step)
+    for name in checkpoint_recovery.ARRAY_ITEMS:
+      if (directory / str(step) / name).exists():
+        checkpoint_recovery.read_arrays(directory / str(step), name)
+    return meta, saved
+
+  found = checkpoint_recovery.first_that_restores(saved_steps(directory), read, skipped)
+  meta = None
+  if found is not None:
+    meta, saved = found
     changes = refused_changes(saved, config, meta)
     if changes and not allow_config_change:
       raise ConfigChanged(
-          f'{Path(workdir)} holds a run whose checkpoint (step {step}, stage {meta.get("stage")}) '
+          f'{Path(workdir)} holds a run whose checkpoint (step {meta.step}, stage {meta.stage}) '
           f'was made with another config; these fields shape the model, data or optimiser:\n  '
           + '\n  '.join(changes) + '\nrun with the saved values, use another --workdir, or pass '
-          f'--allow_config_change to resume with the new ones ({may_change()})')
+          f'--allow_config_change to resume with the new ones ({may_change(config)})')
     if changes:
       note('note: resuming with a changed config (--allow_config_change): ' + '; '.join(changes))
-    found = step, meta
   if writer:
-    stage, stage_step = (found[1].get('stage', 1), found[1].get('stage_step', 0)) if found else (
-        0, 0)
-    dropped = metrics_file.trim(Path(workdir) / metrics_file.NAME, int(stage), int(stage_step))
+    stage, stage_step = (meta.stage, meta.stage_step) if meta else (0, 0)
+    dropped = metrics_file.trim(Path(workdir) / metrics_file.NAME, stage, stage_step)
     if dropped:
-      where = f'checkpoint step {found[0]}' if found else 'a fresh start'
+      where = f'checkpoint step {meta.step}' if meta else 'a fresh start'
       note(f'note: {metrics_file.NAME}: dropped {dropped} (resuming from {where})')
-  return found
+  return meta

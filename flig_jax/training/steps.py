@@ -3,8 +3,9 @@
 Both steps are plain functions `step(state, batch) -> (state, metrics)`; `parallel.jit_step`
 compiles them (the model, optimisers and config are bound with `functools.partial` first). What
 stage 2 reads and never trains (autoencoder, feature statistics, adapter) rides in its state as a
-`model.Frozen`, so one checkpointed pytree holds everything a resumed step needs. The per-step RNG is `fold_in(state.rng, state.step)`, so a
-resumed run draws exactly what an uninterrupted one would.
+`model.Frozen`, so one checkpointed pytree holds everything a resumed step needs. The per-step RNG
+is `fold_in(state.rng, state.step)`, so a resumed run draws exactly what an uninterrupted one
+would.
 """
 
 from typing import Any
@@ -73,7 +74,8 @@ class Stage2State:
     return self.frozen.variables(self.selected_flow_params())
 
 
-def optimizer(learning_rate: float, weight_decay: float, steps: int) -> optax.GradientTransformation:
+def optimizer(learning_rate: float, weight_decay: float,
+              steps: int) -> optax.GradientTransformation:
   """AdamW with a short warm-up and cosine decay, gradients clipped at norm 1."""
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, learning_rate, warmup_steps=max(1, min(100, steps // 10)), decay_steps=max(steps, 2),

@@ -28,6 +28,10 @@ from flig_jax import ops
 
 _EPS = ops.EPS
 
+# config.stage2.select_by: the flow kept at the end of stage 2. 'val_pcc': each part where its
+# validation score was best (`keep_best`, step 0 included); 'last': the last step's.
+SELECT_BY = ('val_pcc', 'last')
+
 # (score, the flow parameters it selects as '/'-joined path prefixes; None: all), per flow type.
 Groups = tuple[tuple[str, tuple[str, ...] | None], ...]
 _PAIR_HALF = ('kernel', 'bias', 'log_scale')
