@@ -32,8 +32,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.data.session = ''           # cowley_v4: e.g. '190927'
   c.data.image_size = 32        # cowley_v4 (and synthetic): images are resized to this square size
   c.data.grayscale = True       # cowley_v4: convert colour images to one channel
-  c.data.val_fraction = 0.1     # validation split carved from train (seeded); never the test split
-  #                               0: no validation split (stage 2 then keeps its last step)
+  c.data.folds = 5              # K-fold cross-validation over the training pairs (folds carved by
+                                # stimulus, seeded) chooses stage 2's steps and the baselines'
+                                # penalties; every model is then refitted on all training pairs.
+                                # 0 or 1: no cross-validation (a val_fraction split, or nothing)
+  c.data.val_fraction = 0.0     # > 0 with folds 0 or 1: a validation split carved from train
+                                # (seeded) chooses instead, and no model learns from it
   c.data.split_seed = 0         # npz without a `split` key: draws its 80/20 test split; apart from
   #                               seed, so runs of every seed are scored on one test split
   c.data.synthetic_mode = 'fmri'  # synthetic: fmri (Gaussian RFs + noise) | spikes (LNP, Poisson)

@@ -19,7 +19,6 @@ from configs import default
 def get_config(arg: str = ''):
   config = default.get_config()
   config.data.name = 'digit69'
-  config.data.val_fraction = 0.1
   config.model.feature_dim = 64  # docs/results.md, Stage-1 capacity
   config.stage1.steps = 1000
   config.stage1.batch_size = 32

@@ -20,7 +20,6 @@ def get_config(arg: str = ''):
   config.data.session = '190927'
   config.data.image_size = 32
   config.data.grayscale = True
-  config.data.val_fraction = 0.1
   config.model.feature_dim = 128  # docs/results.md, Stage-1 capacity
   config.stage1.steps = 1000
   config.stage1.batch_size = 32

@@ -110,6 +110,7 @@ RULES: dict[str, Rule] = {
     'data.name': Rule(OneOf(_dataset_names)),
     'data.dir': Rule(on_resume=ANY_TIME),
     'data.image_size': Rule(Range(4)),
+    'data.folds': Rule(Range(0)),
     'data.val_fraction': Rule(Range(0.0, 1.0)),
     'data.split_seed': Rule(Range(0)),
     'data.synthetic_mode': Rule(OneOf(_synthetic_modes)),
@@ -237,6 +238,11 @@ def faults(config: ml_collections.ConfigDict) -> list[str]:
     out.append(f"config.data.path = {values['data.path']!r}: read only by the npz dataset, and "
                f"config.data.name is {values['data.name']!r}; add --config.data.name=npz")
   if not out:
+    folds, fraction = values['data.folds'], values['data.val_fraction']
+    if folds >= 2 and fraction > 0:
+      out.append(f'config.data.val_fraction = {fraction!r}: must be 0 when data.folds = {folds} '
+                 '(cross-validation uses every training pair); set data.folds=0 to select on a '
+                 'validation split instead')
     k, d = values['model.adapter_components'], values['model.feature_dim']
     if k > d:
       out.append(f'config.model.adapter_components = {k}: must be at most model.feature_dim '

@@ -115,13 +115,14 @@ def _val_errors(x_tr, y_tr, x_va, y_va, alphas, y_scale) -> np.ndarray:
 
 def fit_ridge(x_train: Any, y_train: Any, x_val: Any = None, y_val: Any = None,
               alphas: Sequence[float] = DEFAULT_ALPHAS, refit_on_val: bool = True,
-              folds: int = 5, seed: int = 0) -> Ridge:
+              folds: int = 5, seed: int = 0, fold_ids: Any = None) -> Ridge:
   """Fits ridge regression from x to y, choosing alpha on the validation split.
 
   Inputs are standardised and targets centred with training statistics (an unpenalised
   intercept). Alpha minimises the validation MSE of the targets z-scored by the training std, so
   every output unit (or pixel) weighs alike. When the validation split is empty or None, alpha is
-  chosen by `folds`-fold cross-validation on the training set (folds drawn with `seed`). The
+  chosen by cross-validation on the training set: over the folds `fold_ids` when given (the
+  stimulus-carved folds of `data.fold_ids`), else `folds` random folds drawn with `seed`. The
   final map is refitted with the chosen alpha on train + validation (both are training data; test
   is never seen), or on train alone with `refit_on_val=False`.
 
@@ -134,6 +135,7 @@ def fit_ridge(x_train: Any, y_train: Any, x_val: Any = None, y_val: Any = None,
     refit_on_val: refit on train + validation after choosing alpha.
     folds: number of cross-validation folds when there is no validation split.
     seed: seed of the cross-validation folds.
+    fold_ids: (N,) fold of each training row, or None (random folds).
 
   Returns:
     the fitted `Ridge`.
@@ -154,13 +156,20 @@ def fit_ridge(x_train: Any, y_train: Any, x_val: Any = None, y_val: Any = None,
     if refit_on_val:
       x, y = np.concatenate([x, xv]), np.concatenate([y, yv])
   else:
-    k = min(folds, x.shape[0])
-    if k < 2:
+    if fold_ids is not None:
+      fold = np.asarray(fold_ids)
+      if fold.shape != (x.shape[0],):
+        raise ValueError(f'fold_ids has shape {fold.shape}, want ({x.shape[0]},).')
+    else:
+      fold = np.random.default_rng(seed).permutation(x.shape[0]) % min(folds, x.shape[0])
+    held = np.unique(fold)
+    if len(held) < 2:
       raise ValueError('ridge needs a validation split or at least 2 training '
                        'samples for cross-validation.')
-    fold = np.random.default_rng(seed).permutation(x.shape[0]) % k
-    errs = np.mean([_val_errors(x[fold != f], y[fold != f], x[fold == f], y[fold == f], alphas,
-                                y_scale) for f in range(k)], axis=0)
+    # Each fold's error weighs by its size: the mean over every held-out row.
+    errs = sum(np.sum(fold == f) * _val_errors(x[fold != f], y[fold != f], x[fold == f],
+                                               y[fold == f], alphas, y_scale)
+               for f in held) / x.shape[0]
   best = float(alphas[int(np.argmin(errs))])
   path, (x_mean, x_std, y_mean) = _fit_fixed(x, y)
   return Ridge(alpha=best, coef=path(best), x_mean=x_mean, x_std=x_std, y_mean=y_mean,

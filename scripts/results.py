@@ -129,7 +129,8 @@ def main(argv):
     json.dump(aggregate.to_json(summaries), f, indent=2)
     f.write('\n')
   tables = (aggregate.markdown_table(summaries) + '\n\nFLIG minus `cae_ridge` and minus the best '
-            'baseline (paired by seed):\n\n' + aggregate.differences_table(summaries))
+            'baseline (mean ± standard error of the differences paired by seed):\n\n'
+            + aggregate.differences_table(summaries))
   (out / 'summary.md').write_text(tables + '\n')
   differences = {name: aggregate.flig_minus_best(s) for name, s in summaries.items()}
   plotting.differences_figure(differences, aggregate.HEADLINE_KEYS, figure, tie=aggregate.TIE)

@@ -78,8 +78,15 @@ def test_differences_table_counts_datasets_where_flig_wins_everywhere():
   assert md[2].startswith('| a - cae_ridge | -0.300 ± 0.000 |')
   assert md[3].startswith('| a - best | -0.300 ± 0.000 (cae_ridge) |')
   assert md[5].startswith('| b - best | -0.000 ± 0.000 (cae_ridge) |')
-  assert md[-1] == ('FLIG >= cae_ridge on every metric: 1 of 2 datasets; >= the best baseline on '
-                    'every metric: 1 of 2.')
+  assert md[-2] == ('FLIG >= cae_ridge, datasets of 2: dec pcc 1, dec ssim 1, '
+                    'dec identification 1, enc pcc_mean 1; on every metric 1.')
+  assert md[-1].startswith('FLIG >= the best baseline, datasets of 2: dec pcc 1,')
+  # The cells are mean ± standard error of the paired differences: sd / sqrt(runs).
+  two = aggregate.aggregate([fake_metrics(), {**fake_metrics(), 'decoding': {
+      **fake_metrics()['decoding'], 'flig': {k: 0.1 for k in report.DECODING_KEYS}}}])
+  pcc = aggregate.flig_minus_best(two, 'cae_ridge')['decoding/pcc']
+  assert pcc['se'] == pytest.approx(pcc['sd'] / 2 ** 0.5) and pcc['se'] > 0
+  assert f'{pcc["mean"]:+.3f} ± {pcc["se"]:.3f}' in aggregate.differences_table({'t': two})
   only_ridge = aggregate.flig_minus_best(lose, 'ridge')
   assert {d['baseline'] for d in only_ridge.values()} == {'ridge'}
 

@@ -75,6 +75,10 @@ def test_choices_come_from_the_code_that_implements_them(monkeypatch):
      '>= 1')),
     ('model.adapter_components', 40, ('config.model.adapter_components = 40: must be at most '
      'model.feature_dim (32), or 0 for min(feature_dim, rank)')),
+    ('data.folds', -1, 'config.data.folds = -1: must be an integer >= 0'),
+    ('data.val_fraction', 0.1, ('config.data.val_fraction = 0.1: must be 0 when data.folds = 5 '
+     '(cross-validation uses every training pair); set data.folds=0 to select on a validation '
+     'split instead')),
 ])
 def test_bad_value_gives_one_line_naming_field_value_and_range(field, value, message):
   config = default.get_config().unlock()

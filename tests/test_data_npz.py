@@ -141,6 +141,7 @@ def test_near_copies_beyond_the_duplicate_grouping_earn_a_note(tmp_path, capsys)
   assert ds.meta['test_to_train_rms'] > 0.2
   config = default.get_config()
   config.data.name, config.data.path, config.data.val_fraction = 'npz', path, 0.2
+  config.data.folds = 0
   ctx = loop.make_context(config, tmp_path / 'run')
   ctx.mgr.close()
   ctx.log.close()

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import train
 
 from flig_jax import data, model
 from flig_jax.evaluation import baselines, report, run
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ('flig', 'ridge', 'mlp', 'cae_ridge')
+MODELS = ('flig', 'ridge', 'mlp', 'cae_ridge', 'cae_mlp')
 
 
 @pytest.fixture
@@ -60,7 +61,7 @@ def test_cli_writes_metrics_of_design_shape_and_figures(workdir):
   assert isinstance(metrics['roundtrip_max_abs_err'], float)
   assert metrics['roundtrip_max_abs_err'] < 1e-5
   assert metrics['checkpoint_step'] > 0
-  assert metrics['baseline_hparams']['chosen_on'] == 'val'
+  assert metrics['baseline_hparams']['chosen_on'].startswith('train (5-fold cross-validation')
   assert metrics['baseline_hparams']['ridge']['decoding_alpha'] > 0
   for png in ('reconstructions.png', 'encoding.png'):
     assert (out / png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n', png
@@ -115,27 +116,39 @@ def _same(a, b) -> bool:
   return a is not None and np.shape(a) == np.shape(b) and np.array_equal(a, b)
 
 
-def test_baselines_choose_hyper_parameters_on_val_never_on_test(workdir, monkeypatch):
-  ds = data.from_config(model.load(workdir).config)
+@pytest.fixture(scope='module')
+def val_workdir(tmp_path_factory) -> Path:
+  """A smoke run that selects on a validation split (data.folds 0) instead of by folds."""
+  workdir = tmp_path_factory.mktemp('val') / 'run'
+  train(workdir, '--config.data.folds=0', '--config.data.val_fraction=0.1')
+  return workdir
+
+
+@pytest.mark.slow
+def test_baselines_choose_hyper_parameters_on_val_never_on_test(val_workdir, monkeypatch):
+  ds = data.from_config(model.load(val_workdir).config)
   seen = _record_validation_inputs(monkeypatch)
-  _, _, hparams = run.fit_baselines(model.load(workdir), ds, 'test', mlp_steps=10)
+  _, _, hparams = run.fit_baselines(model.load(val_workdir), ds, 'test', mlp_steps=10)
   assert hparams['chosen_on'] == 'val'
-  assert sorted(name for name, _, _ in seen) == ['fit_mlp'] * 2 + ['fit_ridge'] * 4
-  pixel_and_response_fits = [c for c in seen if c[0] == 'fit_mlp'] + [
-      c for c in seen if c[0] == 'fit_ridge'][:2]   # ridge's two fits come before cae_ridge's
-  for _, x_val, y_val in pixel_and_response_fits:
-    for arr in (x_val, y_val):
-      assert _same(arr, ds.val.responses) or _same(arr, ds.val.images)
-      assert not _same(arr, ds.test.responses) and not _same(arr, ds.test.images)
+  assert sorted(name for name, _, _ in seen) == ['fit_mlp'] * 4 + ['fit_ridge'] * 4
+  # ridge and mlp (pixels and responses) see the validation split itself; cae_ridge and cae_mlp
+  # its features and adapted responses. None sees the test split.
+  on_val = [c for c in seen if all(_same(a, ds.val.responses) or _same(a, ds.val.images)
+                                   for a in c[1:])]
+  assert len(on_val) == 4
   for _, x_val, y_val in seen:
     assert len(x_val) == len(y_val) == len(ds.val) != len(ds.test)
+    for arr in (x_val, y_val):
+      assert not _same(arr, ds.test.responses) and not _same(arr, ds.test.images)
 
 
-def test_evaluate_on_val_keeps_val_out_of_the_baselines(workdir, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_evaluate_on_val_keeps_val_out_of_the_baselines(val_workdir, tmp_path, monkeypatch):
+  workdir = val_workdir
   seen = _record_validation_inputs(monkeypatch)
   metrics = run.evaluate(workdir, split='val', out=tmp_path, mlp_steps=10, verbose=False)
   # Scoring val, no fit sees it: they pick hyper-parameters inside the training split.
-  assert len(seen) == 6 and all(x is None and y is None for _, x, y in seen)
+  assert len(seen) == 8 and all(x is None and y is None for _, x, y in seen)
   assert metrics['split'] == 'val'
   assert metrics['n'] == len(data.from_config(model.load(workdir).config).val) > 1
   # The scored split must not choose the baselines' hyper-parameters.

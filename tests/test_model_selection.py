@@ -32,7 +32,11 @@ def test_untrained_flow_predicts_exactly_what_cae_ridge_does(tmp_path):
   assert result['decoding']['ridge']['pcc'] != pytest.approx(result['decoding']['flig']['pcc'])
 
 
-def test_run_logs_validation_scores_and_saves_the_selected_step(smoke_workdir):
+@pytest.mark.slow
+def test_run_logs_validation_scores_and_saves_the_selected_step(tmp_path):
+  """Selection on a validation split (data.folds 0) instead of cross-validation."""
+  smoke_workdir = tmp_path / 'run'
+  train(smoke_workdir, '--config.data.folds=0', '--config.data.val_fraction=0.1')
   rows = [json.loads(line) for line in (smoke_workdir / 'metrics.jsonl').read_text().splitlines()]
   val = [r for r in rows if 'val_score' in r]
   assert val[0]['step'] == 0            # the closed-form start is a candidate

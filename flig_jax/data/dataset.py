@@ -260,6 +260,34 @@ def carve_validation(train: Split, val_fraction: float, seed: int) -> tuple[Spli
   return train.take(np.nonzero(~in_val)[0]), train.take(np.nonzero(in_val)[0])
 
 
+def fold_ids(train: Split, folds: int, seed: int) -> np.ndarray:
+  """(N,) cross-validation fold ids in 0..folds-1 of the training pairs, carved by stimulus.
+
+  Near-copies (`duplicate_groups`) share a fold, as they share a side of the validation carve: a
+  held-out image shown again in training would reward memorising. Groups are dealt in a seeded
+  random order, each to the fold with the fewest pairs so far, so fold sizes differ by at most the
+  largest group. Only the training split is read; the test split never enters a fold.
+
+  Raises:
+    DataError: `folds` < 2, or fewer distinct stimuli than folds.
+  """
+  if folds < 2:
+    raise DataError(f'data.folds must be at least 2 for cross-validation, got {folds}')
+  groups = duplicate_groups(train.images)
+  unique = np.unique(groups)
+  if len(unique) < folds:
+    raise DataError(f'data.folds={folds}: the {len(train)} training pairs show '
+                    f'{len(unique)} distinct stimuli, fewer than the folds')
+  sizes = np.bincount(groups, minlength=len(train))
+  ids = np.full(len(train), -1, np.int64)
+  filled = np.zeros(folds, np.int64)
+  for g in np.random.default_rng([int(seed), 2]).permutation(unique):
+    f = int(np.argmin(filled))
+    ids[groups == g] = f
+    filled[f] += sizes[g]
+  return ids
+
+
 def assemble(name: str, train: Split, test: Split, meta: dict[str, Any], *, val_fraction: float,
              seed: int) -> Dataset:
   """Carves validation from `train`, checks the splits agree, and fills the common `meta` keys."""

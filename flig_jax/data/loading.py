@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from flig_jax.data import cowley_v4, digit69, npz, synthetic
-from flig_jax.data.dataset import DataError, Dataset, Split, assemble
+from flig_jax.data.dataset import DataError, Dataset, Split, assemble, fold_ids
 
 SYNTHETIC_OPTIONS = ('synthetic_mode', 'num_train', 'num_test', 'num_units', 'noise_std',
                      'nonlinearity')
@@ -155,3 +155,12 @@ def from_config(config: Any) -> Dataset:
   if name == 'synthetic':
     kwargs.update({k: d[k] for k in SYNTHETIC_OPTIONS if k in d})
   return load(name, **kwargs)
+
+
+def config_fold_ids(config: Any, train: Split) -> np.ndarray | None:
+  """(N,) the cross-validation fold of each training pair for a config (`data.folds` folds
+  carved by stimulus, seeded by `config.seed`), or None when `data.folds` < 2. Training and
+  evaluation both call this, so the folds that choose FLIG's steps also choose the baselines'
+  penalties."""
+  folds = int(config.data.get('folds', 0))
+  return fold_ids(train, folds, int(config.seed)) if folds >= 2 else None

@@ -2,12 +2,15 @@
 MLPs.
 
 Each is fitted on training data only; hyper-parameters (ridge alpha, MLP early stopping) are chosen
-on the validation split carved from the training set, never on test. A model that predicts images
+by K-fold cross-validation over the training pairs (`fit_ridge(fold_ids=...)`, `fit_mlp_cv`), and
+the final map is refitted on every training pair; or, without folds, on a validation split carved
+from the training set. Never on test. A model that predicts images
 (the target given to `fit_*` was (N, H, W, C)) returns images clipped to [0, 1]; one that predicts
 responses returns (N, U).
 """
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -212,3 +215,158 @@ def fit_mlp(x_train: Any, y_train: Any, x_val: Any = None, y_val: Any = None,
         break
   return MLP(kind=kind, net=net, params=best_params, x_mean=x_mean, x_std=x_std, y_mean=y_mean,
              y_std=y_std, output_shape=output_shape, best_step=best_step, best_val=best_val)
+
+
+# ---------------------------------------------------------------------------------------------
+# MLP with its early stopping chosen by cross-validation.
+
+
+@functools.lru_cache(maxsize=32)
+def _programs(net: MLPNet, kind: str, learning_rate: float, weight_decay: float):
+  """The optimiser and the compiled start, training chunk and per-row errors of one MLP recipe,
+  each over a leading axis of models trained side by side (the folds, or the one final fit)."""
+  tx = optax.adamw(learning_rate, weight_decay=weight_decay)
+
+  def start(key, x_probe, y_mean):
+    params = _start_at_mean(net.init(key, x_probe)['params'], y_mean, kind)
+    return params, tx.init(params)
+
+  def chunk(params, opt_state, xs, ys, idx, steps, key):
+    def train_step(carry, inputs):
+      params, opt_state = carry
+      rows, step = inputs
+
+      def loss_fn(p):
+        out = net.apply({'params': p}, xs[rows], train=True,
+                        rngs={'dropout': jax.random.fold_in(key, step)})
+        return jnp.mean((out - ys[rows]) ** 2)
+      updates, opt_state = tx.update(jax.grad(loss_fn)(params), opt_state, params)
+      return (optax.apply_updates(params, updates), opt_state), None
+    return jax.lax.scan(train_step, (params, opt_state), (idx, steps))[0]
+
+  def row_errors(params, xs, ys):
+    return jnp.mean((net.apply({'params': params}, xs) - ys) ** 2, axis=1)
+
+  return (tx, jax.jit(jax.vmap(start, in_axes=(None, None, 0))),
+          jax.jit(jax.vmap(chunk, in_axes=(0, 0, 0, 0, 0, None, None))),
+          jax.jit(jax.vmap(row_errors)))
+
+
+class _SideBySide:
+  """MLPs of one recipe trained side by side, model m on rows `rows[m]` of (x, y) with their own
+  standardisation; every `eval_every` steps is one compiled call for all of them."""
+
+  def __init__(self, x: np.ndarray, y: np.ndarray, rows: list[np.ndarray], kind: str,
+               net: MLPNet, *, batch_size: int, learning_rate: float, weight_decay: float,
+               eval_every: int, seed: int):
+    self.stats, xs, ys = [], [], []
+    for r in rows:
+      x_mean, x_std = ridge.standardizer(x[r])
+      if kind == 'encoder':
+        y_mean, y_std = ridge.standardizer(y[r])
+      else:
+        y_mean, y_std = np.zeros(y.shape[1]), np.ones(y.shape[1])
+      self.stats.append((x_mean, x_std, y_mean, y_std))
+      xs.append((x - x_mean) / x_std)
+      ys.append((y - y_mean) / y_std)
+    self.xs = jnp.asarray(np.stack(xs), jnp.float32)
+    self.ys = jnp.asarray(np.stack(ys), jnp.float32)
+    _, start, self._chunk, self._errors = _programs(net, kind, float(learning_rate),
+                                                    float(weight_decay))
+    self.key = jax.random.PRNGKey(seed)
+    y_means = jnp.stack([self.ys[m][r].mean(axis=0) for m, r in enumerate(rows)])
+    self.params, self.opt_state = start(self.key, self.xs[0, :1], y_means)
+    self.rows, self.eval_every, self.done = rows, eval_every, 0
+    self.batch = min([batch_size] + [len(r) for r in rows])
+    self.rng = np.random.default_rng(seed)
+    self._orders = [iter(()) for _ in rows]
+
+  def _next_rows(self, m: int) -> np.ndarray:
+    """The next minibatch of model m: its rows reshuffled each pass (a partial batch dropped)."""
+    while True:
+      got = next(self._orders[m], None)
+      if got is not None:
+        return got
+      r = self.rows[m][self.rng.permutation(len(self.rows[m]))]
+      self._orders[m] = iter([r[p:p + self.batch]
+                              for p in range(0, len(r) - self.batch + 1, self.batch)])
+
+  def train(self) -> None:
+    """`eval_every` more steps for every model."""
+    idx = np.stack([np.stack([self._next_rows(m) for _ in range(self.eval_every)])
+                    for m in range(len(self.rows))])
+    step_ids = np.arange(self.done, self.done + self.eval_every) + 1
+    self.params, self.opt_state = self._chunk(self.params, self.opt_state, self.xs, self.ys, idx,
+                                              step_ids, self.key)
+    self.done += self.eval_every
+
+  def errors(self) -> np.ndarray:
+    """(models, N) each model's mean squared error on every row (its own standardisation)."""
+    return np.asarray(self._errors(self.params, self.xs, self.ys))
+
+
+def fit_mlp_cv(x_train: Any, y_train: Any, fold_ids: Any, kind: str = 'decoder',
+               output_shape: tuple[int, ...] | None = None, hidden: Sequence[int] = (256,),
+               steps: int = 400, batch_size: int = 128, learning_rate: float = 3e-4,
+               weight_decay: float = 1e-2, dropout: float = 0.1, eval_every: int = 10,
+               patience: int = 10, seed: int = 0) -> MLP:
+  """`fit_mlp`'s recipe with its early stopping chosen by cross-validation over `fold_ids`.
+
+  One MLP per fold trains on the other folds (all of them side by side, one compiled call per
+  `eval_every` steps); their held-out MSE (z-scored targets for an encoder, pixels for a decoder),
+  summed over every held-out row, is measured at step 0 and every `eval_every` steps, until
+  `steps` or `patience` checks without a new low. The step with the lowest held-out MSE (step 0,
+  the training mean, included; the earliest on a tie) is where the final MLP, trained on every
+  row, stops.
+
+  Args:
+    x_train, y_train, kind, output_shape, hidden, batch_size, learning_rate, weight_decay,
+      dropout, eval_every, seed: as in `fit_mlp`.
+    fold_ids: (N,) the fold of each training row (at least two distinct).
+    steps: most optimisation steps (rounded up to a multiple of `eval_every`).
+    patience: held-out checks without improvement before the folds stop.
+
+  Returns:
+    the fitted `MLP`; `best_step` is the chosen step, `best_val` its pooled held-out MSE.
+  """
+  if steps < 1 or eval_every < 1 or patience < 1:
+    raise ValueError('steps, eval_every and patience must be positive.')
+  if kind not in ('decoder', 'encoder'):
+    raise ValueError(f"kind must be 'decoder' or 'encoder'; got {kind!r}.")
+  x, y = ridge.as_matrix(x_train, 'x_train'), ridge.as_matrix(y_train, 'y_train')
+  ridge.check_pair(x, y, 'x_train and y_train')
+  fold_ids = np.asarray(fold_ids)
+  if fold_ids.shape != (x.shape[0],) or len(np.unique(fold_ids)) < 2:
+    raise ValueError(f'fold_ids must be ({x.shape[0]},) with at least two folds; got '
+                     f'shape {fold_ids.shape}')
+  if kind == 'decoder':
+    if output_shape is None:
+      output_shape = ridge.output_shape_of(y_train)
+    output_shape = None if output_shape is None else tuple(output_shape)
+    if output_shape is None or int(np.prod(output_shape)) != y.shape[1]:
+      raise ValueError(f'a decoder needs image targets (N, H, W, C) or an '
+                       f'output_shape matching {y.shape[1]} values; got {output_shape}.')
+  else:
+    output_shape = None
+  net = MLPNet(hidden=tuple(hidden), out_dim=y.shape[1], sigmoid=kind == 'decoder',
+               dropout=dropout)
+  recipe = {'batch_size': batch_size, 'learning_rate': learning_rate,
+            'weight_decay': weight_decay, 'eval_every': eval_every, 'seed': seed}
+  folds = np.unique(fold_ids)
+  held = np.stack([fold_ids == f for f in folds])                 # (K, N)
+  side = _SideBySide(x, y, [np.nonzero(~h)[0] for h in held], kind, net, **recipe)
+  pooled = [float(np.sum(side.errors() * held)) / x.shape[0]]
+  stale = 0
+  while side.done < steps and stale < patience:
+    side.train()
+    pooled.append(float(np.sum(side.errors() * held)) / x.shape[0])
+    stale = 0 if pooled[-1] < min(pooled[:-1]) else stale + 1
+  best = int(np.argmin(pooled))
+  final = _SideBySide(x, y, [np.arange(x.shape[0])], kind, net, **recipe)
+  for _ in range(best):
+    final.train()
+  params = jax.tree.map(lambda a: a[0], final.params)
+  x_mean, x_std, y_mean, y_std = final.stats[0]
+  return MLP(kind=kind, net=net, params=params, x_mean=x_mean, x_std=x_std, y_mean=y_mean,
+             y_std=y_std, output_shape=output_shape, best_step=best * eval_every,
+             best_val=float(pooled[best]))

@@ -1,5 +1,5 @@
-"""`evaluate`: scores a trained FLIG checkpoint and its baselines (ridge, MLP, CAE + ridge) on one
-split, and writes metrics.json, a reconstruction grid and an encoding figure."""
+"""`evaluate`: scores a trained FLIG checkpoint and its baselines (ridge, MLP, CAE + ridge, CAE +
+MLP) on one split, and writes metrics.json, a reconstruction grid and an encoding figure."""
 
 import concurrent.futures
 import os
@@ -76,55 +76,83 @@ def _unsignal(adapter: Adapter, a: np.ndarray) -> np.ndarray:
 
 def fit_baselines(m: model_lib.Model, ds: data.Dataset, split: str,
                   mlp_steps: int = MLP_STEPS, seed: int = 0,
-                  log: Callable[[str], None] = lambda _: None
+                  log: Callable[[str], None] = lambda _: None,
+                  folds: np.ndarray | None = None
                   ) -> tuple[dict[str, Predictor], dict[str, Predictor], dict[str, Any]]:
-  """Fits every baseline on the training split, choosing hyper-parameters on validation.
+  """Fits every baseline on the training split, choosing hyper-parameters without the split
+  scored.
+
+  With `folds` (the training pairs' cross-validation folds, `data.config_fold_ids`), ridge
+  penalties and MLP early stopping are chosen by cross-validation over them and every map is
+  refitted on all training pairs; else on the validation split (unless it is the one scored).
 
   `cae_ridge` is the ablation: FLIG's frozen autoencoder and adapter with ridge maps in place of
   the flow; its decoder predicts raw features, ridge(A(r)[:, :k]) (to be decoded by G), and its
-  encoder A^-1([ridge(E(x)), 0]).
+  encoder A^-1([ridge(E(x)), 0]). `cae_mlp`, a diagnostic, is `mlp`'s recipe on the same
+  features: its encoder maps E(x) to responses, its decoder responses to E(x), decoded by G.
 
   Args:
-    m: the trained FLIG (its autoencoder and adapter serve `cae_ridge`).
-    ds: the dataset; fits use `ds.train` only, hyper-parameters `ds.val` (unless `split` is 'val').
+    m: the trained FLIG (its autoencoder and adapter serve `cae_ridge` and `cae_mlp`).
+    ds: the dataset; fits use `ds.train` only, hyper-parameters `folds` or `ds.val`.
     split: the split that will be scored (never used here).
     mlp_steps: most optimisation steps of each MLP.
     seed: seed of the MLPs.
     log: progress logger.
+    folds: (N,) fold ids of `ds.train`, or None.
 
   Returns:
     (decoders, encoders, hparams): model name -> predictor (decoders: responses -> images;
     encoders: images -> responses), and the chosen hyper-parameters of each baseline.
   """
   tr = ds.train
-  val_r, val_x, source = _hparam_split(ds, split)
-  hparams: dict[str, Any] = {'chosen_on': source}
-
-  # The MLP fits are bound by XLA compilation, which runs outside the GIL: they train in two
-  # threads while the ridge maps are fitted here.
-  log(f'fitting mlp (at most {mlp_steps} steps each) beside ridge and cae_ridge')
-  with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    mlp_dec_job = pool.submit(baselines.fit_mlp, tr.responses, tr.images, val_r, val_x,
-                              kind='decoder', steps=mlp_steps, seed=seed)
-    mlp_enc_job = pool.submit(baselines.fit_mlp, tr.images, tr.responses, val_x, val_r,
-                              kind='encoder', steps=mlp_steps, seed=seed)
-    ridge_dec = baselines.fit_ridge(tr.responses, tr.images, val_r, val_x, refit_on_val=False)
-    ridge_enc = baselines.fit_ridge(tr.images, tr.responses, val_x, val_r, refit_on_val=False)
-    adapter = m.adapter
-    a_tr, h_tr = _signal(adapter, tr.responses), m.features(tr.images)
+  adapter = m.adapter
+  a_tr, h_tr = _signal(adapter, tr.responses), m.features(tr.images)
+  cross_validated = folds is not None and split != 'val'
+  if cross_validated:
+    val_r = val_x = a_va = h_va = None
+    hparams: dict[str, Any] = {'chosen_on': f'train ({len(np.unique(folds))}-fold '
+                                            'cross-validation, refitted on all of it)'}
+  else:
+    val_r, val_x, source = _hparam_split(ds, split)
     a_va, h_va = (None, None) if val_r is None else (_signal(adapter, val_r), m.features(val_x))
-    cae_dec = baselines.fit_ridge(a_tr, h_tr, a_va, h_va, refit_on_val=False)
-    cae_enc = baselines.fit_ridge(h_tr, a_tr, h_va, a_va, refit_on_val=False)
-    mlp_dec, mlp_enc = mlp_dec_job.result(), mlp_enc_job.result()
+    hparams = {'chosen_on': source}
+
+  def ridge_fit(x, y, x_val, y_val):
+    if cross_validated:
+      return baselines.fit_ridge(x, y, fold_ids=folds)
+    return baselines.fit_ridge(x, y, x_val, y_val, refit_on_val=False)
+
+  def mlp_fit(x, y, x_val, y_val, kind):
+    if cross_validated:
+      return baselines.fit_mlp_cv(x, y, folds, kind=kind, steps=mlp_steps, seed=seed)
+    return baselines.fit_mlp(x, y, x_val, y_val, kind=kind, steps=mlp_steps, seed=seed)
+
+  # The MLP fits are bound by XLA compilation and small kernels, which run outside the GIL:
+  # they train in two threads while the ridge maps are fitted here.
+  log(f'fitting mlp and cae_mlp (at most {mlp_steps} steps each) beside ridge and cae_ridge')
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    jobs = {'mlp_dec': pool.submit(mlp_fit, tr.responses, tr.images, val_r, val_x, 'decoder'),
+            'mlp_enc': pool.submit(mlp_fit, tr.images, tr.responses, val_x, val_r, 'encoder'),
+            # Features are real-valued targets: the encoder recipe (z-scored, linear output).
+            'cae_mlp_dec': pool.submit(mlp_fit, tr.responses, h_tr, val_r, h_va, 'encoder'),
+            'cae_mlp_enc': pool.submit(mlp_fit, h_tr, tr.responses, h_va, val_r, 'encoder')}
+    ridge_dec = ridge_fit(tr.responses, tr.images, val_r, val_x)
+    ridge_enc = ridge_fit(tr.images, tr.responses, val_x, val_r)
+    cae_dec = ridge_fit(a_tr, h_tr, a_va, h_va)
+    cae_enc = ridge_fit(h_tr, a_tr, h_va, a_va)
+    fits = {k: job.result() for k, job in jobs.items()}
   hparams['ridge'] = {'decoding_alpha': ridge_dec.alpha, 'encoding_alpha': ridge_enc.alpha}
   hparams['cae_ridge'] = {'decoding_alpha': cae_dec.alpha, 'encoding_alpha': cae_enc.alpha}
-  hparams['mlp'] = {'decoding_best_step': mlp_dec.best_step,
-                    'encoding_best_step': mlp_enc.best_step}
+  for name in ('mlp', 'cae_mlp'):
+    hparams[name] = {'decoding_best_step': fits[f'{name}_dec'].best_step,
+                     'encoding_best_step': fits[f'{name}_enc'].best_step}
 
-  decoders = {'ridge': ridge_dec.predict, 'mlp': mlp_dec.predict,
-              'cae_ridge': lambda r: m.decode_features(cae_dec.predict(_signal(adapter, r)))}
-  encoders = {'ridge': ridge_enc.predict, 'mlp': mlp_enc.predict,
-              'cae_ridge': lambda x: _unsignal(adapter, cae_enc.predict(m.features(x)))}
+  decoders = {'ridge': ridge_dec.predict, 'mlp': fits['mlp_dec'].predict,
+              'cae_ridge': lambda r: m.decode_features(cae_dec.predict(_signal(adapter, r))),
+              'cae_mlp': lambda r: m.decode_features(fits['cae_mlp_dec'].predict(r))}
+  encoders = {'ridge': ridge_enc.predict, 'mlp': fits['mlp_enc'].predict,
+              'cae_ridge': lambda x: _unsignal(adapter, cae_enc.predict(m.features(x))),
+              'cae_mlp': lambda x: fits['cae_mlp_enc'].predict(m.features(x))}
   return decoders, encoders, hparams
 
 
@@ -191,7 +219,8 @@ def evaluate(ckpt: str | os.PathLike, split: str = 'test', out: str | os.PathLik
       f'val {len(ds.val)}')
 
   decoders, encoders, hparams = fit_baselines(m, ds, split, mlp_steps=mlp_steps,
-                                              seed=int(m.config.get('seed', 0)), log=log)
+                                              seed=int(m.config.get('seed', 0)), log=log,
+                                              folds=data.config_fold_ids(m.config, ds.train))
 
   log('flig and the baselines on the split')
   x, r = scored.images, scored.responses

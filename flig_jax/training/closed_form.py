@@ -2,8 +2,8 @@
 
 At step 0 the augmented flow's blocks are the identity, so FLIG's encoder and decoder are exactly
 the ridge maps fitted here: the `cae_ridge` ablation of `evaluate.py` (same features, adapter,
-regularisers chosen on the validation split). Training can then only add to it, and the stage-2
-step kept is chosen on validation scores, step 0 included.
+regularisers chosen by the same cross-validation folds, or on the same validation split). Training
+can then only add to it, and the stage-2 step kept is chosen on held-out scores, step 0 included.
 """
 
 from typing import Any
@@ -23,11 +23,13 @@ def _affine(fit: ridge.Ridge) -> tuple[np.ndarray, np.ndarray]:
 
 def linear_pair_params(features: np.ndarray, signal: np.ndarray, val_features: np.ndarray | None,
                        val_signal: np.ndarray | None, feature_mean: np.ndarray,
-                       feature_std: np.ndarray, dim: int) -> dict[str, np.ndarray]:
+                       feature_std: np.ndarray, dim: int,
+                       fold_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
   """`LinearPair` parameters that make the augmented flow start as the ridge encoder and decoder.
 
   The ridge maps are fitted exactly as `cae_ridge` fits them (raw features E(x) <-> the adapter's
-  k signal coordinates, alpha chosen on the validation split), then rewritten for the flow's
+  k signal coordinates, alpha chosen on the validation split or by cross-validation over
+  `fold_ids`), then rewritten for the flow's
   coordinates: standardised features h = (E(x) - mean) / std, and A(r) whose D - k padding
   coordinates the encoder leaves to the noise and the decoder ignores.
 
@@ -39,14 +41,18 @@ def linear_pair_params(features: np.ndarray, signal: np.ndarray, val_features: n
     feature_mean: (D,) the standardisation's mean.
     feature_std: (D,) its std.
     dim: D.
+    fold_ids: (N,) the cross-validation fold of each training pair (used without a validation
+      split; None: random folds).
 
   Returns:
     the `linear_pair` parameter dict (float32).
   """
   d, k = dim, signal.shape[1]
   m, s = np.asarray(feature_mean, np.float64), np.asarray(feature_std, np.float64)
-  enc = ridge.fit_ridge(features, signal, val_features, val_signal, refit_on_val=False)
-  dec = ridge.fit_ridge(signal, features, val_signal, val_features, refit_on_val=False)
+  enc = ridge.fit_ridge(features, signal, val_features, val_signal, refit_on_val=False,
+                        fold_ids=fold_ids)
+  dec = ridge.fit_ridge(signal, features, val_signal, val_features, refit_on_val=False,
+                        fold_ids=fold_ids)
   w_e, b_e = _affine(enc)                         # raw h -> a_k
   w_d, b_d = _affine(dec)                         # a_k -> raw h
   h = (np.asarray(features, np.float64) - m) / s  # standardised training features

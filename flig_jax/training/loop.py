@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import signal
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from flig_jax.training import (
   Preempted,
   TrainingDiverged,
   closed_form,
+  cross_validation,
   parallel,
   prefetch,
   progress,
@@ -99,7 +101,10 @@ def make_context(config: ml_collections.ConfigDict, workdir: str | Path,
   module = model_lib.FLIG.from_config(config.model, dataset.image_shape)
   mgr = checkpointing.manager(workdir, keep=config.checkpoint.keep)
   log = progress.RunLog(workdir, stage1_steps=config.stage1.steps, resume_step=resume_step)
-  log.info(f'{dataset.name}: train {len(dataset.train)}, val {len(dataset.val)}, '
+  folds = int(config.data.get('folds', 0))
+  log.info(f'{dataset.name}: train {len(dataset.train)}'
+           + (f' ({folds}-fold cross-validation)' if folds >= 2 else '')
+           + f', val {len(dataset.val)}, '
            f'test {len(dataset.test)}, {dataset.num_units} units, images {dataset.image_shape}; '
            f'{mesh.size} device(s) in {jax.process_count()} process(es)')
   near, far = (dataset.meta.get(f'{split}_to_train_rms', float('nan')) for split in ('val', 'test'))
@@ -139,8 +144,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
     if isinstance(state, steps.Stage1State):
       state = run_stage(ctx, stage1(ctx, state))
       _stage1_figure(ctx, state.params, int(state.step))
-    state = run_stage(ctx, stage2(ctx, state))
-    if int(state.best_step.min()) >= 0:
+    state = run_stage(ctx, stage2(ctx, state, latest))
+    if int(state.best_step.min()) >= 0 and bool(jnp.all(jnp.isfinite(state.best_score))):
       kept = ', '.join(f'{name} {float(score):.4f} at step {int(step)}' for (name, _), score, step
                        in zip(validation.GROUPS[ctx.module.flow_type], state.best_score,
                               state.best_step))
@@ -288,9 +293,11 @@ _add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
 
 
 def _validate(log: progress.RunLog, stage: Stage, state: State, done: int) -> State:
-  """Scores the current flow on the validation split, logs the scores, keeps the better flow."""
+  """Scores the current flow on the validation split, logs the scores, keeps the better flow (or
+  keeps the parameter groups whose cross-validated step this is)."""
   state, scores = stage.validate(state)
-  log.write(done, {k: float(v) for k, v in jax.device_get(scores).items()})
+  if scores:
+    log.write(done, {k: float(v) for k, v in jax.device_get(scores).items()})
   return state
 
 
@@ -404,30 +411,151 @@ def _pairs(frozen: model_lib.Frozen, raw_features: jax.Array,
           'adapted': frozen.adapter.forward(responses)}
 
 
-def stage2(ctx: Context, start: State) -> Stage:
-  """Stage 2 (flow and discriminator), resumed from a Stage2State or started after the finished
-  stage 1 in a Stage1State (the adapter and the feature statistics are then fitted on the training
-  split only)."""
+def fold_ids(ctx: Context) -> np.ndarray | None:
+  """(N,) the cross-validation fold of each training pair, or None (`data.config_fold_ids`)."""
+  return data.config_fold_ids(ctx.config, ctx.dataset.train)
+
+
+def _fit_frozen(ctx: Context, autoencoder: Any, raw_features: np.ndarray,
+                responses: np.ndarray) -> model_lib.Frozen:
+  """The adapter and the feature standardisation fitted on these training pairs, replicated."""
+  adapter = Adapter.fit(responses, ctx.config.model.feature_dim,
+                        ctx.config.model.adapter_components)
+  return parallel.replicate(jax.jit(model_lib.Frozen.fit)(autoencoder, raw_features, adapter),
+                            ctx.mesh)
+
+
+def _linear_pair(ctx: Context, frozen: model_lib.Frozen, pairs: dict[str, np.ndarray],
+                 val: validation.ValidationSet | None, folds: np.ndarray | None) -> Any:
+  """The augmented flow's closed-form start on these pairs (None for the plain flow): ridge
+  penalties chosen on `val`, else by cross-validation over `folds` (random folds when None)."""
+  if ctx.module.flow_type != 'augmented':
+    return None
+  k = frozen.adapter.k
+  if folds is not None and len(np.unique(folds)) < 2:
+    folds = None
+  return closed_form.linear_pair_params(
+      pairs['raw_features'], pairs['adapted'][:, :k], None if val is None else val.raw_features,
+      None if val is None else val.adapted[:, :k], np.asarray(frozen.feature_mean),
+      np.asarray(frozen.feature_std), ctx.module.feature_dim, fold_ids=folds)
+
+
+def _arrays(ctx: Context, pairs: dict[str, np.ndarray], images: np.ndarray) -> dict[str, Any]:
+  arrays = {'features': pairs['features'], 'adapted': pairs['adapted']}
+  if ctx.config.stage2.pixel:  # only the pixel term reads the images; else not built or sent
+    arrays['images'] = images
+  return arrays
+
+
+def _stream(ctx: Context, arrays: dict[str, Any], local: bool = True) -> data.BatchStream:
+  """Stage 2's seeded batches of `arrays` (this process's rows, or the whole global batch)."""
+  kwargs = {'process_index': jax.process_index(),
+            'process_count': jax.process_count()} if local else {}
+  return data.BatchStream(arrays, ctx.config.stage2.batch_size, seed=ctx.config.seed + 1,
+                          **kwargs)
+
+
+def _first_batch(ctx: Context, arrays: dict[str, Any]) -> dict[str, np.ndarray]:
+  """The whole first global batch (the same on every process), which starts the flow."""
+  first = _stream(ctx, arrays, local=False).batch(0)
+  return {k: first[k] for k in ('features', 'adapted')}
+
+
+def _cross_validate(ctx: Context, autoencoder: Any, raw_features: np.ndarray,
+                    folds: np.ndarray, step_fn: Callable, init: Callable
+                    ) -> cross_validation.Selection:
+  """Stage 2 on each fold's other folds, validated on the held-out fold at step 0, every
+  `eval_every_steps` and at the end; the pooled held-out scores choose each group's step.
+
+  Every fold runs the same compiled step (same batch shapes) and one compiled prediction on the
+  held-out pairs padded to the largest fold.
+  """
+  cfg, train = ctx.config.stage2, ctx.dataset.train
+  predict = jax.jit(functools.partial(validation.predictions, ctx.module))
+  size = int(np.bincount(folds).max())
+  total, every = cfg.steps, cfg.eval_every_steps
+  depth = 2 if jax.process_count() == 1 else 0
+  count = len(np.unique(folds))
+
+  def run_fold(rest: np.ndarray, held: np.ndarray):
+    start_time = time.perf_counter()
+    frozen = _fit_frozen(ctx, autoencoder, raw_features[rest], train.responses[rest])
+    pairs = jax.device_get(_pairs(frozen, raw_features[rest], train.responses[rest]))
+    arrays = _arrays(ctx, pairs, train.images[rest])
+    state = init(frozen, _first_batch(ctx, arrays),
+                 _linear_pair(ctx, frozen, pairs, None, folds[rest]))
+    held_pairs = jax.device_get(_pairs(frozen, raw_features[held], train.responses[held]))
+    pad = ((0, size - len(held)), (0, 0))
+    features, adapted = (np.pad(held_pairs[k], pad) for k in ('features', 'adapted'))
+
+    def held_out(s):
+      decoded, encoded = predict(s.frozen.variables(s.flow_params), features, adapted)
+      return np.asarray(decoded)[:len(held)], np.asarray(encoded)[:len(held)]
+
+    out = [(0, *held_out(state))]
+    with prefetch.DeviceBatches(_stream(ctx, arrays), 0, ctx.mesh, depth) as batches:
+      for step in range(total):
+        state, _ = step_fn(state, next(batches))
+        done = step + 1
+        if done % every == 0 or done == total:
+          _check_finite(2, state, ctx.workdir)
+          out.append((done, *held_out(state)))
+    ctx.log.info(f'cross-validation fold {len(finished) + 1}/{count}: stage 2 on '
+                 f'{len(rest)} pairs, {len(held)} held out '
+                 f'({time.perf_counter() - start_time:.0f} s)')
+    finished.append(len(held))
+    return out
+
+  finished: list[int] = []
+  return cross_validation.select(folds, train.images, train.responses, run_fold,
+                                 validation.GROUPS[ctx.module.flow_type], cfg.select_margin)
+
+
+def stage2(ctx: Context, start: State, meta: checkpointing.Meta | None = None) -> Stage:
+  """Stage 2 (flow and discriminator), resumed from a Stage2State (`meta`: its checkpoint's) or
+  started after the finished stage 1 in a Stage1State.
+
+  A fresh start fits the adapter, the feature statistics and the closed-form start on every
+  training pair. With `data.folds` >= 2 (and `select_by` 'val_pcc') each parameter group's step
+  is first chosen by cross-validation (`_cross_validate`), and the run keeps each group's
+  parameters at that step; with a validation split instead, stage 2 scores it as it trains and
+  keeps the best steps (`validation.keep_best`).
+  """
   config, dataset, mesh, cfg = ctx.config, ctx.dataset, ctx.mesh, ctx.config.stage2
   parallel.check_batch_size(cfg.batch_size, mesh, 'stage2')
   train = dataset.train
   resumed = isinstance(start, steps.Stage2State)
   autoencoder = start.frozen.autoencoder if resumed else start.params
   raw_features = _features(ctx, autoencoder, train.images)
+  discriminator, flow_tx, disc_tx = _stage2_parts(config)
+  step_fn = parallel.jit_step(
+      functools.partial(steps.stage2_step, model=ctx.module, discriminator=discriminator,
+                        flow_tx=flow_tx, disc_tx=disc_tx, cfg=cfg), mesh)
+  init = parallel.jit_init(functools.partial(_init_stage2, ctx), mesh)
+  folds = fold_ids(ctx)
+  selection = None
   if resumed:
     frozen = start.frozen
+    if meta is not None and meta.cross_validation:
+      selection = cross_validation.Selection.from_meta(meta.cross_validation)
   else:
-    adapter = Adapter.fit(train.responses, config.model.feature_dim,
-                          config.model.adapter_components)
-    frozen = parallel.replicate(
-        jax.jit(model_lib.Frozen.fit)(autoencoder, raw_features, adapter), mesh)
+    if folds is not None and cfg.select_by == 'val_pcc':
+      selection = _cross_validate(ctx, autoencoder, raw_features, folds, step_fn, init)
+    frozen = _fit_frozen(ctx, autoencoder, raw_features, train.responses)
+  if selection is not None:
+    for step, scores in selection.rows():
+      # A resumed run's log keeps the rows up to its checkpoint (`metrics_file.trim`).
+      if not resumed or step > int(start.step):
+        ctx.log.record(2, step, scores)
+    for line in selection.explain(cfg.select_margin):
+      ctx.log.info(f'stage 2 keeps {line}')
+    note = validation.kept_start_note(
+        ctx.module.flow_type, selection.chosen_steps(validation.GROUPS[ctx.module.flow_type]),
+        cfg.select_margin, f'{selection.folds}-fold cross-validation over the training pairs')
+    if note:
+      ctx.log.info(note)
   pairs = jax.device_get(_pairs(frozen, raw_features, train.responses))
-  arrays = {'features': pairs['features'], 'adapted': pairs['adapted']}
-  if cfg.pixel:  # only the pixel term reads the images; otherwise they are not built or sent
-    arrays['images'] = train.images
-  stream = data.BatchStream(arrays, cfg.batch_size, seed=config.seed + 1,
-                            process_index=jax.process_index(),
-                            process_count=jax.process_count())
+  arrays = _arrays(ctx, pairs, train.images)
   val = None
   # The validation pairs serve model selection and the closed-form start's regularisers.
   if _val_size(ctx) and (cfg.select_by == 'val_pcc' or ctx.module.flow_type == 'augmented'):
@@ -439,43 +567,36 @@ def stage2(ctx: Context, start: State) -> Stage:
   if resumed:
     state = start
   else:
-    linear_pair = None
-    if ctx.module.flow_type == 'augmented':
-      k = frozen.adapter.k
-      linear_pair = closed_form.linear_pair_params(
-          raw_features, arrays['adapted'][:, :k], None if val is None else val.raw_features,
-          None if val is None else val.adapted[:, :k], np.asarray(frozen.feature_mean),
-          np.asarray(frozen.feature_std), ctx.module.feature_dim)
-    # The whole first global batch (the same on every process) starts the flow.
-    first = data.BatchStream(arrays, cfg.batch_size, seed=config.seed + 1).batch(0)
-    first = {k: first[k] for k in ('features', 'adapted')}
-    state = parallel.jit_init(functools.partial(_init_stage2, ctx), mesh)(frozen, first,
-                                                                         linear_pair)
+    state = init(frozen, _first_batch(ctx, arrays), _linear_pair(ctx, frozen, pairs, val, folds))
 
   def save(s):
     variables = s.model_variables()
     meta = dataclasses.replace(
         _base_meta(config, dataset, 2, int(s.step)),
         adapter_k=model_lib.model_meta(variables, dataset.image_shape).adapter_k,
-        selected_steps=tuple(int(v) for v in s.selected_steps()))
+        selected_steps=tuple(int(v) for v in s.selected_steps()),
+        cross_validation=None if selection is None else selection.to_meta())
     checkpointing.save(ctx.mgr, meta.step, state=s, model=variables, config=config, meta=meta)
 
-  discriminator, flow_tx, disc_tx = _stage2_parts(config)
-  step_fn = parallel.jit_step(
-      functools.partial(steps.stage2_step, model=ctx.module, discriminator=discriminator,
-                        flow_tx=flow_tx, disc_tx=disc_tx, cfg=cfg), mesh)
   validate = None
-  if cfg.select_by == 'val_pcc':
+  groups = validation.GROUPS[ctx.module.flow_type]
+  if selection is not None:
+    keep = functools.partial(validation.keep_at, chosen=jnp.asarray(selection.chosen_steps(groups)),
+                             groups=groups)
+    validate = parallel.jit_replicated(keep, mesh)
+  elif cfg.select_by == 'val_pcc':
     if val is None:
       n = len(dataset.val)
       why = f'a validation split of {n} image is too small to score' if n else 'no validation split'
-      ctx.log.info(f'{why} (data.val_fraction): stage 2 keeps its last step')
+      ctx.log.info(f'{why} (data.val_fraction) and no cross-validation (data.folds): stage 2 '
+                   'keeps its last step')
     else:
       val_set = parallel.replicate(val.replace(raw_features=None), mesh)
       score = functools.partial(steps.stage2_validate, model=ctx.module,
                                 margin=cfg.select_margin)
       validate = functools.partial(parallel.jit_replicated(score, mesh), val=val_set)
-  return Stage(2, state, step_fn, stream, cfg.steps, save, validate, cfg.eval_every_steps)
+  return Stage(2, state, step_fn, _stream(ctx, arrays), cfg.steps, save, validate,
+               cfg.eval_every_steps)
 
 
 # --- figures of validation pairs (training pairs when there is no validation split) ---

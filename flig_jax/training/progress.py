@@ -70,6 +70,15 @@ class RunLog:
       shown = {k: f'{v:.4g}' for k, v in record.items() if k not in ('stage', 'step')}
       self._bar.set_postfix(shown, refresh=False)
 
+  def record(self, stage: int, step: int, metrics: dict[str, Any]) -> None:
+    """Appends metrics that no training step produced (such as cross-validated scores) at
+    `step` of `stage` to metrics.jsonl: no speed, no TensorBoard scalar, no progress bar."""
+    if self.active:
+      record = {'stage': stage, 'step': step, **{k: float(np.asarray(v))
+                                                 for k, v in metrics.items()}}
+      with self.path.open('a') as f:
+        f.write(json.dumps(record) + '\n')
+
   def info(self, message: str) -> None:
     if self.active:
       tqdm.tqdm.write(message)

@@ -66,22 +66,38 @@ def _leave_one_out_pearson(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.where(den > _EPS, num / jnp.maximum(den, _EPS), 0.0)
 
 
+def predictions(module: Any, variables: Any, features: jax.Array,
+                adapted: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The flow's decoded images G(f^-1(A(r))) (M, H, W, C) and encoded responses A^-1(f(h))
+  (M, U) of held-out pairs given as standardised features h and adapted responses A(r)."""
+  decoded = module.apply(variables, adapted, method=lambda m, a: m.decode_features(
+      m.unstandardise(m.decode_adapted(a))))
+  encoded = module.apply(variables, features,
+                         method=lambda m, h: m.adapter().inverse(m.encode_standardised(h)))
+  return decoded, encoded
+
+
+def scores_of(decoded: jax.Array, encoded: jax.Array, images: jax.Array,
+              responses: jax.Array) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+  """'val_dec_pcc', 'val_enc_pcc' and their sum 'val_score' of predictions against the measured
+  images (M, H, W, C) and responses (M, U), and each score's (M,) jackknife replicates: the score
+  with stimulus j left out."""
+  n = images.shape[0]
+  per_image = ops.pearson(decoded.reshape(n, -1), images.reshape(n, -1), axis=1)
+  dec = jnp.mean(per_image)
+  enc = jnp.mean(ops.pearson(encoded, responses, axis=0))
+  dec_loo = (jnp.sum(per_image) - per_image) / max(n - 1, 1)
+  enc_loo = jnp.mean(_leave_one_out_pearson(encoded, responses), axis=1)
+  return ({'val_dec_pcc': dec, 'val_enc_pcc': enc, 'val_score': dec + enc},
+          {'val_dec_pcc': dec_loo, 'val_enc_pcc': enc_loo, 'val_score': dec_loo + enc_loo})
+
+
 def scores(module: Any, variables: Any,
            val: ValidationSet) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
   """'val_dec_pcc', 'val_enc_pcc' and their sum 'val_score' for the FLIG `variables`, and each
   score's (M,) jackknife replicates: the score with validation stimulus j left out."""
-  decoded = module.apply(variables, val.adapted, method=lambda m, a: m.decode_features(
-      m.unstandardise(m.decode_adapted(a))))
-  encoded = module.apply(variables, val.features,
-                         method=lambda m, h: m.adapter().inverse(m.encode_standardised(h)))
-  n = val.images.shape[0]
-  per_image = ops.pearson(decoded.reshape(n, -1), val.images.reshape(n, -1), axis=1)
-  dec = jnp.mean(per_image)
-  enc = jnp.mean(ops.pearson(encoded, val.responses, axis=0))
-  dec_loo = (jnp.sum(per_image) - per_image) / max(n - 1, 1)
-  enc_loo = jnp.mean(_leave_one_out_pearson(encoded, val.responses), axis=1)
-  return ({'val_dec_pcc': dec, 'val_enc_pcc': enc, 'val_score': dec + enc},
-          {'val_dec_pcc': dec_loo, 'val_enc_pcc': enc_loo, 'val_score': dec_loo + enc_loo})
+  decoded, encoded = predictions(module, variables, val.features, val.adapted)
+  return scores_of(decoded, encoded, val.images, val.responses)
 
 
 def jackknife_se(replicates: jax.Array) -> jax.Array:
@@ -127,12 +143,32 @@ def keep_best(state: Any, scores: dict[str, jax.Array], replicates: dict[str, ja
   return state, gain_se
 
 
-def kept_start_note(flow_type: str, kept_steps: Any, margin: float) -> str | None:
+def keep_at(state: Any, chosen: jax.Array, groups: Groups) -> tuple[Any, dict[str, jax.Array]]:
+  """The stage-2 state with each parameter group kept at the step `chosen` (G,) names for it
+  (chosen beforehand, by cross-validation): the current parameters replace the kept ones where
+  the state is at that step, and at the first call (every group is kept at step 0 until its step
+  comes). Nothing is scored; the second result is empty."""
+  best = traverse_util.flatten_dict(state.best_flow_params, sep='/')
+  current = traverse_util.flatten_dict(state.flow_params, sep='/')
+  best_step = state.best_step
+  for i, (_, prefixes) in enumerate(groups):
+    take = (best_step[i] < 0) | (state.step == chosen[i])
+    for path in best:
+      if prefixes is None or any(path == p or path.startswith(p + '/') for p in prefixes):
+        best[path] = jnp.where(take, current[path], best[path])
+    best_step = best_step.at[i].set(jnp.where(take, state.step, best_step[i]))
+  return state.replace(best_flow_params=traverse_util.unflatten_dict(best, sep='/'),
+                       best_step=best_step), {}
+
+
+def kept_start_note(flow_type: str, kept_steps: Any, margin: float,
+                    scored_on: str = 'the validation split') -> str | None:
   """The plain-words line a run prints when stage 2 keeps its start (step 0) in every part, else
-  None: no later step cleared the selection margin, so FLIG is the flow it started from."""
+  None: no later step cleared the selection margin (on `scored_on`), so FLIG is the flow it
+  started from."""
   if any(int(step) != 0 for step in kept_steps):
     return None
-  why = (f'no later step of stage 2 beat step 0 on the validation split by more than '
+  why = (f'no later step of stage 2 beat step 0 on {scored_on} by more than '
          f'stage2.select_margin = {margin:g} jackknife standard errors of the gain')
   if flow_type == 'augmented':
     return (f'note: FLIG equals its closed-form ridge start on this data, in both directions: '

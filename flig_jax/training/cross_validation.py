@@ -1,0 +1,162 @@
+"""Model selection by K-fold cross-validation over the training pairs (`data.folds`).
+
+The folds are carved by stimulus (`data.fold_ids`). For each fold a model is fitted on the other
+folds and predicts the held-out one for every candidate (for stage 2: the step 0 closed-form start
+and each validated step). Each candidate's score is the mean over folds, weighted by their sizes, of
+its score on each held-out fold (decoding PCC: the mean per-image PCC; encoding: the mean over units
+of the per-unit PCC across the fold's stimuli). Its N jackknife replicates leave out one stimulus
+at a time: stimulus j of fold f changes fold f's score only. Per-unit correlations are taken within
+a fold and not over the pooled predictions of all folds: each fold's model has its own offsets
+(its adapter's mean is the other folds' mean), which correlate negatively with the held-out
+responses across folds and would bias the pooled score against any map that keeps them.
+`choose` then keeps, per direction, the best candidate among those whose gain over the first (the
+simple model) exceeds `margin` jackknife standard errors of that gain, and the first one
+otherwise: the rule `validation.keep_best` applies on a single validation split. The final model
+is refitted on every training pair with the chosen settings.
+"""
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from flig_jax.training import validation
+
+# (candidate, decoded images (M, H, W, C), encoded responses (M, U)) of one fold's held-out pairs.
+Prediction = tuple[int, np.ndarray, np.ndarray]
+
+
+def cv_name(name: str) -> str:
+  """The name a validation score ('val_enc_pcc') takes when cross-validated ('cv_enc_pcc')."""
+  return 'cv_' + name.removeprefix('val_')
+
+
+def choose(scores: np.ndarray, replicates: np.ndarray, margin: float) -> tuple[int, np.ndarray]:
+  """The index of the candidate kept, and each candidate's jackknife SE of its gain over the first.
+
+  Args:
+    scores: (C,) each candidate's score (higher is better); candidate 0 is the reference.
+    replicates: (C, N) its jackknife replicates over the N stimuli.
+    margin: a candidate other than the first is eligible only when its gain over the first
+      exceeds `margin` standard errors of that gain.
+
+  Returns:
+    (index, (C,) gain SEs, 0 for the first). Among eligible candidates the highest score wins; on
+    a tie, or where none is eligible, the earlier one (the first).
+  """
+  scores = np.asarray(scores, np.float64)
+  replicates = np.asarray(replicates, np.float64)
+  se = np.asarray(validation.jackknife_se(replicates - replicates[:1]), np.float64)
+  se[0] = 0.0
+  kept = 0
+  for c in range(1, len(scores)):
+    if scores[c] - scores[0] > margin * se[c] and scores[c] > scores[kept]:
+      kept = c
+  return kept, se
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+  """Cross-validated scores of every candidate step and the step kept for each parameter group.
+
+  Attributes:
+    folds: K.
+    steps: the validated stage-2 steps (the candidates), 0 first.
+    scores: score name ('cv_enc_pcc', ...) -> pooled score per step.
+    gain_se: score name -> jackknife SE of each step's gain over step 0.
+    chosen: score name of each parameter group (validation.GROUPS) -> the step kept.
+  """
+  folds: int
+  steps: list[int]
+  scores: dict[str, list[float]]
+  gain_se: dict[str, list[float]]
+  chosen: dict[str, int]
+
+  def to_meta(self) -> dict[str, Any]:
+    """A JSON-ready dict (the checkpoint meta's 'cross_validation')."""
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_meta(cls, meta: Mapping[str, Any]) -> 'Selection':
+    return cls(folds=int(meta['folds']), steps=[int(s) for s in meta['steps']],
+               scores={k: [float(v) for v in vs] for k, vs in meta['scores'].items()},
+               gain_se={k: [float(v) for v in vs] for k, vs in meta['gain_se'].items()},
+               chosen={k: int(v) for k, v in meta['chosen'].items()})
+
+  def chosen_steps(self, groups: validation.Groups) -> np.ndarray:
+    """(G,) the step kept for each of `groups`, in their order."""
+    return np.array([self.chosen[cv_name(name)] for name, _ in groups], np.int32)
+
+  def rows(self) -> list[tuple[int, dict[str, float]]]:
+    """(step, {score: value, score_gain_se: value}) per validated step, for metrics.jsonl."""
+    return [(s, {**{k: v[i] for k, v in self.scores.items()},
+                 **{f'{k}_gain_se': v[i] for k, v in self.gain_se.items()}})
+            for i, s in enumerate(self.steps)]
+
+  def explain(self, margin: float) -> list[str]:
+    """One line per parameter group: the step kept and why."""
+    lines = []
+    for name, step in self.chosen.items():
+      score, se = np.asarray(self.scores[name]), np.asarray(self.gain_se[name])
+      best = int(np.argmax(score))
+      gain = score - score[0]
+      if step:
+        i = self.steps.index(step)
+        why = (f'gain {gain[i]:+.4f} over step 0 ({score[0]:.4f}) is {gain[i] / se[i]:.1f} '
+               f'SE > {margin:g}')
+      elif best == 0:
+        why = f'no later step scored above step 0 ({score[0]:.4f})'
+      else:
+        why = (f'the best later step, {self.steps[best]}, gained {gain[best]:+.4f} '
+               f'({gain[best] / max(se[best], 1e-12):.1f} SE, not > {margin:g}); no step cleared '
+               'the margin')
+      lines.append(f'{name}: step {step} kept ({self.folds}-fold CV score '
+                   f'{score[self.steps.index(step)]:.4f}); {why}')
+    return lines
+
+
+def select(fold_ids: np.ndarray, images: np.ndarray, responses: np.ndarray,
+           run_fold: Callable[[np.ndarray, np.ndarray], Iterable[Prediction]],
+           groups: validation.Groups, margin: float) -> Selection:
+  """Runs every fold, scores each held-out fold, and chooses a step per parameter group.
+
+  Args:
+    fold_ids: (N,) the fold of each training pair.
+    images: (N, H, W, C) the training stimuli.
+    responses: (N, U) their responses.
+    run_fold: (train rows, held-out rows) -> (step, decoded, encoded) of the held-out rows at
+      each validated step; every fold must validate the same steps.
+    groups: the parameter groups and the score each is chosen on (validation.GROUPS).
+    margin: `choose`'s margin.
+
+  Returns:
+    the `Selection`.
+  """
+  n = len(fold_ids)
+  steps, totals, replicates = None, None, None
+  for f in np.unique(fold_ids):
+    held, rest = np.nonzero(fold_ids == f)[0], np.nonzero(fold_ids != f)[0]
+    results = list(run_fold(rest, held))
+    fold_steps = [int(s) for s, _, _ in results]
+    if steps is None:
+      steps = fold_steps
+      totals = {name: np.zeros(len(steps)) for name, _ in groups}
+      replicates = {name: np.zeros((len(steps), n)) for name, _ in groups}
+    elif fold_steps != steps:
+      raise ValueError(f'fold {f} validated steps {fold_steps}, the first fold {steps}')
+    weight = len(held) / n
+    for i, (_, dec, enc) in enumerate(results):
+      score, loo = validation.scores_of(dec, enc, images[held], responses[held])
+      for name, _ in groups:
+        s = float(score[name])
+        totals[name][i] += weight * s
+        # Until every fold is in, a replicate holds its own fold's change only.
+        replicates[name][i, held] = weight * (np.asarray(loo[name], np.float64) - s)
+  scores, gain_se, chosen = {}, {}, {}
+  for name, _ in groups:
+    kept, se = choose(totals[name], totals[name][:, None] + replicates[name], margin)
+    scores[cv_name(name)], gain_se[cv_name(name)] = totals[name].tolist(), se.tolist()
+    chosen[cv_name(name)] = steps[kept]
+  return Selection(folds=len(np.unique(fold_ids)), steps=steps, scores=scores, gain_se=gain_se,
+                   chosen=chosen)
