@@ -1,18 +1,19 @@
-"""flig_jax's training steps against the PyTorch reference (../shared/peer_torch), side by side.
+"""flig_jax's training steps against their PyTorch port (benchmarks/torch_port), side by side.
 
-  python benchmarks/vs_torch.py --peer-python /tmp/peer/venv/bin/python [--rounds 7]
-      [--rows s1_b32,s1_v4,s2_b32,s2_b256] [--modes eager,compiled,whole]
-      [--startup fmri:smoke] [--out results.json]
+  pip install -e ".[torch]"
+  python benchmarks/vs_torch.py [--rounds 7] [--rows s1_b32,s1_v4,s2_b32,s2_b256]
+      [--modes eager,compiled] [--startup fmri:smoke] [--out results.json] [--torch-python PY]
 
-The peer (same layers, initialisation, losses and optimisers as flig_jax, at digit69 sizes; see its
-README) runs in a long-lived child process under its own Python (`--peer-python` or
-$FLIG_PEER_PYTHON), driven by benchmarks/peer_worker.py; torch is never imported here. flig_jax's
-steps are the ones `train.py` runs, built by `training.loop` on the real data ($FLIG_DATA_DIR).
+The port (the same layers, initialisation, losses and optimisers; tests/test_torch_port.py checks
+its losses equal flig_jax's) runs at the sizes of each row's config in a long-lived child process
+(benchmarks/peer_worker.py, under this Python unless `--torch-python` names another), so torch is
+never imported here. flig_jax's steps are the ones `train.py` runs, built by `training.loop` on
+the real data ($FLIG_DATA_DIR).
 Every step is compiled and warmed up first; then each round times, for every row and every
 implementation in turn, a block of steps each waited on alone (`step`) and a block run as a training
 loop (`loop`: each batch built on the host and fed as `train.py` feeds it, one wait at the end).
 The table gives the median over rounds, so both sides see the same machine load. Stage 1 runs
-without augmentation, as the peer does.
+without augmentation, which the port does not have.
 
 `--startup SPEC` also times `train.py --config configs/<SPEC>` twice with an empty compilation
 cache: cold (every program compiled) and warm (read from the cache the first run wrote).
@@ -39,18 +40,17 @@ ROWS = {  # name: (config, stage, batch size, label)
     's2_b32': ('fmri', 2, 32, 'stage 2, B=32'),
     's2_b256': ('fmri', 2, 256, 'stage 2, B=256'),
 }
-MODES = {'eager': 'torch eager', 'compiled': 'torch.compile',
-         'whole': 'torch, whole step as one graph'}
+MODES = {'eager': 'torch eager', 'compiled': 'torch.compile'}
 BLOCK = {1: 10, 2: 40}  # steps per timed block, by stage
 
 
 class Peer:
   """The PyTorch worker process: one JSON line in, one JSON line out."""
 
-  def __init__(self, python: str, peer_dir: Path, threads: int):
+  def __init__(self, python: str, threads: int):
     self.proc = subprocess.Popen(
-        [python, str(ROOT / 'benchmarks' / 'peer_worker.py'), '--peer-dir', str(peer_dir),
-         '--threads', str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [python, str(ROOT / 'benchmarks' / 'peer_worker.py'), '--threads', str(threads)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         env={**os.environ, 'TORCHINDUCTOR_CACHE_DIR': tempfile.mkdtemp(prefix='inductor_')})
     self.info = self._read()
 
@@ -85,9 +85,23 @@ class JaxRows:
     from flig_jax.training import loop  # pylint: disable=g-import-not-at-top
     if name not in self._contexts:
       config = measure.load_config(name)
-      config.stage1.augment = False  # as the peer
+      config.stage1.augment = False  # the port has no augmentation
+      config.data.folds = 0  # the steps are timed, not chosen: no cross-validation runs
       self._contexts[name] = loop.make_context(config, self.workdir / name)
     return self._contexts[name]
+
+  def spec(self, row: str) -> dict:
+    """What the torch port needs to build the row's step: sizes and the stage's config fields."""
+    config_name, stage_number, batch_size, _ = ROWS[row]
+    ctx = self._context(config_name)
+    config, model, dataset = ctx.config, ctx.config.model, ctx.dataset
+    cfg = config.stage1 if stage_number == 1 else config.stage2
+    return {'stage': stage_number, 'batch_size': batch_size, 'cfg': cfg.to_dict(),
+            'image_shape': list(dataset.image_shape), 'num_train': len(dataset.train),
+            'feature_dim': model.feature_dim, 'cae_widths': list(model.cae_widths),
+            'flow_type': model.flow_type, 'flow_blocks': model.flow_blocks,
+            'flow_hidden': model.flow_hidden, 'disc_hidden': model.disc_hidden,
+            'k': min(model.feature_dim, dataset.num_units, len(dataset.train) - 1)}
 
   def setup(self, row: str) -> dict:
     import jax  # pylint: disable=g-import-not-at-top
@@ -163,13 +177,13 @@ def _has_data(config_name: str) -> bool:
 def compare(peer: Peer, rows: list[str], modes: list[str], rounds: int) -> dict:
   """Interleaved rounds over every (row, implementation); returns every timing."""
   jax_rows = JaxRows(Path(tempfile.mkdtemp(prefix='vs_torch_')))
-  impls = {row: ['jax'] + [m for m in modes if not (m == 'whole' and ROWS[row][1] == 1)]
-           for row in rows}
+  impls = {row: ['jax'] + list(modes) for row in rows}
   setup, failed = {}, {}
   for row in rows:
     for impl in list(impls[row]):
       try:
-        out = jax_rows.setup(row) if impl == 'jax' else peer(cmd='setup', row=row, mode=impl)
+        out = (jax_rows.setup(row) if impl == 'jax'
+               else peer(cmd='setup', row=row, mode=impl, spec=jax_rows.spec(row)))
       except RuntimeError as e:  # a torch mode that cannot build this step: its cell stays empty
         if impl == 'jax':
           raise
@@ -211,8 +225,8 @@ def table(result: dict) -> str:
       ms = {impl: med[f'{row}/{impl}'][kind] * 1e3 for impl in row_impls}
       cells.append(f"{ms['jax']:.2f}")
       cells += [f'{ms[m]:.2f}' if m in ms else '-' for m in modes]
-      fastest = min(v for k, v in ms.items() if k != 'jax')
-      cells.append(f"{ms['jax'] / fastest:.2f}")
+      fastest = min((v for k, v in ms.items() if k != 'jax'), default=None)
+      cells.append(f"{ms['jax'] / fastest:.2f}" if fastest else '-')
       lines.append('| ' + ' | '.join(cells) + ' |')
   ratios = ', '.join(f"{row} {med[f'{row}/jax']['loop'] / med[f'{row}/jax']['step']:.2f}"
                      for row in impls)
@@ -243,9 +257,8 @@ def startup(spec: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--peer-python', default=os.environ.get('FLIG_PEER_PYTHON', ''),
-                      help="the peer's Python, with torch (default $FLIG_PEER_PYTHON)")
-  parser.add_argument('--peer-dir', default=str(ROOT.parent / 'shared' / 'peer_torch'))
+  parser.add_argument('--torch-python', default=sys.executable,
+                      help='the Python that runs the torch port (default: this one)')
   parser.add_argument('--rows', default=','.join(ROWS))
   parser.add_argument('--modes', default=','.join(MODES))
   parser.add_argument('--rounds', type=int, default=7)
@@ -259,13 +272,11 @@ def main(argv: list[str] | None = None) -> int:
   bad = [r for r in rows if r not in ROWS] + [m for m in modes if m not in MODES]
   if bad:
     parser.error(f'unknown rows or modes: {bad} (rows: {list(ROWS)}; modes: {list(MODES)})')
-  if not args.peer_python or not Path(args.peer_python).exists():
-    parser.error('give the peer\'s Python with --peer-python or $FLIG_PEER_PYTHON (see '
-                 f'{args.peer_dir}/README.md: a venv with torch==2.13.0 and numpy)')
-  if not (Path(args.peer_dir) / 'bench.py').is_file():
-    parser.error(f'no peer at {args.peer_dir} (--peer-dir)')
-  if not os.environ.get('FLIG_DATA_DIR') and (ROOT.parent / 'shared' / 'data').is_dir():
-    os.environ['FLIG_DATA_DIR'] = str(ROOT.parent / 'shared' / 'data')
+  probe = subprocess.run([args.torch_python, '-c', 'import torch'], capture_output=True,
+                         check=False)
+  if probe.returncode:
+    parser.error(f'{args.torch_python} cannot import torch: pip install -e ".[torch]" (or name '
+                 'another Python with --torch-python)')
   missing = [r for r in rows if not _has_data(ROWS[r][0])]
   if missing:
     print(f'skipping {missing}: no data for their configs (set FLIG_DATA_DIR)', file=sys.stderr)
@@ -278,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     config = f"configs/{name}.py{':' + arg if arg else ''}"
     print(f"train.py --config {config}: cold {s['cold']:.1f} s, warm {s['warm']:.1f} s",
           flush=True)
-  peer = Peer(args.peer_python, Path(args.peer_dir), args.threads)
+  peer = Peer(args.torch_python, args.threads)
   try:
     result['peer'] = peer.info
     result.update(compare(peer, rows, modes, args.rounds))

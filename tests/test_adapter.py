@@ -109,17 +109,18 @@ def test_max_components_caps_k_and_pads_the_rest():
   assert Adapter.fit(responses, dim=8).k == 8
 
 
-def _fit_by_full_svd(responses: np.ndarray, dim: int, max_components: int = 0):
-  """The adapter fit as it was before principal_axes: a full SVD in float64 (the reference)."""
+def _fit_by_covariance(responses: np.ndarray, dim: int, max_components: int = 0,
+                      rank: int | None = None):
+  """The textbook PCA the adapter stands for, computed another way than its fit: the z-scored
+  responses' covariance matrix (np.cov) and its eigendecomposition (np.linalg.eigh), keeping the
+  top k = min(dim, rank, max_components) axes; `rank` is the rank the data were made with."""
   r = np.asarray(responses, np.float64)
   n, u = r.shape
   mean, std = r.mean(axis=0), r.std(axis=0, ddof=1)
-  tiny = np.finfo(np.float32).eps * max(1.0, float(np.abs(r).max()))
-  scale = np.where(std > tiny, std, 1.0)
-  _, s, vt = np.linalg.svd((r - mean) / scale, full_matrices=False)
-  rank = int(np.sum(s > s[0] * max(n, u) * np.finfo(np.float32).eps))
-  k = min(dim, rank, max_components or dim)
-  return mean, scale, vt[:k].T, s[:k] / np.sqrt(n - 1)
+  eigvals, eigvecs = np.linalg.eigh(np.cov((r - mean) / std, rowvar=False))
+  order = np.argsort(eigvals)[::-1]
+  k = min(dim, rank or u, n - 1, max_components or dim)
+  return mean, std, eigvecs[:, order[:k]], np.sqrt(eigvals[order[:k]])
 
 
 def _assert_same_fit(adapter: Adapter, reference, atol: float) -> None:
@@ -139,9 +140,10 @@ def _assert_same_fit(adapter: Adapter, reference, atol: float) -> None:
     (30, 10, 3, 8, 0),        # rank deficient
     (50, 20, None, 8, 5),     # capped
 ])
-def test_fit_equals_the_full_svd_fit(n, u, rank, dim, cap):
+def test_fit_equals_the_covariance_eigendecomposition(n, u, rank, dim, cap):
   responses = _responses(n, u, seed=4, rank=rank)
-  _assert_same_fit(Adapter.fit(responses, dim, cap), _fit_by_full_svd(responses, dim, cap), 1e-5)
+  reference = _fit_by_covariance(responses, dim, cap, rank)
+  _assert_same_fit(Adapter.fit(responses, dim, cap), reference, 1e-5)
 
 
 def _decaying(n: int, u: int, seed: int = 0) -> np.ndarray:
@@ -169,7 +171,7 @@ def test_principal_axes_match_the_svd(method, n, u):
 
 def test_large_fits_take_the_randomized_path_and_agree(monkeypatch):
   responses = (_decaying(300, 120, seed=1) * 50 + 3).astype(np.float32)
-  reference = _fit_by_full_svd(responses, 8)
+  reference = _fit_by_covariance(responses, 8)
   calls = []
   randomized = adapter_lib._randomized_axes
   monkeypatch.setattr(adapter_lib, '_randomized_axes', lambda *a: calls.append(1) or randomized(*a))

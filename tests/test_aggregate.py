@@ -1,14 +1,16 @@
-"""Tests for results over runs: flig_jax.evaluation.aggregate, `evaluate.py` with several
-checkpoints, and scripts/results.py's aggregation (on metrics written here, no training)."""
+"""Tests for results over runs: flig_jax.evaluation.aggregate (on metrics written here),
+`evaluate.py` with several checkpoints (real evaluations of the smoke run), and scripts/results.py's
+aggregation (on metrics written here, no training)."""
 
 import json
+import shutil
 import subprocess
 import sys
 
 import pytest
 from conftest import ROOT, subprocess_env
 
-from flig_jax import cli
+from flig_jax import cli, model
 from flig_jax.evaluation import aggregate, report
 
 MODELS = ('flig', 'ridge', 'mlp', 'cae_ridge')
@@ -100,25 +102,35 @@ def test_read_metrics_names_a_bad_file(tmp_path):
     aggregate.read_metrics(tmp_path / 'metrics.json')
 
 
-def test_evaluate_several_checkpoints_prints_mean_and_sd(tmp_path, monkeypatch, capsys):
-  def fake_evaluation(ckpt, split, out, data_dir, allow_unfinished=False):
-    del data_dir, allow_unfinished
-    assert out == f'{ckpt}/eval_{split}'
-    report.write_metrics(f'{out}/metrics.json', fake_metrics(offset=0.1 * ckpt.endswith('b')))
-    return 0
-
-  monkeypatch.setattr(cli, 'run_evaluation', fake_evaluation)
-  assert cli.run_evaluations([str(tmp_path / 'a'), str(tmp_path / 'b')], split='val') == 0
+def test_evaluate_several_checkpoints_prints_mean_and_sd(smoke_workdir, tmp_path, capsys):
+  """Two real evaluations: the smoke run, and its weights saved with another seed (the MLP
+  baselines then differ); the table printed after them is mean ± sd of their metrics.json."""
+  first, second = tmp_path / 'a', tmp_path / 'b'
+  shutil.copytree(smoke_workdir, first)
+  m = model.load(smoke_workdir)
+  config = m.config.copy_and_resolve_references()
+  config.seed = int(config.seed) + 1
+  model.save(second, config, m.variables, m.meta, step=m.meta.step)
+  assert cli.run_evaluations([str(first), str(second)], split='val') == 0
+  runs = [aggregate.read_metrics(run / 'eval_val') for run in (first, second)]
+  summary = aggregate.aggregate(runs)
+  assert summary['runs'] == 2
   out = capsys.readouterr().out
-  assert 'mean ± sd over 2 run(s)' in out and '0.050 ± 0.071' in out  # flig: 0.0 and 0.1
+  assert aggregate.format_table(summary) in out
+  mlp = summary['decoding']['mlp']['pcc']
+  assert mlp['values'] == [runs[0]['decoding']['mlp']['pcc'], runs[1]['decoding']['mlp']['pcc']]
+  assert mlp['sd'] > 0 and f"{mlp['mean']:.3f} ± {mlp['sd']:.3f}" in out
 
 
-def test_evaluate_several_checkpoints_stops_at_a_failure(tmp_path, monkeypatch):
-  calls = []
-  monkeypatch.setattr(cli, 'run_evaluation', lambda ckpt, **_: calls.append(ckpt) or 1)
-  assert cli.run_evaluations(['a', 'b']) == 1 and calls == ['a']
+def test_evaluate_several_checkpoints_stops_at_a_failure(smoke_workdir, tmp_path, capsys):
+  good = tmp_path / 'good'
+  shutil.copytree(smoke_workdir, good)
+  assert cli.run_evaluations([str(tmp_path / 'nowhere'), str(good)]) == 1
+  assert 'no checkpoint' in capsys.readouterr().err
+  assert not (good / 'eval_test').exists()     # the second run is not evaluated
 
 
+@pytest.mark.slow   # scripts/results.py in a child process
 def test_results_script_aggregates_finished_runs(tmp_path):
   root = tmp_path / 'runs'
   for name, dataset in (('synthetic', 'synthetic'), ('digit69', 'digit69')):
@@ -140,6 +152,7 @@ def test_results_script_aggregates_finished_runs(tmp_path):
   assert figure.stat().st_size > 1000
 
 
+@pytest.mark.slow   # scripts/results.py in a child process
 def test_results_script_rejects_an_unknown_dataset(tmp_path):
   proc = subprocess.run(
       [sys.executable, str(ROOT / 'scripts' / 'results.py'), '--datasets=mnist',

@@ -37,6 +37,7 @@ def test_cache_can_be_turned_off(clean_env, value):
   assert cli.compilation_cache_dir() is None
 
 
+@pytest.mark.slow   # compiles in a child process
 def test_enabled_cache_stores_compiled_programs(tmp_path):
   """In a fresh process, as train.py and evaluate.py call it: a jitted function lands on disk."""
   from tests import conftest

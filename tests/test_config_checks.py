@@ -125,6 +125,7 @@ def _train_stderr(*args: str) -> str:
     (['--config=configs/nonexistent.py'],
      "error: --config: [Errno 2] No such file or directory: 'configs/nonexistent.py'"),
 ])
+@pytest.mark.slow   # one train.py process per case
 def test_train_refuses_bad_config_in_one_line_before_any_work(args, message):
   # The workdir cannot be created: a run that went past the checks would fail differently.
   assert _train_stderr(*args).strip() == message

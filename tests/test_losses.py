@@ -167,3 +167,28 @@ def test_each_term_and_its_gradient_match_the_reference(case, term):
   for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
     np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6)
   assert sum(float(jnp.sum(jnp.abs(g))) for g in jax.tree.leaves(grads)) > 0
+
+
+def _constant_discriminator(params, logit: float):
+  """Discriminator parameters whose output is `logit` for every input: all weights zero, the
+  last layer's bias `logit`."""
+  params = jax.tree.map(jnp.zeros_like, params)
+  last = max(params, key=lambda name: int(name.split('_')[-1]))
+  params[last] = {**params[last], 'bias': jnp.full_like(params[last]['bias'], logit)}
+  return params
+
+
+def test_adversarial_terms_of_a_constant_discriminator_in_closed_form(case):
+  """A discriminator that says logit c to everything makes the non-saturating generator term
+  -log(sigmoid(c)) = log(1 + exp(-c)) whatever the flow does (c = 1 forward, -2 inverse)."""
+  model, frozen, flow, disc, disc_params, batch, noise, feature_noise = case
+  constant = {'forward': _constant_discriminator(disc_params['forward'], 1.0),
+              'inverse': _constant_discriminator(disc_params['inverse'], -2.0)}
+  cfg = _only('adversarial')
+  cfg.adversarial, cfg.adversarial_inverse = 2.0, 3.0
+  loss, terms = losses.flow_loss(flow, constant, frozen, model, disc, batch, noise,
+                                 feature_noise, cfg)
+  forward, inverse = np.log1p(np.exp(-1.0)), np.log1p(np.exp(2.0))
+  assert float(terms['adv']) == pytest.approx(forward, rel=1e-6)
+  assert float(terms['adv_inv']) == pytest.approx(inverse, rel=1e-6)
+  assert float(loss) == pytest.approx(2.0 * forward + 3.0 * inverse, rel=1e-6)
