@@ -1,7 +1,7 @@
 """Stage-1 step time with float32 against bfloat16 compute (`config.model.dtype`), interleaved in
 one process so both see the same machine load.
 
-  python benchmarks/precision.py [--configs fmri,spikes] [--rounds 5] [--steps 10]
+  python benchmarks/precision.py [--configs fmri,spikes] [--rounds 5] [--steps 10] [--no-augment]
 
 For each config (its image shape, widths and batch size; random images, no data files), both
 steps are compiled once, then `--rounds` rounds each time `--steps` steps of float32, then of
@@ -41,9 +41,15 @@ def _stage1(config, dtype: str, image_shape):
   return step, state
 
 
-def compare(spec: str, rounds: int, count: int) -> dict:
-  """Median stage-1 step (s) of float32 and bfloat16 over interleaved rounds, and their ratio."""
+def _config(spec: str, augment: bool):
   config = measure.load_config(spec)
+  config.stage1.augment = augment
+  return config
+
+
+def compare(spec: str, rounds: int, count: int, augment: bool = True) -> dict:
+  """Median stage-1 step (s) of float32 and bfloat16 over interleaved rounds, and their ratio."""
+  config = _config(spec, augment)
   image_shape = IMAGE_SHAPES[spec.partition(':')[0]]
   b = config.stage1.batch_size
   rng = np.random.default_rng(0)
@@ -51,9 +57,9 @@ def compare(spec: str, rounds: int, count: int) -> dict:
              for _ in range(count)]
   runs = {}
   for dtype in ('float32', 'bfloat16'):
-    step, state = _stage1(measure.load_config(spec), dtype, image_shape)
+    step, state = _stage1(_config(spec, augment), dtype, image_shape)
     for batch in batches[:2]:  # compile and warm up
-      state, metrics = step(state, batch)
+      state, _ = step(state, batch)
     jax.block_until_ready(state)
     runs[dtype] = {'step': step, 'state': state, 'times': []}
   for r in range(rounds):
@@ -77,10 +83,12 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--configs', default='fmri,spikes')
   parser.add_argument('--rounds', type=int, default=5)
   parser.add_argument('--steps', type=int, default=10, help='steps per round and dtype')
+  parser.add_argument('--no-augment', action='store_true', help='stage 1 without augmentation')
   args = parser.parse_args(argv)
   for spec in filter(None, args.configs.split(',')):
-    r = compare(spec, args.rounds, args.steps)
-    print(f"{spec} (B={r['batch_size']}, images {r['image_shape']}): stage-1 step float32 "
+    r = compare(spec, args.rounds, args.steps, not args.no_augment)
+    print(f"{spec} (B={r['batch_size']}, images {r['image_shape']}, augment "
+          f"{not args.no_augment}): stage-1 step float32 "
           f"{r['float32'] * 1e3:.1f} ms, bfloat16 {r['bfloat16'] * 1e3:.1f} ms, ratio "
           f"{r['ratio']:.2f} (rounds: {', '.join(f'{x:.2f}' for x in r['ratios'])}); loss after "
           f"the same steps: float32 {r['loss']['float32']:.4f}, bfloat16 "

@@ -34,7 +34,7 @@ def test_nested_sections_pause_the_outer_one_and_the_parts_add_up():
   assert sum(v for k, v in seconds.items() if k != 'total') == pytest.approx(seconds['total'])
   assert seconds['checkpoints'] == pytest.approx(0.1, abs=0.02)
   assert seconds['stage1'] == pytest.approx(0.1, abs=0.02)   # not 0.2: the inner part is apart
-  assert seconds['startup'] == pytest.approx(0.02, abs=0.01)
+  assert seconds['startup'] >= 0.02  # and entering the breakdown
   assert seconds['other'] == pytest.approx(0.03, abs=0.015)
   assert list(seconds) == [k for k in timing.PARTS if k in seconds] + ['total']
   assert timer.seconds() == seconds  # frozen once stopped
@@ -45,9 +45,8 @@ def test_compiles_move_from_their_section_to_compile_and_a_cached_call_has_none(
   # A function no test compiled before (its body depends on the time), so it compiles here.
   salt = time.time_ns() % 1000
   fn = jax.jit(lambda v: jnp.sort(jnp.cos(v * salt)) + salt)
-  with timing.Breakdown() as timer:
-    with timer.section('validation'):
-      jax.block_until_ready(fn(x))
+  with timing.Breakdown() as timer, timer.section('validation'):
+    jax.block_until_ready(fn(x))
   seconds = timer.seconds()
   assert seconds['compile'] > 0.0
   assert sum(v for k, v in seconds.items() if k != 'total') == pytest.approx(seconds['total'])
@@ -58,9 +57,8 @@ def test_compiles_move_from_their_section_to_compile_and_a_cached_call_has_none(
 
 def test_unknown_part_is_refused_and_the_summary_names_parts_by_label():
   timer = timing.Breakdown()
-  with pytest.raises(ValueError, match="unknown timing part 'stage3'"):
-    with timer.section('stage3'):
-      pass
+  with pytest.raises(ValueError, match="unknown timing part 'stage3'"), timer.section('stage3'):
+    pass
   with timer.section('figures'):
     _busy(0.01)
   timer.stop()

@@ -2,17 +2,17 @@
 
   timer = timing.Breakdown()            # or Breakdown(start) with a time.perf_counter() taken
   with timer:                           # earlier, e.g. on a script's first line
-    with timer.section('data'):
+    with timing.section('data'):        # the active breakdown's section (a no-op without one)
       ...
-    with timer.section('stage1'):
+    with timing.section('stage1'):
       ...
-      with timer.section('checkpoints'):  # an inner section pauses the outer one
+      with timing.section('checkpoints'):  # an inner section pauses the outer one
         ...
   timer.seconds()   # {'startup': ..., 'data': ..., 'compile': ..., ..., 'other': ..., 'total': ...}
 
 Time spent compiling in the main thread (JAX's trace, lowering and XLA compile or persistent-cache
 load, read from `jax.monitoring`) is moved from the section it happened in to 'compile'. Time in
-no section is 'other'; the time from `start` to the `Breakdown`'s creation is 'startup'.
+no section is 'other'; the time from `start` until the `Breakdown` is entered is 'startup'.
 """
 
 import contextlib
@@ -42,6 +42,19 @@ COMPILE_EVENTS = ('/jax/core/compile/jaxpr_trace_duration',
                   '/jax/core/compile/backend_compile_duration')
 
 
+_active: 'Breakdown | None' = None
+
+
+def active() -> 'Breakdown | None':
+  """The breakdown being recorded (entered and not stopped), or None."""
+  return _active
+
+
+def section(name: str) -> contextlib.AbstractContextManager:
+  """`active().section(name)`, or a block that records nothing when no breakdown is active."""
+  return contextlib.nullcontext() if _active is None else _active.section(name)
+
+
 def _union_length(spans: list[tuple[float, float]]) -> float:
   """Total length of a set of intervals, overlaps counted once (compiles nest in traces)."""
   total, end = 0.0, float('-inf')
@@ -57,23 +70,26 @@ class Breakdown:
 
   Args:
     start: a `time.perf_counter()` value from the start of the process (default: now); the time
-      from it to this object's creation counts as 'startup'.
+      from it until the breakdown is entered counts as 'startup'.
   """
 
   def __init__(self, start: float | None = None):
-    now = time.perf_counter()
-    self._start = now if start is None else start
-    self._parts: dict[str, float] = {'startup': now - self._start}
+    self._start = time.perf_counter() if start is None else start
+    self._parts: dict[str, float] = {}
     self._stack: list[list] = []      # [name, perf_counter when it last resumed]
     self._compiles: dict[str, list[tuple[float, float]]] = {}
     self._thread = threading.get_ident()
     self._end: float | None = None
     self._listening = False
 
-  def __enter__(self) -> 'Breakdown':
+  def __enter__(self):
+    """Starts listening for compiles and makes this the `active()` breakdown."""
+    global _active
     import jax  # pylint: disable=g-import-not-at-top
     jax.monitoring.register_event_time_span_listener(self._on_span)
     self._listening = True
+    _active = self
+    self._add('startup', time.perf_counter() - self._start)
     return self
 
   def __exit__(self, *exc) -> None:
@@ -81,6 +97,9 @@ class Breakdown:
 
   def stop(self) -> None:
     """Ends the breakdown: stops listening for compiles and freezes the total."""
+    global _active
+    if _active is self:
+      _active = None
     if self._listening:
       import jax  # pylint: disable=g-import-not-at-top
       jax.monitoring.unregister_event_time_span_listener(self._on_span)
