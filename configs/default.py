@@ -56,6 +56,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.model.flow_blocks = 4       # K
   c.model.flow_hidden = 128     # conditioner MLP width
   c.model.coupling = 'affine'   # affine | spline (nn/flow.py, COUPLINGS)
+  c.model.pixel_path = True     # decoding blends G's image with a linear map A(r) -> pixels,
+                                # its weight chosen on validation (0: G alone; flig_jax/pixel_path)
   c.model.spline_bins = 8
   c.model.spline_range = 4.0
   c.model.disc_hidden = 128
@@ -78,8 +80,14 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.stage2.batch_size = 32
   c.stage2.learning_rate = 1e-3
   c.stage2.disc_learning_rate = 1e-3
-  c.stage2.weight_decay = 1e-4
+  c.stage2.weight_decay = 1e-4   # AdamW's, on the trained noise scales
+  c.stage2.coupling_weight_decay = 3.0  # AdamW's on the couplings, toward the identity (each
+                                        # direction toward its ridge start): without it they
+                                        # overfit within a few hundred steps (docs/stage2.md)
   c.stage2.local_forward = 1.0   # ||f(h) - a||^2 on the k signal coordinates
+  c.stage2.local_forward_weighting = 'variance'  # variance: each principal component by its
+                                                 # variance (the error in z-scored response
+                                                 # units) | whitened: each coordinate alike
   c.stage2.local_inverse = 1.0   # ||f^-1(a) - h||^2
   c.stage2.likelihood = 0.01     # -log N(f(h); 0, I) - log|det df/dh|, per dimension
   c.stage2.adversarial = 0.01    # f fools Dis on f(h) vs a

@@ -35,6 +35,7 @@ class Meta:
     adapter_k: k, the adapter's signal coordinates (checkpoints holding a model), else None.
     finished: whether stage 2 had run all its steps.
     selected_steps: stage 2: the step each flow part kept was taken at (model selection).
+    pixel_path: whether the model holds the decoder's pixel path (`flig_jax.pixel_path`).
     cross_validation: stage 2 with `data.folds` >= 2: the cross-validated scores, their standard
       errors and the chosen steps (`training.cross_validation.Selection.to_meta`), else None.
   """
@@ -47,6 +48,7 @@ class Meta:
   adapter_k: int | None = None
   finished: bool = False
   selected_steps: tuple[int, ...] = ()
+  pixel_path: bool = False
   cross_validation: dict[str, Any] | None = None
 
   @classmethod

@@ -142,6 +142,8 @@ RULES: dict[str, Rule] = {
     'stage2.disc_learning_rate': Rule(_POSITIVE, IN_STAGE1),
     'stage2.weight_decay': _WEIGHT,
     'stage2.local_forward': _WEIGHT,
+    'stage2.local_forward_weighting': Rule(OneOf(lambda: ('variance', 'whitened')), IN_STAGE1),
+    'stage2.coupling_weight_decay': _WEIGHT,
     'stage2.local_inverse': _WEIGHT,
     'stage2.likelihood': _WEIGHT,
     'stage2.adversarial': _WEIGHT,

@@ -3,6 +3,7 @@ numpy-friendly `Model` that notebooks and tools use, and `save` / `load` of chec
 
   encode: r_hat = A^-1(f((E(x) - mean) / std))
   decode: x_hat = G(f^-1(A(r)) * std + mean)
+          (with the pixel path: (1 - w) times that + w clip(A(r) P + b), `pixel_path`)
 
 With the augmented flow (the default) f acts on [h, e_h] -> [a, e_a] and the noise coordinates are
 zero at inference: encode reads the first D outputs of f([h, 0]), decode the first D of
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from flig_jax import checkpoint_recovery, checkpointing
+from flig_jax import checkpoint_recovery, checkpointing, pixel_path
 from flig_jax.nn import compiled, precision
 from flig_jax.nn.adapter import ARRAY_NAMES, Adapter
 from flig_jax.nn.autoencoder import Autoencoder
@@ -40,7 +41,9 @@ class FLIG(nn.Module):
   Variables: `params` {'autoencoder', 'flow'}; `stats` {'feature_mean', 'feature_std'} (D,), the
   standardisation of the features (h = (E(x) - mean) / std) set from training features after
   stage 1; `adapter` {'mean', 'scale', 'components', 'sqrt_eig'}, the Adapter's arrays (k comes
-  from their shapes). Build them with `Frozen.variables`.
+  from their shapes); optionally `pixel_path` {'kernel' (D, H*W*C), 'bias', 'weight' ()}, the
+  decoder's blend with a linear pixel map (`flig_jax.pixel_path`; decoding uses it when present).
+  Build them with `Frozen.variables`.
 
   `dtype` is the compute dtype of the autoencoder's layers and the couplings' conditioners (e.g.
   bfloat16, `config.model.dtype`; None: that of the inputs and parameters). Parameters are float32
@@ -152,10 +155,24 @@ class FLIG(nn.Module):
     """A^-1(f(standardise(E(x)))): images (N, H, W, C) -> responses (N, U)."""
     return self.adapter().inverse(self.latent(x))
 
+  def pixel_decode(self, a: Array) -> Array:
+    """The pixel path's linear map: clip(a P + b, 0, 1), adapted responses -> images."""
+    pixels = a @ self._get('pixel_path', 'kernel') + self._get('pixel_path', 'bias')
+    return jnp.clip(pixels, 0.0, 1.0).reshape((a.shape[0],) + tuple(self.image_shape))
+
+  def decode_images(self, a: Array) -> Array:
+    """Adapted responses (N, D) -> images: G(unstandardise(f^-1(a))), blended with the pixel
+    path's map by its weight when the model has one."""
+    images = self.decode_features(self.unstandardise(self.decode_adapted(a)))
+    if not self.has_variable('pixel_path', 'weight'):
+      return images
+    return pixel_path.blend(images, self.pixel_decode(a).astype(images.dtype),
+                            self._get('pixel_path', 'weight').astype(images.dtype))
+
   def decode(self, r: Array, pad: str = 'zeros', rng: Array | None = None) -> Array:
-    """G(unstandardise(f^-1(A(r)))): responses (N, U) -> images (N, H, W, C) in [0, 1]."""
-    a = self.adapter().forward(r, pad=pad, rng=rng)
-    return self.decode_features(self.unstandardise(self.decode_adapted(a)))
+    """G(unstandardise(f^-1(A(r)))) (blended with the pixel path when there is one): responses
+    (N, U) -> images (N, H, W, C) in [0, 1]."""
+    return self.decode_images(self.adapter().forward(r, pad=pad, rng=rng))
 
   def roundtrip(self, x: Array) -> Array:
     """G(unstandardise(f^-1(f(standardise(E(x)))))) on the whole (augmented) vector, which must
@@ -187,11 +204,17 @@ class Frozen:
     feature_mean: (D,) mean of the raw training features E(x).
     feature_std: (D,) their standard deviation (floored at 1e-6).
     adapter: the Adapter fitted on the training responses.
+    pixel_kernel: (D, H * W * C) the pixel path's map (`flig_jax.pixel_path`), or None.
+    pixel_bias: (H * W * C,) its bias, or None.
+    pixel_weight: () the blend's weight w, or None.
   """
   autoencoder: Any
   feature_mean: Array
   feature_std: Array
   adapter: Adapter
+  pixel_kernel: Array | None = None
+  pixel_bias: Array | None = None
+  pixel_weight: Array | None = None
 
   @classmethod
   def fit(cls, autoencoder: Any, features: Any, adapter: Adapter) -> 'Frozen':
@@ -211,9 +234,13 @@ class Frozen:
 
   def variables(self, flow: Any) -> Variables:
     """The FLIG variables with these frozen parts and the flow parameters `flow`."""
-    return {'params': {'autoencoder': self.autoencoder, 'flow': flow},
-            'stats': {'feature_mean': self.feature_mean, 'feature_std': self.feature_std},
-            'adapter': self.adapter.arrays()}
+    variables = {'params': {'autoencoder': self.autoencoder, 'flow': flow},
+                 'stats': {'feature_mean': self.feature_mean, 'feature_std': self.feature_std},
+                 'adapter': self.adapter.arrays()}
+    if self.pixel_kernel is not None:
+      variables['pixel_path'] = {'kernel': self.pixel_kernel, 'bias': self.pixel_bias,
+                                 'weight': self.pixel_weight}
+    return variables
 
 
 def map_in_chunks(fn: Callable[[np.ndarray], Any], x: np.ndarray,
@@ -375,7 +402,7 @@ def _check_meta(meta: checkpointing.Meta) -> None:
 
 def abstract_frozen(module: FLIG, meta: checkpointing.Meta) -> Frozen:
   """Shapes and dtypes of the frozen parts for a module and a checkpoint's meta (`num_units`,
-  `adapter_k`), from `jax.eval_shape`: a target to restore onto."""
+  `adapter_k`, `pixel_path`), from `jax.eval_shape`: a target to restore onto."""
   _check_meta(meta)
   u, k, d = meta.num_units, meta.adapter_k, module.feature_dim
 
@@ -383,8 +410,13 @@ def abstract_frozen(module: FLIG, meta: checkpointing.Meta) -> Frozen:
     adapter = Adapter(mean=jnp.zeros((u,)), scale=jnp.ones((u,)), components=jnp.zeros((u, k)),
                       sqrt_eig=jnp.ones((k,)), dim=d, k=k)
     images = jnp.zeros((1,) + tuple(module.image_shape))
+    pixels = {}
+    if meta.pixel_path:
+      p = int(np.prod(module.image_shape))
+      pixels = {'pixel_kernel': jnp.zeros((d, p)), 'pixel_bias': jnp.zeros((p,)),
+                'pixel_weight': jnp.zeros(())}
     return Frozen(module.init_autoencoder(jax.random.key(0), images), jnp.zeros((d,)),
-                  jnp.ones((d,)), adapter)
+                  jnp.ones((d,)), adapter, **pixels)
 
   return jax.eval_shape(build)
 
@@ -402,11 +434,12 @@ def abstract_variables(config: ml_collections.ConfigDict, meta: checkpointing.Me
 
 def model_meta(variables: Variables, image_shape: tuple[int, int, int],
                **fields: Any) -> checkpointing.Meta:
-  """The meta `load` needs (image_shape, and num_units and adapter_k from the variables), with the
-  other `fields` of `checkpointing.Meta` as given."""
+  """The meta `load` needs (image_shape, and num_units, adapter_k and pixel_path from the
+  variables), with the other `fields` of `checkpointing.Meta` as given."""
   return checkpointing.Meta(image_shape=tuple(int(s) for s in image_shape),
                             num_units=int(variables['adapter']['mean'].shape[0]),
-                            adapter_k=int(variables['adapter']['sqrt_eig'].shape[0]), **fields)
+                            adapter_k=int(variables['adapter']['sqrt_eig'].shape[0]),
+                            pixel_path='pixel_path' in variables, **fields)
 
 
 def save(path: str | os.PathLike, config: ml_collections.ConfigDict, variables: Variables,
@@ -420,7 +453,8 @@ def save(path: str | os.PathLike, config: ml_collections.ConfigDict, variables: 
     raise ValueError('save needs meta.image_shape (H, W, C)')
   shapes = model_meta(variables, meta.image_shape)
   full = dataclasses.replace(meta, step=int(step), num_units=shapes.num_units,
-                             adapter_k=shapes.adapter_k)
+                             adapter_k=shapes.adapter_k,
+                             pixel_path=shapes.pixel_path)
   mgr = checkpointing.manager(path)
   try:
     checkpointing.save(mgr, step, model=variables, config=config, meta=full, force=True)

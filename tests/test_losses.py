@@ -108,7 +108,7 @@ def case(request):
   return model, frozen, flow, disc, disc_params, batch, noise, feature_noise
 
 
-def _reference_terms(flow, case):
+def _reference_terms(flow, case, weighting='variance'):
   """Each term from the module's pieces and textbook formulas (numpy / jax.scipy), not losses.py;
   the log-determinant is that of the Jacobian, not the flow's own. Augmented: the local terms and
   the decoder read the first D coordinates with zero noise, the likelihood and the adversary
@@ -135,7 +135,10 @@ def _reference_terms(flow, case):
   logit = lambda name, v: disc.apply({'params': disc_params[name]}, v)
   images = model.apply(variables, model.apply(variables, h_back, method=FLIG.unstandardise),
                        method=FLIG.decode_features)
-  return {'local_forward': jnp.mean(jnp.sum((z[:, :k] - a[:, :k]) ** 2, axis=1)) / k,
+  # variance: each principal component by its variance, normalised to mean 1 over the k
+  eig = np.asarray(frozen.adapter.sqrt_eig) ** 2
+  weight = eig / eig.mean() if weighting == 'variance' else np.ones(k)
+  return {'local_forward': jnp.mean(jnp.sum(weight * (z[:, :k] - a[:, :k]) ** 2, axis=1)) / k,
           'local_inverse': jnp.mean((h_back - h) ** 2),
           'likelihood': -jnp.mean(log_p) / size,
           'adversarial': -jnp.mean(jax.nn.log_sigmoid(logit('forward', sample))),
@@ -143,11 +146,21 @@ def _reference_terms(flow, case):
           'pixel': jnp.mean((images - x) ** 2)}
 
 
-def _only(term: str):
+def _only(term: str, weighting: str = 'variance'):
   cfg = default.get_config().stage2
   for name in TERMS:
     setattr(cfg, name, 1.0 if name == term else 0.0)
+  cfg.local_forward_weighting = weighting
   return cfg
+
+
+def test_whitened_local_forward_weighs_every_coordinate_alike(case):
+  model, frozen, flow, disc, disc_params, batch, noise, feature_noise = case
+  got = losses.flow_loss(flow, disc_params, frozen, model, disc, batch, noise, feature_noise,
+                         _only('local_forward', 'whitened'))[0]
+  want = _reference_terms(flow, case, 'whitened')['local_forward']
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  assert abs(float(want) - float(_reference_terms(flow, case)['local_forward'])) > 1e-4
 
 
 @pytest.mark.parametrize('term', TERMS)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from flig_jax import checkpointing, data, interrupts, plotting, workdir_lock
+from flig_jax import checkpointing, data, interrupts, pixel_path, plotting, workdir_lock
 from flig_jax import model as model_lib
 from flig_jax.nn import compiled, precision
 from flig_jax.nn import discriminator as disc_lib
@@ -494,8 +494,8 @@ def _first_batch(ctx: Context, arrays: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 def _cross_validate(ctx: Context, autoencoder: Any, raw_features: np.ndarray,
-                    folds: np.ndarray, step_fn: Callable, init: Callable
-                    ) -> cross_validation.Selection:
+                    folds: np.ndarray, step_fn: Callable, init: Callable,
+                    pixel_weight: float | None) -> cross_validation.Selection:
   """Stage 2 on each fold's other folds, validated on the held-out fold at step 0, every
   `eval_every_steps` and at the end; the pooled held-out scores choose each group's step.
 
@@ -513,6 +513,7 @@ def _cross_validate(ctx: Context, autoencoder: Any, raw_features: np.ndarray,
     start_time = time.perf_counter()
     frozen = _fit_frozen(ctx, autoencoder, raw_features[rest], train.responses[rest])
     pairs = jax.device_get(_pairs(frozen, raw_features[rest], train.responses[rest]))
+    frozen = _with_pixel_path(ctx, frozen, pairs, train.images[rest], pixel_weight)
     arrays = _arrays(ctx, pairs, train.images[rest])
     state = init(frozen, _first_batch(ctx, arrays),
                  _linear_pair(ctx, frozen, pairs, None, folds[rest]))
@@ -565,15 +566,19 @@ def stage2(ctx: Context, start: State, meta: checkpointing.Meta | None = None) -
                         flow_tx=flow_tx, disc_tx=disc_tx, cfg=cfg), mesh)
   init = parallel.jit_init(functools.partial(_init_stage2, ctx), mesh)
   folds = fold_ids(ctx)
-  selection = None
+  selection = pixel_weight = None
   if resumed:
     frozen = start.frozen
     if meta is not None and meta.cross_validation:
       selection = cross_validation.Selection.from_meta(meta.cross_validation)
   else:
+    if config.model.pixel_path:
+      with timing.section('selection'):
+        pixel_weight = _pixel_weight(ctx, autoencoder, raw_features, folds)
     if folds is not None and cfg.select_by == 'val_pcc':
       with timing.section('selection'):
-        selection = _cross_validate(ctx, autoencoder, raw_features, folds, step_fn, init)
+        selection = _cross_validate(ctx, autoencoder, raw_features, folds, step_fn, init,
+                                    pixel_weight)
     frozen = _fit_frozen(ctx, autoencoder, raw_features, train.responses)
   if selection is not None:
     for step, scores in selection.rows():
@@ -589,6 +594,8 @@ def stage2(ctx: Context, start: State, meta: checkpointing.Meta | None = None) -
       ctx.log.info(note)
   pairs = jax.device_get(_pairs(frozen, raw_features, train.responses))
   arrays = _arrays(ctx, pairs, train.images)
+  if not resumed:
+    frozen = _with_pixel_path(ctx, frozen, pairs, train.images, pixel_weight)
   val = None
   # The validation pairs serve model selection and the closed-form start's regularisers.
   if _val_size(ctx) and (cfg.select_by == 'val_pcc' or ctx.module.flow_type == 'augmented'):
@@ -607,6 +614,7 @@ def stage2(ctx: Context, start: State, meta: checkpointing.Meta | None = None) -
     meta = dataclasses.replace(
         _base_meta(config, dataset, 2, int(s.step)),
         adapter_k=model_lib.model_meta(variables, dataset.image_shape).adapter_k,
+        pixel_path='pixel_path' in variables,
         selected_steps=tuple(int(v) for v in s.selected_steps()),
         cross_validation=None if selection is None else selection.to_meta())
     checkpointing.save(ctx.mgr, meta.step, state=s, model=variables, config=config, meta=meta)
@@ -630,6 +638,58 @@ def stage2(ctx: Context, start: State, meta: checkpointing.Meta | None = None) -
       validate = functools.partial(parallel.jit_replicated(score, mesh), val=val_set)
   return Stage(2, state, step_fn, _stream(ctx, arrays), cfg.steps, save, validate,
                cfg.eval_every_steps)
+
+
+def _with_pixel_path(ctx: Context, frozen: model_lib.Frozen, pairs: dict[str, np.ndarray],
+                     images: np.ndarray, weight: float | None) -> model_lib.Frozen:
+  """`frozen` with the pixel path (`flig_jax.pixel_path`) fitted on these training pairs (its
+  penalty by cross-validation over them) at blend weight `weight`; as it is when None."""
+  if weight is None:
+    return frozen
+  frozen = jax.device_get(frozen)
+  kernel, bias = pixel_path.fit(pairs['adapted'][:, :frozen.adapter.k], images, None, None,
+                                ctx.module.feature_dim)
+  return parallel.replicate(frozen.replace(
+      pixel_kernel=jnp.asarray(kernel), pixel_bias=jnp.asarray(bias),
+      pixel_weight=jnp.asarray(weight, jnp.float32)), ctx.mesh)
+
+
+def _pixel_weight(ctx: Context, autoencoder: Any, raw_features: np.ndarray,
+                  folds: np.ndarray | None) -> float:
+  """The pixel path's blend weight, chosen from `pixel_path.WEIGHTS` on held-out pairs with the
+  flow at its closed-form start: each fold of `folds` held out in turn (adapter, start and pixel
+  map fitted on the others), else the validation split; 0 (the flow's decoder alone) when there
+  is neither."""
+  train = ctx.dataset.train
+  if folds is not None and len(np.unique(folds)) >= 2:
+    splits = [(folds != f, folds == f) for f in np.unique(folds)]
+    held_images = [train.images[held] for _, held in splits]
+    sources = [(raw_features[rest], train.responses[rest], train.images[rest], folds[rest],
+                raw_features[held], train.responses[held]) for rest, held in splits]
+  elif _val_size(ctx):
+    val = ctx.dataset.val
+    held_images = [val.images]
+    sources = [(raw_features, train.responses, train.images, None,
+                _features(ctx, autoencoder, val.images), val.responses)]
+  else:
+    return 0.0
+  scores = []
+  for (raw, responses, images, rest_folds, held_raw, held_r), held_x in zip(sources, held_images):
+    frozen = _fit_frozen(ctx, autoencoder, raw, responses)
+    pairs = jax.device_get(_pairs(frozen, raw, responses))
+    frozen = _with_pixel_path(ctx, frozen, pairs, images, 0.0)
+    held = jax.device_get(_pairs(frozen, held_raw, held_r))
+    flow = initial_flow_params(ctx.module, jax.random.key(ctx.config.seed + 2),
+                               _first_batch(ctx, _arrays(ctx, pairs, images)),
+                               _linear_pair(ctx, frozen, pairs, None, rest_folds))
+    variables = frozen.variables(flow)
+    autoencoded = compiled.apply(ctx.module, 'decode_images')(variables, held['adapted'])
+    pixels = compiled.apply(ctx.module, 'pixel_decode')(variables, held['adapted'])
+    scores.append(pixel_path.candidate_scores(autoencoded, pixels, held_x))
+  weight = pixel_path.choose(np.concatenate(scores, axis=1))
+  ctx.log.info(f'pixel path: blend weight {weight:g}, chosen from '
+               f'{", ".join(f"{w:g}" for w in pixel_path.WEIGHTS)} on held-out pairs')
+  return weight
 
 
 # --- figures of validation pairs (training pairs when there is no validation split) ---

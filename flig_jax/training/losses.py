@@ -93,7 +93,13 @@ def flow_loss(flow_params: Any, disc_params: Any, frozen: Frozen, model: Any,
   size = y.shape[-1]
   k = jnp.sum(mask)
 
-  local_fwd = jnp.mean(jnp.sum(mask * (z - a) ** 2, axis=-1)) / k
+  weight = mask
+  if cfg.get('local_forward_weighting', 'whitened') == 'variance':
+    # Each principal component by its variance (mean 1 over the k): the error in z-scored
+    # response units, as the MLP baseline measures it, not in whitened coordinates.
+    eig = jnp.pad(frozen.adapter.sqrt_eig ** 2, (0, mask.shape[0] - frozen.adapter.k))
+    weight = eig * k / jnp.sum(eig)
+  local_fwd = jnp.mean(jnp.sum(weight * (z - a) ** 2, axis=-1)) / k
   local_inv = jnp.mean((h_back - h) ** 2)
   nll = jnp.mean(0.5 * jnp.sum(y ** 2, axis=-1) + 0.5 * size * _LOG_2PI - out['logdet']) / size
   # Non-saturating generator loss: f(h) should look like a real adapted response to Dis.

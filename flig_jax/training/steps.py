@@ -184,17 +184,23 @@ def stage2_validate(state: Stage2State, val: validation.ValidationSet, *, model:
 
 
 def flow_optimizer(cfg: ml_collections.ConfigDict, augmented: bool) -> optax.GradientTransformation:
-  """The flow's optimiser; for the augmented flow the linear pair's fitted maps (kernels and
-  biases, the closed-form start) stay fixed: only its noise scales and the couplings train."""
+  """The flow's optimiser. For the augmented flow the linear pair's fitted maps (kernels and
+  biases, the closed-form start) stay fixed; its noise scales train with `weight_decay`, the
+  couplings with `coupling_weight_decay`, which pulls them back toward the identity, i.e. each
+  direction toward its ridge start."""
   train = optimizer(cfg.learning_rate, cfg.weight_decay, cfg.steps)
   if not augmented:
     return train
+  coupling = optimizer(cfg.learning_rate, cfg.get('coupling_weight_decay', cfg.weight_decay),
+                       cfg.steps)
 
   def label(path, _):
     names = [getattr(key, 'key', '') for key in path]
-    fixed = names[0] == 'linear_pair' and not names[-1].endswith('log_scale')
-    return 'fixed' if fixed else 'train'
+    if names[0] == 'linear_pair' and not names[-1].endswith('log_scale'):
+      return 'fixed'
+    return 'coupling' if names[0].endswith('coupling') else 'train'
 
   def labels(params):
     return jax.tree_util.tree_map_with_path(label, params)
-  return optax.multi_transform({'train': train, 'fixed': optax.set_to_zero()}, labels)
+  return optax.multi_transform({'train': train, 'coupling': coupling,
+                                'fixed': optax.set_to_zero()}, labels)

@@ -68,10 +68,10 @@ def _leave_one_out_pearson(a: jax.Array, b: jax.Array) -> jax.Array:
 
 def predictions(module: Any, variables: Any, features: jax.Array,
                 adapted: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """The flow's decoded images G(f^-1(A(r))) (M, H, W, C) and encoded responses A^-1(f(h))
+  """The flow's decoded images G(f^-1(A(r))) (M, H, W, C; blended with the pixel path when the
+  variables hold one) and encoded responses A^-1(f(h))
   (M, U) of held-out pairs given as standardised features h and adapted responses A(r)."""
-  decoded = module.apply(variables, adapted, method=lambda m, a: m.decode_features(
-      m.unstandardise(m.decode_adapted(a))))
+  decoded = module.apply(variables, adapted, method=lambda m, a: m.decode_images(a))
   encoded = module.apply(variables, features,
                          method=lambda m, h: m.adapter().inverse(m.encode_standardised(h)))
   return decoded, encoded

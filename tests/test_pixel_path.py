@@ -1,0 +1,85 @@
+"""The decoder's pixel path: the linear map, the candidate scores and the choice of the blend
+weight, and FLIG's decoding through it."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flig_jax import pixel_path
+from flig_jax.evaluation import metrics
+from flig_jax.model import FLIG, Frozen
+from flig_jax.nn.adapter import Adapter
+
+SHAPE = (12, 12, 1)
+
+
+def _images(rng, n):
+  return rng.uniform(0.2, 0.8, size=(n,) + SHAPE).astype(np.float32)
+
+
+def test_fit_recovers_a_linear_map_and_ignores_the_padding():
+  rng = np.random.default_rng(0)
+  n, k, dim, p = 400, 6, 9, int(np.prod(SHAPE))
+  signal = rng.normal(size=(n, k))
+  true = rng.normal(size=(k, p)) * 0.02
+  images = (0.5 + signal @ true).reshape((n,) + SHAPE)
+  val_signal = rng.normal(size=(50, k))
+  val_images = (0.5 + val_signal @ true).reshape((50,) + SHAPE)
+  kernel, bias = pixel_path.fit(signal, images, val_signal, val_images, dim)
+  assert kernel.shape == (dim, p) and bias.shape == (p,)
+  assert not np.any(kernel[k:])                      # the padding rows are zero
+  padded = np.concatenate([val_signal, rng.normal(size=(50, dim - k))], axis=1)
+  np.testing.assert_allclose(padded @ kernel + bias, val_images.reshape(50, -1), atol=2e-3)
+
+
+def test_candidate_scores_are_the_per_image_scores_of_each_blend():
+  rng = np.random.default_rng(1)
+  images = _images(rng, 7)
+  good = np.clip(images + 0.05 * rng.normal(size=images.shape), 0, 1).astype(np.float32)
+  bad = _images(rng, 7)
+  weights = (0.0, 0.5, 1.0)
+  scores = pixel_path.candidate_scores(bad, good, images, weights)
+  assert scores.shape == (3, 7)
+  expected = metrics.per_image_pcc(bad, images) + metrics.per_image_ssim(bad, images)
+  np.testing.assert_allclose(scores[0], expected, rtol=1e-5)
+  np.testing.assert_allclose(scores[2], pixel_path.image_scores(good, images), rtol=1e-5)
+  assert pixel_path.choose(scores, weights) == 1.0   # the pixel path decodes better
+  assert pixel_path.choose(pixel_path.candidate_scores(good, bad, images, weights),
+                           weights) == 0.0
+
+
+def test_choose_takes_the_smallest_weight_on_a_tie():
+  assert pixel_path.choose(np.ones((5, 4))) == 0.0
+  assert pixel_path.choose(np.array([[0.1, 0.2], [0.3, 0.3], [0.3, 0.3]]),
+                           (0.0, 0.5, 1.0)) == 0.5
+
+
+def test_scores_are_pcc_alone_below_the_ssim_window():
+  rng = np.random.default_rng(2)
+  small = rng.uniform(size=(4, 8, 8, 1)).astype(np.float32)
+  decoded = rng.uniform(size=(4, 8, 8, 1)).astype(np.float32)
+  np.testing.assert_allclose(pixel_path.image_scores(decoded, small),
+                             metrics.per_image_pcc(decoded, small), rtol=1e-6)
+
+
+@pytest.mark.parametrize('weight', [0.0, 0.25, 1.0])
+def test_flig_decodes_through_the_blend(weight):
+  rng = np.random.default_rng(3)
+  d, n, units = 4, 16, 5
+  module = FLIG(image_shape=SHAPE, feature_dim=d, cae_widths=(4, 8), flow_hidden=8,
+                flow_type='augmented')
+  x = jnp.asarray(_images(rng, n))
+  r = rng.normal(size=(n, units)).astype(np.float32)
+  adapter = Adapter.fit(r, d)
+  ae = module.init_autoencoder(jax.random.key(0), x)
+  plain = Frozen(ae, jnp.zeros(d), jnp.ones(d), adapter)
+  flow = module.init_flow(jax.random.key(1), jnp.asarray(rng.normal(size=(n, d)), jnp.float32))
+  kernel = jnp.asarray(rng.normal(size=(d, int(np.prod(SHAPE)))) * 0.1, jnp.float32)
+  bias = jnp.full((int(np.prod(SHAPE)),), 0.5)
+  blended = plain.replace(pixel_kernel=kernel, pixel_bias=bias, pixel_weight=jnp.asarray(weight))
+  through_g = module.apply(plain.variables(flow), r, method=FLIG.decode)
+  a = adapter.forward(jnp.asarray(r))
+  pixels = np.clip(np.asarray(a @ kernel + bias), 0, 1).reshape((n,) + SHAPE)
+  got = module.apply(blended.variables(flow), r, method=FLIG.decode)
+  np.testing.assert_allclose(got, (1 - weight) * through_g + weight * pixels, atol=1e-5)
