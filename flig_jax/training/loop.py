@@ -11,6 +11,7 @@ the config) -> `make_context` -> `restore_or_init` (that checkpoint's state, or 
 state) -> `stage1` -> `run_stage` -> `stage2` -> `run_stage`.
 """
 
+import contextlib
 import dataclasses
 import functools
 import signal
@@ -40,6 +41,7 @@ from flig_jax.training import (
   progress,
   resume,
   steps,
+  timing,
   validation,
 )
 
@@ -97,7 +99,8 @@ def make_context(config: ml_collections.ConfigDict, workdir: str | Path,
   workdir = Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = parallel.make_mesh()
-  dataset = data.from_config(config)
+  with timing.section('data'):
+    dataset = data.from_config(config)
   module = model_lib.FLIG.from_config(config.model, dataset.image_shape)
   mgr = checkpointing.manager(workdir, keep=config.checkpoint.keep)
   log = progress.RunLog(workdir, stage1_steps=config.stage1.steps, resume_step=resume_step)
@@ -126,25 +129,41 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
   saved config's model, data and optimiser fields unless `allow_config_change`
   (`resume.start_point`). SIGTERM, like Ctrl-C, saves at the next step boundary, then raises
   `Preempted`.
+
+  A finished run ends its `metrics.jsonl` with a row of where its wall time went ('time_s':
+  seconds per `timing.PARTS` part and 'total'), from the active `timing.Breakdown` (the one
+  train.py starts on its first line) or, without one, from this call on.
   """
-  parallel.maybe_initialize_distributed(config.distributed)
-  writer = jax.process_index() == 0
-  with _TerminateRaises(), workdir_lock.WorkdirLock(Path(workdir), active=writer,
-                                                    note=progress.note):
-    latest = resume.start_point(config, workdir, allow_config_change=allow_config_change,
-                                writer=writer, note=progress.note)
+  with contextlib.ExitStack() as stack:
+    if timing.active() is None:
+      stack.enter_context(timing.Breakdown())
+    parallel.maybe_initialize_distributed(config.distributed)
+    writer = jax.process_index() == 0
+    stack.enter_context(_TerminateRaises())
+    stack.enter_context(workdir_lock.WorkdirLock(Path(workdir), active=writer,
+                                                 note=progress.note))
+    with timing.section('setup'):
+      latest = resume.start_point(config, workdir, allow_config_change=allow_config_change,
+                                  writer=writer, note=progress.note)
     return _train(config, workdir, latest)
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str | Path,
            latest: checkpointing.Meta | None) -> Path:
-  ctx = make_context(config, workdir, resume_step=latest.step if latest else 0)
+  with timing.section('setup'):
+    ctx = make_context(config, workdir, resume_step=latest.step if latest else 0)
   try:
-    state = restore_or_init(ctx, latest)
+    with timing.section('setup'):
+      state = restore_or_init(ctx, latest)
     if isinstance(state, steps.Stage1State):
-      state = run_stage(ctx, stage1(ctx, state))
-      _stage1_figure(ctx, state.params, int(state.step))
-    state = run_stage(ctx, stage2(ctx, state, latest))
+      with timing.section('stage1'):
+        state = run_stage(ctx, stage1(ctx, state))
+      with timing.section('figures'):
+        _stage1_figure(ctx, state.params, int(state.step))
+    with timing.section('fits'):
+      stage = stage2(ctx, state, latest)
+    with timing.section('stage2'):
+      state = run_stage(ctx, stage)
     if int(state.best_step.min()) >= 0 and bool(jnp.all(jnp.isfinite(state.best_score))):
       kept = ', '.join(f'{name} {float(score):.4f} at step {int(step)}' for (name, _), score, step
                        in zip(validation.GROUPS[ctx.module.flow_type], state.best_score,
@@ -154,7 +173,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
                                         config.stage2.select_margin)
       if note:
         ctx.log.info(note)
-    _stage2_figure(ctx, state.model_variables(), state.selected_steps())
+    with timing.section('figures'):
+      _stage2_figure(ctx, state.model_variables(), state.selected_steps())
+    with timing.section('checkpoints'):
+      ctx.mgr.wait_until_finished()
+    timer = timing.active()
+    if timer is not None:
+      timer.stop()
+      ctx.log.record_times(2, int(state.step), timer.seconds())
   finally:
     # The progress bar ends its line first: a save that fails in the background raises here, and
     # its one-line error must not land on the bar's line.
@@ -275,7 +301,9 @@ def run_stage(ctx: Context, stage: Stage) -> State:
       if stage.validate is not None and (done % stage.validate_every == 0 or done == total):
         state = _validate(log, stage, state, done)
       if (at_save or interrupt.requested) and done != saved:
-        stage.save(state)
+        jax.block_until_ready(state)  # the steps' time stays the stage's
+        with timing.section('checkpoints'):
+          stage.save(state)
         saved = done
       if interrupt.requested:
         checkpoint = _base_meta(config, ctx.dataset, number, done).step
@@ -295,9 +323,13 @@ _add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
 def _validate(log: progress.RunLog, stage: Stage, state: State, done: int) -> State:
   """Scores the current flow on the validation split, logs the scores, keeps the better flow (or
   keeps the parameter groups whose cross-validated step this is)."""
-  state, scores = stage.validate(state)
-  if scores:
-    log.write(done, {k: float(v) for k, v in jax.device_get(scores).items()})
+  jax.block_until_ready(state)  # the steps' time stays the stage's
+  with timing.section('validation'):
+    state, scores = stage.validate(state)
+    if scores:
+      log.write(done, {k: float(v) for k, v in jax.device_get(scores).items()})
+    else:
+      jax.block_until_ready(state)
   return state
 
 
@@ -541,10 +573,12 @@ def stage2(ctx: Context, start: State, meta: checkpointing.Meta | None = None) -
       selection = cross_validation.Selection.from_meta(meta.cross_validation)
   else:
     if config.model.pixel_path:
-      pixel_weight = _pixel_weight(ctx, autoencoder, raw_features, folds)
+      with timing.section('selection'):
+        pixel_weight = _pixel_weight(ctx, autoencoder, raw_features, folds)
     if folds is not None and cfg.select_by == 'val_pcc':
-      selection = _cross_validate(ctx, autoencoder, raw_features, folds, step_fn, init,
-                                  pixel_weight)
+      with timing.section('selection'):
+        selection = _cross_validate(ctx, autoencoder, raw_features, folds, step_fn, init,
+                                    pixel_weight)
     frozen = _fit_frozen(ctx, autoencoder, raw_features, train.responses)
   if selection is not None:
     for step, scores in selection.rows():
