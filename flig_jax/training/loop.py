@@ -11,6 +11,7 @@ the config) -> `make_context` -> `restore_or_init` (that checkpoint's state, or 
 state) -> `stage1` -> `run_stage` -> `stage2` -> `run_stage`.
 """
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from flig_jax import checkpointing, data, interrupts, pixel_path, plotting, workdir_lock
+from flig_jax import checkpointing, data, interrupts, pixel_path, workdir_lock
 from flig_jax import model as model_lib
 from flig_jax.nn import compiled, precision
 from flig_jax.nn import discriminator as disc_lib
@@ -152,6 +153,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
            latest: checkpointing.Meta | None) -> Path:
   with timing.section('setup'):
     ctx = make_context(config, workdir, resume_step=latest.step if latest else 0)
+  figures = _FigureWriter()
   try:
     with timing.section('setup'):
       state = restore_or_init(ctx, latest)
@@ -159,7 +161,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
       with timing.section('stage1'):
         state = run_stage(ctx, stage1(ctx, state))
       with timing.section('figures'):
-        _stage1_figure(ctx, state.params, int(state.step))
+        _stage1_figure(ctx, state.params, int(state.step), figures)
     with timing.section('fits'):
       stage = stage2(ctx, state, latest)
     with timing.section('stage2'):
@@ -174,7 +176,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
       if note:
         ctx.log.info(note)
     with timing.section('figures'):
-      _stage2_figure(ctx, state.model_variables(), state.selected_steps())
+      _stage2_figure(ctx, state.model_variables(), state.selected_steps(), figures)
+      figures.wait()
     with timing.section('checkpoints'):
       ctx.mgr.wait_until_finished()
     timer = timing.active()
@@ -182,6 +185,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
       timer.stop()
       ctx.log.record_times(2, int(state.step), timer.seconds())
   finally:
+    figures.close()
     # The progress bar ends its line first: a save that fails in the background raises here, and
     # its one-line error must not land on the bar's line.
     ctx.log.close()
@@ -700,18 +704,45 @@ def _figure_split(dataset):
   return (dataset.val, 'val') if len(dataset.val) else (dataset.train, 'train')
 
 
-def _stage1_figure(ctx: Context, ae_params: Any, step: int) -> None:
+class _FigureWriter:
+  """Draws and writes the training figures in one background thread, so that matplotlib's import
+  and drawing overlap the work that follows (stage 1's figure overlaps stage 2's set-up and
+  steps). The arrays are computed before `submit`; `wait` re-raises a drawing's error."""
+
+  def __init__(self):
+    self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='figures')
+    self._pending: list[concurrent.futures.Future] = []
+
+  def submit(self, *args: Any, **kwargs: Any) -> None:
+    """Queues `plotting.reconstruction_grid(*args, **kwargs)`."""
+    def draw():
+      from flig_jax import plotting  # pylint: disable=g-import-not-at-top
+      plotting.reconstruction_grid(*args, **kwargs)
+    self._pending.append(self._pool.submit(draw))
+
+  def wait(self) -> None:
+    """Waits for the queued figures; raises the first error one of them met."""
+    pending, self._pending = self._pending, []
+    for future in pending:
+      future.result()
+
+  def close(self) -> None:
+    """Waits for the thread to end (a figure's error is left to `wait`)."""
+    self._pool.shutdown(wait=True)
+
+
+def _stage1_figure(ctx: Context, ae_params: Any, step: int, figures: _FigureWriter) -> None:
   if jax.process_index() != 0:
     return
   split, name = _figure_split(ctx.dataset)
   x = split.images[:ctx.config.num_figure_images]
   recon = compiled.apply(ctx.module, 'reconstruct')({'params': {'autoencoder': ae_params}}, x)
-  plotting.reconstruction_grid(x, {f'G(E(x)) [{name}]': np.asarray(recon)},
-                               str(ctx.workdir / 'stage1_reconstructions.png'), n=len(x),
-                               title=f'{ctx.dataset.name}, {name} split: stage 1 at step {step}')
+  figures.submit(x, {f'G(E(x)) [{name}]': np.asarray(recon)},
+                 str(ctx.workdir / 'stage1_reconstructions.png'), n=len(x),
+                 title=f'{ctx.dataset.name}, {name} split: stage 1 at step {step}')
 
 
-def _stage2_figure(ctx: Context, variables: Any, kept_steps: Any) -> None:
+def _stage2_figure(ctx: Context, variables: Any, kept_steps: Any, figures: _FigureWriter) -> None:
   if jax.process_index() != 0:
     return
   split, name = _figure_split(ctx.dataset)
@@ -722,5 +753,5 @@ def _stage2_figure(ctx: Context, variables: Any, kept_steps: Any) -> None:
   r = split.responses[:ctx.config.num_figure_images]
   recons = {'G(E(x))': compiled.apply(ctx.module, 'reconstruct')(variables, x),
             f'decode(r) [{name}]': compiled.apply(ctx.module, 'decode')(variables, r)}
-  plotting.reconstruction_grid(x, {k: np.asarray(v) for k, v in recons.items()},
-                               str(ctx.workdir / 'stage2_decoding.png'), n=len(x), title=title)
+  figures.submit(x, {k: np.asarray(v) for k, v in recons.items()},
+                 str(ctx.workdir / 'stage2_decoding.png'), n=len(x), title=title)
