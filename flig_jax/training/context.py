@@ -10,7 +10,7 @@ import ml_collections
 
 from flig_jax import checkpointing, data
 from flig_jax.nn.flig import FLIG
-from flig_jax.training import parallel, progress
+from flig_jax.training import parallel, progress, timing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +49,8 @@ def make_context(config: ml_collections.ConfigDict, workdir: str | Path,
   workdir = Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = parallel.make_mesh()
-  dataset = data.from_config(config)
+  with timing.section('data'):
+    dataset = data.from_config(config)
   module = FLIG.from_config(config.model, dataset.image_shape)
   mgr = checkpointing.manager(workdir, keep=config.checkpoint.keep)
   log = progress.RunLog(workdir, stage1_steps=config.stage1.steps, resume_step=resume_step)

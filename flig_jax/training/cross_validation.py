@@ -106,8 +106,8 @@ class Selection:
       gain = score - score[0]
       if step:
         i = self.steps.index(step)
-        why = (f'gain {gain[i]:+.4f} over step 0 ({score[0]:.4f}) is {gain[i] / se[i]:.1f} '
-               f'SE > {margin:g}')
+        why = (f'gain {gain[i]:+.4f} over step 0 ({score[0]:.4f}) is '
+               f'{gain[i] / max(se[i], 1e-12):.1f} SE > {margin:g}')
       elif best == 0:
         why = f'no later step scored above step 0 ({score[0]:.4f})'
       else:

@@ -11,6 +11,7 @@ the config) -> `context.make_context` -> `restore_or_init` (that checkpoint's st
 stage-1 state) -> `stage1` -> `run_stage` -> `stage2` -> `run_stage`.
 """
 
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable
@@ -21,9 +22,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from flig_jax import checkpointing, data, plotting, workdir_lock
+from flig_jax import checkpointing, data, workdir_lock
 from flig_jax import model as model_lib
-from flig_jax.nn import compiled
 from flig_jax.nn.flig import Frozen
 from flig_jax.training import (
   TrainingDiverged,
@@ -36,9 +36,11 @@ from flig_jax.training import (
   signals,
   stage2_data,
   steps,
+  timing,
   train_state,
   validation,
 )
+from flig_jax.training.figures import FigureWriter
 
 State = train_state.Stage1State | train_state.Stage2State
 
@@ -70,35 +72,60 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
   (`resume.start_point`). SIGTERM, like Ctrl-C, saves at the next step boundary, then raises
   `Preempted`. JAX's distributed runtime is started here (`config.distributed` or
   FLIG_DISTRIBUTED=1), before anything touches a device; `on_start` is called right after.
+
+  A finished run ends its `metrics.jsonl` with a row of where its wall time went ('time_s':
+  seconds per `timing.PARTS` part and 'total'), from the active `timing.Breakdown` (the one
+  train.py starts on its first line) or, without one, from this call on.
   """
-  parallel.maybe_initialize_distributed(config.distributed)
-  if on_start is not None:
-    on_start()
-  writer = jax.process_index() == 0
-  lock = workdir_lock.WorkdirLock(Path(workdir), active=writer, note=progress.note)
-  with signals.TerminateRaises(), lock:
-    latest = resume.start_point(config, workdir, allow_config_change=allow_config_change,
-                                writer=writer, note=progress.note)
+  with contextlib.ExitStack() as stack:
+    if timing.active() is None:
+      stack.enter_context(timing.Breakdown())
+    parallel.maybe_initialize_distributed(config.distributed)
+    if on_start is not None:
+      on_start()
+    writer = jax.process_index() == 0
+    stack.enter_context(signals.TerminateRaises())
+    stack.enter_context(workdir_lock.WorkdirLock(Path(workdir), active=writer,
+                                                 note=progress.note))
+    with timing.section('setup'):
+      latest = resume.start_point(config, workdir, allow_config_change=allow_config_change,
+                                  writer=writer, note=progress.note)
     return _train(config, workdir, latest)
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str | Path,
            latest: checkpointing.Meta | None) -> Path:
-  ctx = context.make_context(config, workdir, resume_step=latest.step if latest else 0)
+  with timing.section('setup'):
+    ctx = context.make_context(config, workdir, resume_step=latest.step if latest else 0)
+  figures = FigureWriter(ctx)
   try:
-    state = restore_or_init(ctx, latest)
+    with timing.section('setup'):
+      state = restore_or_init(ctx, latest)
     if isinstance(state, train_state.Stage1State):
-      state = run_stage(ctx, stage1(ctx, state))
-      _figure(ctx, 1, {'params': {'autoencoder': state.params}},
-              f'stage 1 at step {int(state.step)}')
-    state = run_stage(ctx, stage2(ctx, state, latest))
+      with timing.section('stage1'):
+        state = run_stage(ctx, stage1(ctx, state))
+      with timing.section('figures'):
+        figures.stage1(state.params, int(state.step))
+    with timing.section('fits'):
+      stage = stage2(ctx, state, latest)
+    with timing.section('stage2'):
+      state = run_stage(ctx, stage)
     for line in validation.kept_lines(ctx.module.flow_type, state.best_score, state.best_step,
                                       config.stage2.select_margin):
       ctx.log.info(line)
     kept = ', '.join(f'{group.removeprefix("val_")} at step {int(step)}' for (group, _), step
                      in zip(validation.GROUPS[ctx.module.flow_type], state.selected_steps()))
-    _figure(ctx, 2, state.model_variables(), f'stage 2, flow kept {kept}')
+    with timing.section('figures'):
+      figures.stage2(state.model_variables(), kept)
+      figures.wait()
+    with timing.section('checkpoints'):
+      ctx.mgr.wait_until_finished()
+    timer = timing.active()
+    if timer is not None:
+      timer.stop()
+      ctx.log.record_times(2, int(state.step), timer.seconds())
   finally:
+    figures.close()
     # The progress bar ends its line first: a save that fails in the background raises here, and
     # its one-line error must not land on the bar's line.
     ctx.log.close()
@@ -171,7 +198,9 @@ def run_stage(ctx: context.Context, stage: Stage) -> State:
       if stage.validate is not None and (done % stage.validate_every == 0 or done == total):
         state = _validate(log, stage, state, done)
       if (at_save or interrupt.requested) and done != saved:
-        stage.save(state)
+        jax.block_until_ready(state)  # the steps' time stays the stage's
+        with timing.section('checkpoints'):
+          stage.save(state)
         saved = done
       if interrupt.requested:
         checkpoint = ctx.workdir / checkpointing.CHECKPOINT_SUBDIR / str(
@@ -187,9 +216,13 @@ _add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
 def _validate(log: progress.RunLog, stage: Stage, state: State, done: int) -> State:
   """Scores the current flow on the validation split, logs the scores, keeps the better flow (or
   keeps the parameter groups whose cross-validated step this is)."""
-  state, scores = stage.validate(state)
-  if scores:
-    log.write(done, {k: float(v) for k, v in jax.device_get(scores).items()})
+  jax.block_until_ready(state)  # the steps' time stays the stage's
+  with timing.section('validation'):
+    state, scores = stage.validate(state)
+    if scores:
+      log.write(done, {k: float(v) for k, v in jax.device_get(scores).items()})
+    else:
+      jax.block_until_ready(state)
   return state
 
 
@@ -259,12 +292,15 @@ def stage2(ctx: context.Context, start: State, meta: checkpointing.Meta | None =
   folds = data.config_fold_ids(config, dataset.train)
   selection = pixel_weight = None
   if not resumed and config.model.pixel_path:
-    pixel_weight = stage2_data.pixel_weight(ctx, autoencoder, raw_features, folds)
+    with timing.section('selection'):
+      pixel_weight = stage2_data.pixel_weight(ctx, autoencoder, raw_features, folds)
   if resumed and meta is not None and meta.cross_validation:
     selection = cross_validation.Selection.from_meta(meta.cross_validation)
   elif not resumed and folds is not None and cfg.select_by == 'val_pcc':
-    selection = cross_validation.stage2(ctx, autoencoder, raw_features, folds, step_fn, init,
-                                        lambda s: _check_finite(2, s, ctx.workdir), pixel_weight)
+    with timing.section('selection'):
+      selection = cross_validation.stage2(ctx, autoencoder, raw_features, folds, step_fn, init,
+                                          lambda s: _check_finite(2, s, ctx.workdir),
+                                          pixel_weight)
   if selection is not None:
     cross_validation.report(selection, ctx.log, ctx.module.flow_type, cfg.select_margin,
                             int(start.step) if resumed else None)
@@ -303,19 +339,3 @@ def stage2(ctx: context.Context, start: State, meta: checkpointing.Meta | None =
       validate = functools.partial(parallel.jit_replicated(score, mesh), val=val_set)
   return Stage(2, state, step_fn, stage2_data.stream(config, inputs.arrays), cfg.steps, save,
                validate, cfg.eval_every_steps)
-
-
-def _figure(ctx: context.Context, stage: int, variables: Any, title: str) -> None:
-  """Writes stage `stage`'s figure of the first validation pairs (training pairs when there is no
-  validation split: the test split stays unseen), titled with the dataset, the split and `title`."""
-  if jax.process_index() != 0:
-    return
-  split, name = (ctx.dataset.val, 'val') if len(ctx.dataset.val) else (ctx.dataset.train, 'train')
-  x, r = split.images[:ctx.config.num_figure_images], split.responses[:ctx.config.num_figure_images]
-  recon = compiled.apply(ctx.module, 'reconstruct')(variables, x)
-  title = f'{ctx.dataset.name}, {name} split: {title}'
-  if stage == 1:
-    plotting.stage1_figure(x, recon, name, ctx.workdir, title)
-  else:
-    decoded = compiled.apply(ctx.module, 'decode')(variables, r)
-    plotting.stage2_figure(x, recon, decoded, name, ctx.workdir, title)
