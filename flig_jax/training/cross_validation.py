@@ -230,9 +230,10 @@ def stage2(ctx: Any, autoencoder: Any, raw_features: np.ndarray, folds: np.ndarr
 
 
 def report(selection: Selection, log: Any, flow_type: str, margin: float,
-           resumed_at: int | None) -> None:
+           resumed_at: int | None, pixel_weight: float | None = None) -> None:
   """Logs the cross-validation's rows to `log` (a `progress.RunLog`; a resumed run's log keeps
-  those up to its checkpoint, `metrics_file.trim`) and the steps it chose."""
+  those up to its checkpoint, `metrics_file.trim`) and the steps it chose (`pixel_weight`: the
+  decoder's pixel-path blend weight, said in the note when stage 2 keeps its start)."""
   for step, scores in selection.rows():
     if resumed_at is None or step > resumed_at:
       log.record(2, step, scores)
@@ -240,6 +241,6 @@ def report(selection: Selection, log: Any, flow_type: str, margin: float,
     log.info(f'stage 2 keeps {line}')
   note = validation.kept_start_note(
       flow_type, selection.chosen_steps(validation.GROUPS[flow_type]), margin,
-      f'{selection.folds}-fold cross-validation over the training pairs')
+      f'{selection.folds}-fold cross-validation over the training pairs', pixel_weight)
   if note:
     log.info(note)

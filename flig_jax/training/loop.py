@@ -303,7 +303,7 @@ def stage2(ctx: context.Context, start: State, meta: checkpointing.Meta | None =
                                           pixel_weight)
   if selection is not None:
     cross_validation.report(selection, ctx.log, ctx.module.flow_type, cfg.select_margin,
-                            int(start.step) if resumed else None)
+                            int(start.step) if resumed else None, pixel_weight)
   inputs = stage2_data.prepare(config, ctx.module, dataset, autoencoder, raw_features, mesh,
                                start.frozen if resumed else None, pixel_weight)
   state = start if resumed else init(
