@@ -16,7 +16,7 @@ from benchmarks.torch_port import steps as port
 from configs import default
 from flig_jax.nn.adapter import Adapter
 from flig_jax.nn.flig import FLIG, Frozen
-from flig_jax.training import augment, steps, train_state
+from flig_jax.training import augment, losses, steps, train_state
 
 IMAGE_SHAPE = (28, 28, 1)  # digit69's images; 28 -> 14 -> 7 exercises the uneven 'SAME' padding
 D, UNITS, N = 8, 5, 16  # UNITS < D: the adapter pads D - k coordinates
@@ -122,7 +122,9 @@ def test_stage2_losses_equal_flig_jax(flow_type):
   weights.load_flow(flow, jax.device_get(flow_params))
   disc = nets.Discriminator(D, config.model.disc_hidden)
   weights.load_discriminator(disc, jax.device_get(disc_params['forward']))
-  trainer = port.Stage2(flow, disc, torch.from_numpy(np.array(frozen.signal_mask)), cfg)
+  trainer = port.Stage2(flow, disc, torch.from_numpy(np.array(frozen.signal_mask)), cfg,
+                        forward_weight=torch.from_numpy(np.array(losses.forward_weight(frozen,
+                                                                                     cfg))))
   batch = {'features': features, 'adapted': adapted}
   for step in range(STEPS):
     draws = _draws(state, N, cfg.mixup)
