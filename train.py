@@ -14,6 +14,10 @@ fields of the config that shape the model, data or optimiser must then be those 
 saves a checkpoint at the next step and stops (exit status 130 or 143).
 """
 
+import time
+
+_STARTED = time.perf_counter()  # the run's time breakdown counts from here
+
 import sys
 
 from flig_jax import interrupts
@@ -49,7 +53,8 @@ def main(argv):
   config = _CONFIG.value
   workdir = _WORKDIR.value or f'runs/{config.data.name}'
   cli.exit_with(cli.run_training(config, workdir, source=_config_source(),
-                                allow_config_change=_ALLOW_CONFIG_CHANGE.value))
+                                allow_config_change=_ALLOW_CONFIG_CHANGE.value,
+                                started=_STARTED))
 
 
 if __name__ == '__main__':

@@ -17,11 +17,10 @@ import numpy as np
 
 from benchmarks import synthetic_nsd, timing
 from configs import default
-from flig_jax.model import FLIG, Frozen
 from flig_jax.nn import compiled
 from flig_jax.nn.adapter import Adapter
-from flig_jax.nn.discriminator import Discriminator
-from flig_jax.training import steps
+from flig_jax.nn.flig import FLIG, Frozen
+from flig_jax.training import steps, train_state
 
 WARMUP = 1
 
@@ -57,14 +56,9 @@ def _timed_steps(step: Any, state: Any, batches: list[Any]) -> dict[str, float]:
 def _stage1(image_shape: tuple[int, int, int], config: Any) -> tuple[Any, Any, FLIG]:
   """The jitted stage-1 step (state donated) and a fresh state, as the training loop builds them."""
   model = FLIG.from_config(config.model, image_shape)
-  cfg = config.stage1
-  tx = steps.optimizer(cfg.learning_rate, cfg.weight_decay, cfg.steps)
-  rng = jax.random.key(config.seed)
-  params = model.init_autoencoder(rng, jnp.zeros((1,) + image_shape))
-  state = steps.Stage1State(step=jnp.zeros((), jnp.int32), params=params,
-                            opt_state=tx.init(params), rng=jax.random.fold_in(rng, 1),
-                            nonfinite_step=jnp.full((), -1, jnp.int32))
-  step = jax.jit(functools.partial(steps.stage1_step, model=model, tx=tx, cfg=cfg),
+  state = train_state.create_stage1_state(jax.random.key(config.seed), config, model,
+                                          jnp.zeros((1,) + image_shape))
+  step = jax.jit(functools.partial(steps.stage1_step, model=model, cfg=config.stage1),
                  donate_argnums=0)
   return step, state, model
 
@@ -94,7 +88,6 @@ def stage2_dim(dim: int, batch_size: int, count: int) -> dict:
   config.model.feature_dim = dim
   image_shape = (28, 28, 1)
   model = FLIG.from_config(config.model, image_shape)
-  cfg = config.stage2
   adapter = Adapter(mean=jnp.zeros(dim), scale=jnp.ones(dim), components=jnp.eye(dim),
                     sqrt_eig=jnp.ones(dim), dim=dim, k=dim)
   rng = np.random.default_rng(0)
@@ -102,22 +95,10 @@ def stage2_dim(dim: int, batch_size: int, count: int) -> dict:
   batches = [{'features': jnp.asarray(rng.standard_normal((batch_size, dim)), jnp.float32),
               'adapted': jnp.asarray(rng.standard_normal((batch_size, dim)), jnp.float32),
               'images': images} for _ in range(WARMUP + count)]
-  k_flow, k_fwd, k_inv, k_state = jax.random.split(jax.random.key(0), 4)
-  discriminator = Discriminator(config.model.disc_hidden)
-  flow_tx = steps.optimizer(cfg.learning_rate, cfg.weight_decay, cfg.steps)
-  disc_tx = steps.optimizer(cfg.disc_learning_rate, 0.0, cfg.steps)
-  flow_params = model.init_flow(k_flow, batches[0]['features'])
-  probe = jnp.zeros((1, dim))
-  disc_params = {'forward': discriminator.init(k_fwd, probe)['params'],
-                 'inverse': discriminator.init(k_inv, probe)['params']}
-  state = steps.Stage2State(
-      step=jnp.zeros((), jnp.int32), flow_params=flow_params, disc_params=disc_params,
-      flow_opt_state=flow_tx.init(flow_params), disc_opt_state=disc_tx.init(disc_params),
-      rng=k_state, nonfinite_step=jnp.full((), -1, jnp.int32),
-      frozen=_frozen(model, adapter, images),
-      **steps.Stage2State.no_selection(flow_params, groups=2, val_size=0))
-  step = jax.jit(functools.partial(steps.stage2_step, model=model, discriminator=discriminator,
-                                   flow_tx=flow_tx, disc_tx=disc_tx, cfg=cfg), donate_argnums=0)
+  state = train_state.create_stage2_state(jax.random.key(0), config, model,
+                                          _frozen(model, adapter, images), batches[0])
+  step = jax.jit(functools.partial(steps.stage2_step, model=model, cfg=config.stage2),
+                 donate_argnums=0)
   return {'dim': dim, 'batch_size': batch_size, **_timed_steps(step, state, batches), **memory()}
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from benchmarks import timing
 from flig_jax import model as model_lib
-from flig_jax.training import loop, parallel
+from flig_jax.training import context, loop, parallel
 
 WARMUP = 2
 
@@ -144,7 +144,7 @@ def bench_config(spec: str, steps: int, evaluation: bool = True, fused: int = 0,
   machine_flops = timing.matmul_flops_per_second()
   with tempfile.TemporaryDirectory() as workdir:
     start = time.perf_counter()
-    ctx = loop.make_context(config, workdir)
+    ctx = context.make_context(config, workdir)
     setup_s = time.perf_counter() - start
     try:
       state1, stage1 = bench_stage(loop.stage1(ctx, loop.restore_or_init(ctx)), ctx.mesh, steps,

@@ -37,7 +37,7 @@ import ml_collections
 
 from benchmarks import measure, timing
 from flig_jax import data
-from flig_jax.training import loop, parallel, seeds, steps
+from flig_jax.training import context, loop, parallel, seeds, steps
 
 WARMUP = 2
 PLAIN = '1 (train.py)'
@@ -93,17 +93,12 @@ class Program:
       self.times.append(time.perf_counter() - start)
 
 
-def _pure_steps(ctx: loop.Context) -> tuple[Any, Any]:
-  """The unjitted stage-1 and stage-2 steps with the model, optimisers and config `train.py`
-  binds."""
+def _pure_steps(ctx: context.Context) -> tuple[Any, Any]:
+  """The unjitted stage-1 and stage-2 steps with the model and config `train.py` binds (the
+  optimisers come with the states)."""
   config = ctx.config
-  stage1 = functools.partial(
-      steps.stage1_step, model=ctx.module, cfg=config.stage1,
-      tx=loop._stage1_optimizer(config.stage1))  # pylint: disable=protected-access
-  discriminator, flow_tx, disc_tx = loop._stage2_parts(config)  # pylint: disable=protected-access
-  stage2 = functools.partial(steps.stage2_step, model=ctx.module, discriminator=discriminator,
-                             flow_tx=flow_tx, disc_tx=disc_tx, cfg=config.stage2)
-  return stage1, stage2
+  return (functools.partial(steps.stage1_step, model=ctx.module, cfg=config.stage1),
+          functools.partial(steps.stage2_step, model=ctx.module, cfg=config.stage2))
 
 
 def _with_seed(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
@@ -112,7 +107,7 @@ def _with_seed(config: ml_collections.ConfigDict, seed: int) -> ml_collections.C
   return config
 
 
-def build(ctx: loop.Context, counts: list[int],
+def build(ctx: context.Context, counts: list[int],
           modes: list[str]) -> dict[str, dict[str, Program]]:
   """Every program to time: for each stage, `train.py`'s own step and one step per S and mode."""
   stages = []  # per model: (stage 1, stage 2), as training.loop builds them
@@ -140,7 +135,7 @@ def measure_seeds(config: ml_collections.ConfigDict, counts: list[int], modes: l
                   steps_per_round: int, rounds: int) -> dict:
   """Compiles every program, then times `rounds` interleaved rounds; returns every figure."""
   with tempfile.TemporaryDirectory() as workdir:
-    ctx = loop.make_context(config, workdir)
+    ctx = context.make_context(config, workdir)
     try:
       start = time.perf_counter()
       programs = build(ctx, counts, modes)

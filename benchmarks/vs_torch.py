@@ -82,12 +82,12 @@ class JaxRows:
 
   def _context(self, name: str):
     from benchmarks import measure  # pylint: disable=g-import-not-at-top
-    from flig_jax.training import loop  # pylint: disable=g-import-not-at-top
+    from flig_jax.training import context  # pylint: disable=g-import-not-at-top
     if name not in self._contexts:
       config = measure.load_config(name)
       config.stage1.augment = False  # the port has no augmentation
       config.data.folds = 0  # the steps are timed, not chosen: no cross-validation runs
-      self._contexts[name] = loop.make_context(config, self.workdir / name)
+      self._contexts[name] = context.make_context(config, self.workdir / name)
     return self._contexts[name]
 
   def spec(self, row: str) -> dict:

@@ -245,33 +245,41 @@ def _check_workdir(workdir: Path) -> None:
 
 
 def run_training(config: ml_collections.ConfigDict, workdir: str, source: str = '',
-                 allow_config_change: bool = False) -> int:
+                 allow_config_change: bool = False, started: float | None = None) -> int:
   """Checks `config`, then runs `training.loop.train` under `guarded`, compiled
-  programs cached on disk; returns the exit status.
+  programs cached on disk, and ends with a line of where the time went; returns the exit status.
 
   Args:
     config: the resolved config.
     workdir: the run's working directory.
     source: where the config came from (file, variant and overrides), printed at the start.
     allow_config_change: resume even if fields that shape the model, data or optimiser changed.
+    started: `time.perf_counter()` at the start of the process (train.py's first line): the time
+      breakdown counts from it (default: from this call).
   """
   workdir = Path(workdir).absolute()
 
   def job():
-    from flig_jax import config_checks
-    config_checks.validate(config)  # before any data or JAX work
-    _check_workdir(workdir)
-    enable_compilation_cache()
-    import jax
+    from flig_jax.training import timing
+    with timing.Breakdown(started) as timer:
+      with timer.section('startup'):
+        from flig_jax import config_checks
+        config_checks.validate(config)  # before any data or JAX work
+        _check_workdir(workdir)
+        enable_compilation_cache()
+        import jax
 
-    from flig_jax.training import loop, parallel
-    parallel.maybe_initialize_distributed(config.distributed)  # before JAX touches a device
-    if jax.process_index() == 0:
-      print(f'config: {source or "(given)"}\n  {_summary(config)}\nworkdir: {workdir}',
-            flush=True)
-    loop.train(config, workdir, allow_config_change=allow_config_change)
+        from flig_jax.training import loop
+
+      def announce():  # once loop.train has started JAX's distributed runtime
+        if jax.process_index() == 0:
+          print(f'config: {source or "(given)"}\n  {_summary(config)}\nworkdir: {workdir}',
+                flush=True)
+
+      loop.train(config, workdir, allow_config_change=allow_config_change, on_start=announce)
     if jax.process_index() == 0:
       _report(workdir)
+      print(timer.summary(), flush=True)
 
   return guarded(job, workdir)
 

@@ -19,10 +19,11 @@ so a set where G suffices keeps it.
 
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from flig_jax import ridge
-from flig_jax.evaluation import metrics
+from flig_jax import ops, ridge
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -57,11 +58,18 @@ def blend(autoencoded: Any, pixels: Any, weight: Any) -> Any:
 
 def image_scores(decoded: Any, images: Any) -> np.ndarray:
   """(M,) per-image PCC + SSIM of decoded images against the stimuli (PCC alone for images
-  smaller than SSIM's 11-pixel window)."""
-  score = metrics.per_image_pcc(decoded, images)
-  if min(np.shape(images)[1:3]) >= metrics.ops.gaussian_window().shape[0]:
-    score = score + metrics.per_image_ssim(decoded, images)
-  return np.asarray(score, np.float64)
+  smaller than SSIM's 11-pixel window): `evaluation.metrics`' per-image scores, from `ops`."""
+  return np.asarray(_image_scores(jnp.asarray(decoded, jnp.float32),
+                                  jnp.asarray(images, jnp.float32)), np.float64)
+
+
+@jax.jit
+def _image_scores(decoded: jax.Array, images: jax.Array) -> jax.Array:
+  n = images.shape[0]
+  score = ops.pearson(decoded.reshape(n, -1), images.reshape(n, -1), axis=1)
+  if min(images.shape[1:3]) >= ops.gaussian_window().shape[0]:
+    score = score + ops.ssim(decoded, images)
+  return score
 
 
 def candidate_scores(autoencoded: Any, pixels: Any, images: Any,

@@ -1,5 +1,6 @@
-"""Figures of training and evaluation: reconstruction grids, per-unit encoding accuracy, and
-differences over runs (FLIG minus the best baseline).
+"""Figures of training and evaluation: reconstruction grids (the two that training writes beside
+its checkpoints among them), per-unit encoding accuracy, and differences over runs (FLIG minus the
+best baseline).
 
 Matplotlib with the Agg backend (no display); each function writes one PNG and returns its path.
 """
@@ -94,6 +95,23 @@ def reconstruction_grid(stimuli: Any, recons: Mapping[str, Any], path: str, n: i
     axes[i, 0].set_ylabel(label, rotation=0, ha='right', va='center', fontsize=10)
   fig.subplots_adjust(wspace=0.05, hspace=0.05)
   return _save(fig, path, title, [f'{k} draws as {v}' for k, v in same.items()])
+
+
+def stage1_figure(stimuli: Any, reconstructions: Any, split: str, workdir: str | os.PathLike,
+                  title: str = '') -> str:
+  """Writes `<workdir>/stage1_reconstructions.png`: stimuli of `split` over their G(E(x))."""
+  return reconstruction_grid(stimuli, {f'G(E(x)) [{split}]': np.asarray(reconstructions)},
+                             os.path.join(workdir, 'stage1_reconstructions.png'), n=len(stimuli),
+                             title=title)
+
+
+def stage2_figure(stimuli: Any, reconstructions: Any, decoded: Any, split: str,
+                  workdir: str | os.PathLike, title: str = '') -> str:
+  """Writes `<workdir>/stage2_decoding.png`: stimuli of `split` over their G(E(x)) and over the
+  images decoded from their responses."""
+  recons = {'G(E(x))': np.asarray(reconstructions), f'decode(r) [{split}]': np.asarray(decoded)}
+  return reconstruction_grid(stimuli, recons, os.path.join(workdir, 'stage2_decoding.png'),
+                             n=len(stimuli), title=title)
 
 
 def encoding_figure(per_unit_pcc: Mapping[str, Any], pred: Any, target: Any, path: str,

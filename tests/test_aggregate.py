@@ -111,8 +111,8 @@ def test_evaluate_several_checkpoints_prints_mean_and_sd(smoke_workdir, tmp_path
   config = m.config.copy_and_resolve_references()
   config.seed = int(config.seed) + 1
   model.save(second, config, m.variables, m.meta, step=m.meta.step)
-  assert cli.run_evaluations([str(first), str(second)], split='val') == 0
-  runs = [aggregate.read_metrics(run / 'eval_val') for run in (first, second)]
+  assert cli.run_evaluations([str(first), str(second)], split='test') == 0
+  runs = [aggregate.read_metrics(run / 'eval_test') for run in (first, second)]
   summary = aggregate.aggregate(runs)
   assert summary['runs'] == 2
   out = capsys.readouterr().out

@@ -11,7 +11,7 @@ import pytest
 
 from configs import synthetic
 from flig_jax import model as model_lib
-from flig_jax.training import loop, parallel, steps
+from flig_jax.training import context, loop, parallel, steps
 
 # Fired once per program lowered to MLIR: every compilation, whether XLA then builds it or loads it
 # from the persistent compilation cache.
@@ -41,7 +41,7 @@ def ctx(tmp_path_factory):
   config.data.num_train, config.data.num_test, config.data.image_size = 40, 8, 16
   config.stage1.augment = False  # its warp adds compile time, not shapes
   config.model.flow_hidden = 12  # an architecture no other test compiles (Model's jit memo)
-  c = loop.make_context(config, tmp_path_factory.mktemp('compile_once'))
+  c = context.make_context(config, tmp_path_factory.mktemp('compile_once'))
   yield c
   c.mgr.wait_until_finished()
   c.log.close()

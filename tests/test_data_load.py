@@ -38,8 +38,11 @@ def test_from_config_digit69_keeps_its_size(data_root):
   require_data(data_root / 'digit69', 'digit69')
   config = default.get_config()
   config.data.name, config.data.dir = 'digit69', str(data_root / 'digit69')
+  ds = data.from_config(config)  # K-fold selection: every training pair stays in train
+  assert ds.image_shape == (28, 28, 1) and (len(ds.train), len(ds.val)) == (90, 0)
+  config.data.folds, config.data.val_fraction = 0, 0.1  # one validation split instead
   ds = data.from_config(config)
-  assert ds.image_shape == (28, 28, 1) and (len(ds.train), len(ds.val)) == (81, 9)
+  assert (len(ds.train), len(ds.val)) == (81, 9)
 
 
 def test_val_split_empty_and_carved():
@@ -120,6 +123,7 @@ def test_a_new_dataset_is_one_loader_and_one_registry_line(monkeypatch):
   monkeypatch.setitem(loading.LOADERS, 'my_lab', loading.Loader(read))
   config = default.get_config()
   config.data.name, config.data.dir, config.data.session = 'my_lab', '/my/lab', 'monday'
+  config.data.folds, config.data.val_fraction = 0, 0.1  # the carve applies to it too
   assert config_checks.faults(config) == []
   ds = data.from_config(config)
   assert ds.name == 'my_lab' and ds.image_shape == (8, 8, 1) and len(ds.test) == 6

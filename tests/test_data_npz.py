@@ -130,7 +130,7 @@ def test_near_copies_beyond_the_duplicate_grouping_earn_a_note(tmp_path, capsys)
   """Each training image has a copy 8% RMS away (more than the carve's 5%): validation then sits
   far closer to train than test does, and make_context says so."""
   from configs import default  # pylint: disable=g-import-not-at-top
-  from flig_jax.training import loop  # pylint: disable=g-import-not-at-top
+  from flig_jax.training import context  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(2)
   base = rng.random((30, 8, 8)).astype(np.float32) * 0.9
   stimuli = np.concatenate([base[:20], base[:20] + 0.08, base[20:]])
@@ -142,7 +142,7 @@ def test_near_copies_beyond_the_duplicate_grouping_earn_a_note(tmp_path, capsys)
   config = default.get_config()
   config.data.name, config.data.path, config.data.val_fraction = 'npz', path, 0.2
   config.data.folds = 0
-  ctx = loop.make_context(config, tmp_path / 'run')
+  ctx = context.make_context(config, tmp_path / 'run')
   ctx.mgr.close()
   ctx.log.close()
   assert 'note: validation images sit much closer to training images' in capsys.readouterr().out

@@ -4,13 +4,11 @@ that made it (its loss, computed before the update, is still finite)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from configs import default
-from flig_jax.model import FLIG, Frozen
 from flig_jax.nn.adapter import Adapter
-from flig_jax.nn.discriminator import Discriminator
-from flig_jax.training import steps
+from flig_jax.nn.flig import FLIG, Frozen
+from flig_jax.training import steps, train_state
 
 D = 4
 
@@ -24,16 +22,13 @@ def _images(n=4):
 
 
 def _stage1(lr: float):
-  module, images = _module(), _images()
-  params = module.init_autoencoder(jax.random.key(0), images)
-  tx = optax.sgd(lr)
-  state = steps.Stage1State(step=jnp.zeros((), jnp.int32), params=params,
-                            opt_state=tx.init(params), rng=jax.random.key(1),
-                            nonfinite_step=jnp.full((), -1, jnp.int32))
-  cfg = default.get_config().stage1
-  cfg.augment, cfg.ssim_weight = False, 0.0
-  return jax.jit(lambda s: steps.stage1_step(s, {'images': images}, model=module, tx=tx,
-                                              cfg=cfg))(state)
+  """One stage-1 step from a fresh state whose optimiser has learning rate `lr`."""
+  module, images, config = _module(), _images(), default.get_config()
+  config.stage1.learning_rate, config.stage1.steps = lr, 10
+  config.stage1.augment, config.stage1.ssim_weight = False, 0.0
+  state = train_state.create_stage1_state(jax.random.key(0), config, module, images)
+  return jax.jit(lambda s: steps.stage1_step(s, {'images': images}, model=module,
+                                              cfg=config.stage1))(state)
 
 
 def test_stage1_flags_an_update_that_breaks_the_parameters():
@@ -45,27 +40,20 @@ def test_stage1_flags_an_update_that_breaks_the_parameters():
 
 
 def _stage2(lr: float):
+  """One stage-2 step from a fresh state whose flow optimiser has learning rate `lr`."""
   module, images, rng = _module(), _images(6), np.random.default_rng(1)
   adapter = Adapter.fit(rng.normal(size=(6, 5)).astype(np.float32), D)
   frozen = Frozen(module.init_autoencoder(jax.random.key(0), images), jnp.zeros(D), jnp.ones(D),
                   adapter)
   h = jnp.asarray(rng.normal(size=(6, D)), jnp.float32)
-  flow = module.init_flow(jax.random.key(1), h)
-  disc = Discriminator(8)
-  disc_params = {k: disc.init(jax.random.key(i), h)['params']
-                 for i, k in enumerate(('forward', 'inverse'))}
-  flow_tx, disc_tx = optax.sgd(lr), optax.sgd(1e-3)
-  state = steps.Stage2State(
-      step=jnp.zeros((), jnp.int32), flow_params=flow, disc_params=disc_params,
-      flow_opt_state=flow_tx.init(flow), disc_opt_state=disc_tx.init(disc_params),
-      rng=jax.random.key(2), nonfinite_step=jnp.full((), -1, jnp.int32), frozen=frozen,
-      **steps.Stage2State.no_selection(flow, groups=2, val_size=3))
+  config = default.get_config()
+  config.model.disc_hidden, config.stage2.learning_rate, config.stage2.steps = 8, lr, 10
+  state = train_state.create_stage2_state(jax.random.key(1), config, module, frozen,
+                                          {'features': h}, val_size=3)
   batch = {'features': h, 'adapted': adapter.forward(jnp.asarray(rng.normal(size=(6, 5)),
                                                                  jnp.float32)),
            'images': images}
-  cfg = default.get_config().stage2
-  return jax.jit(lambda s: steps.stage2_step(s, batch, model=module, discriminator=disc,
-                                              flow_tx=flow_tx, disc_tx=disc_tx, cfg=cfg))(state)
+  return jax.jit(lambda s: steps.stage2_step(s, batch, model=module, cfg=config.stage2))(state)
 
 
 def test_stage2_flags_an_update_that_breaks_the_flow():

@@ -4,6 +4,7 @@ moment, and what the run says about TensorBoard, a kept closed-form start and it
 
 import importlib.util
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -56,13 +57,18 @@ def test_default_config_has_a_smoke_variant_and_the_run_explains_what_it_kept(tm
   assert 'done: training finished' in proc.stdout
   assert 'stage 1 6 steps of 8' in proc.stdout  # the smoke sizes, not the defaults
   assert ('note: FLIG equals its closed-form ridge start on this data, in both directions: no '
-          'later step of stage 2 beat step 0 on the validation split by more than '
-          'stage2.select_margin = 1e+09 jackknife standard errors') in proc.stdout
+          'later step of stage 2 beat step 0 on 5-fold cross-validation over the training pairs '
+          'by more than stage2.select_margin = 1e+09 jackknife standard errors') in proc.stdout
+  # The decoder's pixel path, when chosen, is named, not hidden behind the cae_ridge baseline.
+  weight = re.search(r'pixel path: blend weight ([0-9.]+)', proc.stdout)
+  assert weight, proc.stdout
+  blended = 'decoding blends its images with the pixel path'
+  assert (blended in proc.stdout) == (float(weight.group(1)) > 0)
   # The figures say which split and which step they show.
   assert _png_text(workdir / 'stage1_reconstructions.png')['Title'] == (
-      'synthetic, val split: stage 1 at step 6')
+      'synthetic, train split: stage 1 at step 6')  # no validation split: 5 folds
   assert _png_text(workdir / 'stage2_decoding.png')['Title'] == (
-      'synthetic, val split: stage 2, flow kept enc_pcc at step 0, dec_pcc at step 0')
+      'synthetic, train split: stage 2, flow kept enc_pcc at step 0, dec_pcc at step 0')
   # TensorBoard is not a dependency: the closing lines say how to install it.
   hint = 'TensorBoard is not installed: pip install -e ".[tensorboard]"'
   assert (hint in proc.stdout) == (importlib.util.find_spec('tensorboard') is None)
@@ -77,14 +83,16 @@ def test_tensorboard_is_an_extra_and_part_of_dev():
 
 @pytest.mark.slow
 @pytest.mark.parametrize('val_fraction, kept', [
-    (0.0, 'no validation split (data.val_fraction): stage 2 keeps its last step'),
-    (0.002, ('a validation split of 1 image is too small to score (data.val_fraction): stage 2 '
-             'keeps its last step')),  # round(0.002 * 256) = 1
+    (0.0, ('no validation split (data.val_fraction) and no cross-validation (data.folds): '
+           'stage 2 keeps its last step')),
+    (0.002, ('a validation split of 1 image is too small to score (data.val_fraction) and no '
+             'cross-validation (data.folds): stage 2 keeps its last step')),  # round(0.002 * 256)
 ])
 def test_a_run_without_a_usable_validation_split_trains_saves_and_evaluates(
     tmp_path, val_fraction, kept):
   workdir = tmp_path / 'run'
-  proc = train(workdir, f'--config.data.val_fraction={val_fraction}', check=False)
+  proc = train(workdir, f'--config.data.val_fraction={val_fraction}', '--config.data.folds=0',
+               check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert kept in proc.stdout
   assert not list(workdir.rglob('*orbax-checkpoint-tmp*'))

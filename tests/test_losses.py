@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from configs import default
-from flig_jax.model import FLIG, Frozen
 from flig_jax.nn.adapter import Adapter
 from flig_jax.nn.discriminator import Discriminator
+from flig_jax.nn.flig import FLIG, Frozen
 from flig_jax.training import losses, steps
 
 D = 4

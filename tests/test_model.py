@@ -14,9 +14,9 @@ import pytest
 
 from configs import default
 from flig_jax import checkpointing, model
-from flig_jax.model import FLIG, Frozen
 from flig_jax.nn.adapter import Adapter
 from flig_jax.nn.discriminator import Discriminator, r1_penalty
+from flig_jax.nn.flig import FLIG, Frozen
 
 D = 6
 N_TRAIN = 12

@@ -13,7 +13,7 @@ from conftest import train
 from configs import default
 from flig_jax import checkpointing
 from flig_jax.evaluation import run
-from flig_jax.training import steps, validation
+from flig_jax.training import train_state, validation
 
 
 @pytest.mark.slow
@@ -65,13 +65,13 @@ def _state(step, score, best_step, ref_score=(0.0, 0.0), ref_replicates=((0.0,) 
   current ones all ones, the kept ones all zeros."""
   ones, zeros = {'a': jnp.ones(2), 'b': jnp.ones(3)}, {'a': jnp.zeros(2), 'b': jnp.zeros(3)}
   groups = len(score)
-  return steps.Stage2State(step=jnp.asarray(step), flow_params=ones, disc_params=None,
-                           flow_opt_state=None, disc_opt_state=None, rng=None,
-                           nonfinite_step=None, frozen=None, best_flow_params=zeros,
-                           best_score=jnp.asarray(score, jnp.float32),
-                           best_step=jnp.asarray(best_step, jnp.int32),
-                           ref_score=jnp.asarray(ref_score[:groups], jnp.float32),
-                           ref_replicates=jnp.asarray(ref_replicates[:groups], jnp.float32))
+  return train_state.Stage2State(
+      step=jnp.asarray(step), flow_params=ones, disc_params=None, flow_opt_state=None,
+      disc_opt_state=None, rng=None, nonfinite_step=None, frozen=None, best_flow_params=zeros,
+      best_score=jnp.asarray(score, jnp.float32), best_step=jnp.asarray(best_step, jnp.int32),
+      ref_score=jnp.asarray(ref_score[:groups], jnp.float32),
+      ref_replicates=jnp.asarray(ref_replicates[:groups], jnp.float32), discriminator=None,
+      flow_tx=None, disc_tx=None)
 
 
 def _flat(value, m=4):
@@ -111,7 +111,7 @@ CURVES = {0: (0.20, 0.50), 10: (0.30, 0.45), 20: (0.40, '0.56*'), 30: (0.35, 0.5
           40: ('0.45*', 0.53)}
 
 
-def _select(margin: float) -> steps.Stage2State:
+def _select(margin: float) -> train_state.Stage2State:
   """Runs model selection over CURVES; the flow's parameters at step s are all s."""
   groups = (('enc', ('a',)), ('dec', ('b',)))
   base = jnp.asarray([-0.1, 0.1, 0.0, 0.0])      # replicates around the score
@@ -232,7 +232,7 @@ def test_augmented_flow_optimizer_keeps_the_fitted_linear_maps():
                             'dec_bias': jnp.ones(2), 'dec_log_scale': jnp.ones(2)},
             'enc_coupling': {'w': jnp.ones(3)}, 'dec_coupling': {'w': jnp.ones(3)}}
   grads = jax.tree.map(jnp.ones_like, params)
-  tx = steps.flow_optimizer(cfg, augmented=True)
+  tx = train_state.flow_optimizer(cfg, augmented=True)
   opt_state = tx.init(params)
   for _ in range(3):   # past the warm-up's zero learning rate
     updates, opt_state = tx.update(grads, opt_state, params)
@@ -253,7 +253,7 @@ def test_coupling_weight_decay_pulls_only_the_couplings_toward_zero():
   params = {'linear_pair': {'enc_kernel': jnp.ones((2, 2)), 'enc_log_scale': jnp.ones(2)},
             'enc_coupling': {'w': jnp.ones(3)},
             'dec_coupling': {'w': jnp.ones(3)}}
-  tx = steps.flow_optimizer(cfg, augmented=True)
+  tx = train_state.flow_optimizer(cfg, augmented=True)
   opt_state = tx.init(params)
   zeros = jax.tree.map(jnp.zeros_like, params)
   for _ in range(5):

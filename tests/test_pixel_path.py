@@ -8,8 +8,8 @@ import pytest
 
 from flig_jax import pixel_path
 from flig_jax.evaluation import metrics
-from flig_jax.model import FLIG, Frozen
 from flig_jax.nn.adapter import Adapter
+from flig_jax.nn.flig import FLIG, Frozen
 
 SHAPE = (12, 12, 1)
 

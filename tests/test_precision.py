@@ -9,11 +9,11 @@ import pytest
 
 from configs import default
 from flig_jax import config_checks
-from flig_jax.model import FLIG
 from flig_jax.nn import discriminator as disc_lib
 from flig_jax.nn import flow, precision
 from flig_jax.nn.autoencoder import Autoencoder
-from flig_jax.training import steps
+from flig_jax.nn.flig import FLIG
+from flig_jax.training import steps, train_state
 
 BF16 = jnp.bfloat16
 
@@ -130,12 +130,10 @@ def test_stage1_step_in_bf16_keeps_params_optimiser_state_and_loss_float32():
   module = FLIG.from_config(config.model, (16, 16, 1))
   assert module.dtype == BF16
   images = jax.random.uniform(jax.random.key(0), (4, 16, 16, 1))
-  params = module.init_autoencoder(jax.random.key(1), images)
-  tx = steps.optimizer(1e-3, 0.0, 10)
-  state = steps.Stage1State(step=jnp.zeros((), jnp.int32), params=params,
-                            opt_state=tx.init(params), rng=jax.random.key(2),
-                            nonfinite_step=jnp.full((), -1, jnp.int32))
-  step = jax.jit(lambda s, b: steps.stage1_step(s, b, model=module, tx=tx, cfg=config.stage1))
+  config.stage1.learning_rate, config.stage1.weight_decay, config.stage1.steps = 1e-3, 0.0, 10
+  state = train_state.create_stage1_state(jax.random.key(1), config, module, images)
+  params = state.params
+  step = jax.jit(lambda s, b: steps.stage1_step(s, b, model=module, cfg=config.stage1))
   new, _ = step(state, {'images': images})  # the warm-up's first learning rate is 0
   new, metrics = step(new, {'images': images})
   assert _dtypes(new.params) == {'float32'}

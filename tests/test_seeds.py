@@ -5,14 +5,12 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from configs import default
-from flig_jax.model import FLIG, Frozen
 from flig_jax.nn.adapter import Adapter
-from flig_jax.nn.discriminator import Discriminator
-from flig_jax.training import parallel, seeds, steps
+from flig_jax.nn.flig import FLIG, Frozen
+from flig_jax.training import parallel, seeds, steps, train_state
 
 S, B, D, UNITS = 2, 4, 4, 5
 
@@ -25,40 +23,34 @@ def _images(rng: np.random.Generator) -> np.ndarray:
   return rng.uniform(size=(B, 8, 8, 1)).astype(np.float32)
 
 
+def _config():
+  config = default.get_config()  # stage-1 augmentation on: per-seed RNG matters
+  config.stage1.learning_rate, config.stage1.weight_decay, config.stage1.steps = 1e-2, 1e-4, 10
+  config.stage2.learning_rate, config.stage2.weight_decay, config.stage2.steps = 1e-2, 1e-4, 10
+  config.stage2.mixup = 0.4  # per-seed permutation and Beta draws
+  config.model.disc_hidden = 8
+  return config
+
+
 def _stage1(seed: int):
   """A fresh stage-1 state of its own seed, the step, and two batches of its own."""
-  module, cfg = _module(), default.get_config().stage1  # augmentation on: per-seed RNG matters
-  tx = steps.optimizer(1e-2, 1e-4, 10)
-  rng = np.random.default_rng(seed)
-  params = module.init_autoencoder(jax.random.key(seed), jnp.zeros((1, 8, 8, 1)))
-  state = steps.Stage1State(step=jnp.zeros((), jnp.int32), params=params,
-                            opt_state=tx.init(params), rng=jax.random.key(100 + seed),
-                            nonfinite_step=jnp.full((), -1, jnp.int32))
-  step = functools.partial(steps.stage1_step, model=module, tx=tx, cfg=cfg)
+  module, config, rng = _module(), _config(), np.random.default_rng(seed)
+  state = train_state.create_stage1_state(jax.random.key(seed), config, module,
+                                          jnp.zeros((1, 8, 8, 1)))
+  step = functools.partial(steps.stage1_step, model=module, cfg=config.stage1)
   return state, step, [{'images': _images(rng)} for _ in range(2)]
 
 
 def _stage2(seed: int):
   """A fresh stage-2 state of its own seed (own frozen parts too), the step, and two batches."""
-  module, rng = _module(), np.random.default_rng(seed)
-  cfg = default.get_config().stage2
-  cfg.mixup = 0.4  # per-seed permutation and Beta draws
+  module, config, rng = _module(), _config(), np.random.default_rng(seed)
   adapter = Adapter.fit(rng.normal(size=(8, UNITS)).astype(np.float32), D)
   frozen = Frozen(module.init_autoencoder(jax.random.key(seed), jnp.zeros((1, 8, 8, 1))),
                   jnp.zeros(D), jnp.ones(D), adapter)
   h = jnp.asarray(rng.normal(size=(B, D)), jnp.float32)
-  flow = module.init_flow(jax.random.key(10 + seed), h)
-  disc = Discriminator(8)
-  disc_params = {k: disc.init(jax.random.key(20 + 2 * seed + i), h)['params']
-                 for i, k in enumerate(('forward', 'inverse'))}
-  flow_tx, disc_tx = steps.optimizer(1e-2, 1e-4, 10), optax.adam(1e-3)
-  state = steps.Stage2State(
-      step=jnp.zeros((), jnp.int32), flow_params=flow, disc_params=disc_params,
-      flow_opt_state=flow_tx.init(flow), disc_opt_state=disc_tx.init(disc_params),
-      rng=jax.random.key(100 + seed), nonfinite_step=jnp.full((), -1, jnp.int32), frozen=frozen,
-      **steps.Stage2State.no_selection(flow, groups=2, val_size=3))
-  step = functools.partial(steps.stage2_step, model=module, discriminator=disc, flow_tx=flow_tx,
-                           disc_tx=disc_tx, cfg=cfg)
+  state = train_state.create_stage2_state(jax.random.key(10 + seed), config, module, frozen,
+                                          {'features': h}, val_size=3)
+  step = functools.partial(steps.stage2_step, model=module, cfg=config.stage2)
   batches = [{'features': rng.normal(size=(B, D)).astype(np.float32),
               'adapted': np.asarray(adapter.forward(rng.normal(size=(B, UNITS)))),
               'images': _images(rng)} for _ in range(2)]

@@ -14,10 +14,9 @@ torch = pytest.importorskip('torch', reason='torch is not installed (pip install
 from benchmarks.torch_port import nets, weights
 from benchmarks.torch_port import steps as port
 from configs import default
-from flig_jax.model import FLIG, Frozen
-from flig_jax.nn import discriminator as disc_lib
 from flig_jax.nn.adapter import Adapter
-from flig_jax.training import augment, steps, validation
+from flig_jax.nn.flig import FLIG, Frozen
+from flig_jax.training import augment, losses, steps, train_state
 
 IMAGE_SHAPE = (28, 28, 1)  # digit69's images; 28 -> 14 -> 7 exercises the uneven 'SAME' padding
 D, UNITS, N = 8, 5, 16  # UNITS < D: the adapter pads D - k coordinates
@@ -65,14 +64,11 @@ def _perturbed(params, key, scale=0.2):
 def test_stage1_losses_equal_flig_jax():
   config = _config('augmented')
   module = FLIG.from_config(config.model, IMAGE_SHAPE)
-  params = _perturbed(module.init_autoencoder(jax.random.key(0), jnp.zeros((2, *IMAGE_SHAPE))),
-                      jax.random.key(6), scale=0.1)
-  tx = steps.optimizer(config.stage1.learning_rate, config.stage1.weight_decay,
-                       config.stage1.steps)
-  state = steps.Stage1State(step=jnp.zeros((), jnp.int32), params=params,
-                            opt_state=tx.init(params), rng=jax.random.key(1),
-                            nonfinite_step=jnp.full((), -1, jnp.int32))
-  step_fn = jax.jit(functools.partial(steps.stage1_step, model=module, tx=tx, cfg=config.stage1))
+  state = train_state.create_stage1_state(jax.random.key(0), config, module,
+                                          jnp.zeros((2, *IMAGE_SHAPE)))
+  params = _perturbed(state.params, jax.random.key(6), scale=0.1)
+  state = state.replace(params=params, opt_state=state.tx.init(params))
+  step_fn = jax.jit(functools.partial(steps.stage1_step, model=module, cfg=config.stage1))
 
   ae = nets.Autoencoder(IMAGE_SHAPE, D, tuple(config.model.cae_widths))
   weights.load_autoencoder(ae, jax.device_get(params))
@@ -89,7 +85,7 @@ def test_stage1_losses_equal_flig_jax():
     _close(jax_terms, trainer.step(torch.from_numpy(images)), step)
 
 
-def _draws(state: steps.Stage2State, n: int, alpha: float) -> port.Draws:
+def _draws(state: train_state.Stage2State, n: int, alpha: float) -> port.Draws:
   """The random numbers `steps.stage2_step` draws at `state.step`, drawn the same way."""
   rng, mix_rng, feature_rng = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
   k_perm, k_lam = jax.random.split(mix_rng)
@@ -114,27 +110,21 @@ def test_stage2_losses_equal_flig_jax(flow_type):
   features = jnp.asarray(rng.standard_normal((N, D)), jnp.float32)
   adapted = adapter.forward(jnp.asarray(responses))  # zero on the padding
 
-  flow_params = _perturbed(module.init_flow(jax.random.key(1), features), jax.random.key(2))
-  discriminator = disc_lib.Discriminator(config.model.disc_hidden)
-  probe = jnp.zeros((1, D))
-  disc_params = {'forward': discriminator.init(jax.random.key(3), probe)['params'],
-                 'inverse': discriminator.init(jax.random.key(4), probe)['params']}
-  flow_tx = steps.flow_optimizer(cfg, flow_type == 'augmented')
-  disc_tx = steps.optimizer(cfg.disc_learning_rate, 0.0, cfg.steps)
-  state = steps.Stage2State(
-      step=jnp.zeros((), jnp.int32), flow_params=flow_params, disc_params=disc_params,
-      flow_opt_state=flow_tx.init(flow_params), disc_opt_state=disc_tx.init(disc_params),
-      rng=jax.random.key(5), nonfinite_step=jnp.full((), -1, jnp.int32), frozen=frozen,
-      **steps.Stage2State.no_selection(flow_params, len(validation.GROUPS[flow_type]), 2))
-  step_fn = jax.jit(functools.partial(steps.stage2_step, model=module, discriminator=discriminator,
-                                      flow_tx=flow_tx, disc_tx=disc_tx, cfg=cfg))
+  state = train_state.create_stage2_state(jax.random.key(1), config, module, frozen,
+                                          {'features': features}, val_size=2)
+  flow_params = _perturbed(state.flow_params, jax.random.key(2))
+  state = state.replace(flow_params=flow_params, flow_opt_state=state.flow_tx.init(flow_params))
+  disc_params = state.disc_params
+  step_fn = jax.jit(functools.partial(steps.stage2_step, model=module, cfg=cfg))
 
   flow = nets.Flow(D, config.model.flow_blocks, config.model.flow_hidden,
                    augmented=flow_type == 'augmented')
   weights.load_flow(flow, jax.device_get(flow_params))
   disc = nets.Discriminator(D, config.model.disc_hidden)
   weights.load_discriminator(disc, jax.device_get(disc_params['forward']))
-  trainer = port.Stage2(flow, disc, torch.from_numpy(np.array(frozen.signal_mask)), cfg)
+  trainer = port.Stage2(flow, disc, torch.from_numpy(np.array(frozen.signal_mask)), cfg,
+                        forward_weight=torch.from_numpy(np.array(losses.forward_weight(frozen,
+                                                                                     cfg))))
   batch = {'features': features, 'adapted': adapted}
   for step in range(STEPS):
     draws = _draws(state, N, cfg.mixup)

@@ -32,7 +32,7 @@ MODES = ('eager', 'compiled')
 def warmup_cosine(step: int, peak: float, total: int) -> float:
   """The learning rate of update `step` (from 0): a linear warm-up from 0 over
   max(1, min(100, total // 10)) updates, then a cosine decay to 5% of `peak` at `total`, as
-  `optax.warmup_cosine_decay_schedule` in `flig_jax.training.steps.optimizer`."""
+  `optax.warmup_cosine_decay_schedule` in `flig_jax.training.train_state.optimizer`."""
   warmup, end = max(1, min(100, total // 10)), 0.05 * peak
   if step < warmup:
     return peak * step / warmup
@@ -134,11 +134,12 @@ def flow_terms(flow: nets.Flow, h: torch.Tensor, a_padded: torch.Tensor,
 
 def flow_loss(flow: nets.Flow, discriminator: nets.Discriminator, h: torch.Tensor,
               a: torch.Tensor, a_padded: torch.Tensor, feature_noise: torch.Tensor,
-              mask: torch.Tensor, cfg: Any) -> dict[str, torch.Tensor]:
-  """`losses.flow_loss` without the pixel and inverse-adversary terms."""
+              weight: torch.Tensor, cfg: Any) -> dict[str, torch.Tensor]:
+  """`losses.flow_loss` without the pixel and inverse-adversary terms; `weight` is the local
+  forward term's weight per coordinate (`losses.forward_weight`, summing to k)."""
   out = flow_terms(flow, h, a_padded, feature_noise)
   y, size = out['y'], out['y'].shape[-1]
-  local_fwd = (mask * (out['encoded'] - a).square()).sum(-1).mean() / mask.sum()
+  local_fwd = (weight * (out['encoded'] - a).square()).sum(-1).mean() / weight.sum()
   local_inv = (out['h_back'] - h).square().mean()
   nll = (0.5 * y.square().sum(-1) + 0.5 * size * LOG_2PI - out['logdet']).mean() / size
   adv = _bce(discriminator(out['sample']), 1.0)
@@ -169,20 +170,32 @@ class Stage2:
     signal_mask: (D,) 1 on the adapter's signal coordinates, 0 on its padding.
     cfg: config.stage2 (or any object with its fields).
     mode: 'eager' or 'compiled'.
+    forward_weight: (D,) the local forward term's weight per coordinate
+      (`flig_jax.training.losses.forward_weight`); default `signal_mask`.
   """
 
   def __init__(self, flow: nets.Flow, discriminator: nets.Discriminator,
-               signal_mask: torch.Tensor, cfg: Any, mode: str = 'eager'):
+               signal_mask: torch.Tensor, cfg: Any, mode: str = 'eager',
+               forward_weight: torch.Tensor | None = None):
     if cfg.pixel or cfg.adversarial_inverse:
       raise ValueError('torch_port: stage 2 has no pixel or inverse-adversary term (set '
                        'stage2.pixel = stage2.adversarial_inverse = 0)')
     self.flow, self.discriminator, self.cfg = flow, discriminator, cfg
     self.mask = signal_mask.float()
+    self.forward_weight = self.mask if forward_weight is None else forward_weight.float()
+    groups = [list(flow.parameters())]
+    decays = [cfg.weight_decay]
     if flow.augmented:
+      # As `train_state.flow_optimizer`: the fitted maps fixed, the couplings with their own
+      # decay, each group clipped and updated on its own.
       for p in flow.linear_pair.fitted():
         p.requires_grad_(False)
-    self.flow_optimizer = Optimizer(list(flow.parameters()), cfg.learning_rate,
-                                    cfg.weight_decay, cfg.steps)
+      couplings = {id(p) for c in (flow.enc_coupling, flow.dec_coupling) for p in c.parameters()}
+      groups = [[p for p in groups[0] if id(p) not in couplings],
+                [p for p in groups[0] if id(p) in couplings]]
+      decays = [cfg.weight_decay, getattr(cfg, 'coupling_weight_decay', cfg.weight_decay)]
+    self.flow_optimizers = [Optimizer(g, cfg.learning_rate, wd, cfg.steps)
+                            for g, wd in zip(groups, decays)]
     self.disc_optimizer = Optimizer(list(discriminator.parameters()), cfg.disc_learning_rate,
                                     0.0, cfg.steps)
     self.flow_loss = _compiled(flow_loss, mode)
@@ -216,9 +229,12 @@ class Stage2:
         list(torch.autograd.grad(disc['loss'], self.disc_optimizer.params)))
 
     terms = self.flow_loss(self.flow, self.discriminator, features, adapted, a_padded,
-                           d.feature_noise, mask, cfg)
-    self.flow_optimizer.update(
-        list(torch.autograd.grad(terms['loss'], self.flow_optimizer.params)))
+                           d.feature_noise, self.forward_weight, cfg)
+    params = [p for opt in self.flow_optimizers for p in opt.params]
+    grads = list(torch.autograd.grad(terms['loss'], params))
+    for opt in self.flow_optimizers:
+      opt.update(grads[:len(opt.params)])
+      grads = grads[len(opt.params):]
     terms['disc_forward'] = disc['disc_forward']
     return {k: v.detach() for k, v in terms.items()}
 

@@ -1,2 +1,3 @@
-"""FLIG's networks: the autoencoder (E, G), the flow f, the neural adapter A and the
-discriminator. Import the submodules directly, e.g. `from flig_jax.nn import flow`."""
+"""FLIG's networks: the FLIG module itself (`flig`), the autoencoder (E, G), the flow f, the neural
+adapter A and the discriminator. Import the submodules directly, e.g.
+`from flig_jax.nn import flow`."""

@@ -16,12 +16,15 @@ is refitted on every training pair with the chosen settings.
 """
 
 import dataclasses
+import functools
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import jax
 import numpy as np
 
-from flig_jax.training import validation
+from flig_jax.training import prefetch, stage2_data, validation
 
 # (candidate, decoded images (M, H, W, C), encoded responses (M, U)) of one fold's held-out pairs.
 Prediction = tuple[int, np.ndarray, np.ndarray]
@@ -160,3 +163,84 @@ def select(fold_ids: np.ndarray, images: np.ndarray, responses: np.ndarray,
     chosen[cv_name(name)] = steps[kept]
   return Selection(folds=len(np.unique(fold_ids)), steps=steps, scores=scores, gain_se=gain_se,
                    chosen=chosen)
+
+
+def stage2(ctx: Any, autoencoder: Any, raw_features: np.ndarray, folds: np.ndarray,
+           step_fn: Callable, init: Callable, check_finite: Callable[[Any], None],
+           pixel_weight: float | None = None) -> Selection:
+  """Stage 2 on each fold's other folds, validated on the held-out fold at step 0, every
+  `eval_every_steps` and at the end; the pooled held-out scores choose each group's step.
+
+  Every fold runs the same compiled step (same batch shapes) and one compiled prediction on the
+  held-out pairs padded to the largest fold.
+
+  Args:
+    ctx: the run's `context.Context`.
+    autoencoder: the trained stage-1 parameters.
+    raw_features: (N, D) E(x) of the training images.
+    folds: (N,) the fold of each training pair.
+    step_fn: the jitted stage-2 step.
+    init: the jitted `(frozen, first_batch, linear_pair) -> Stage2State`.
+    check_finite: raises when a state has diverged.
+    pixel_weight: the pixel path's blend weight (`stage2_data.with_pixel_path`), or None.
+  """
+  config, cfg, train = ctx.config, ctx.config.stage2, ctx.dataset.train
+  predict = jax.jit(functools.partial(validation.predictions, ctx.module))
+  size = int(np.bincount(folds).max())
+  total, every = cfg.steps, cfg.eval_every_steps
+  depth = 2 if jax.process_count() == 1 else 0
+  count = len(np.unique(folds))
+
+  def run_fold(rest: np.ndarray, held: np.ndarray):
+    start_time = time.perf_counter()
+    frozen = stage2_data.fit_frozen(config, autoencoder, raw_features[rest], train.responses[rest],
+                                    ctx.mesh)
+    pairs = stage2_data.pairs(frozen, raw_features[rest], train.responses[rest])
+    frozen = stage2_data.with_pixel_path(ctx.module, frozen, pairs, train.images[rest],
+                                         pixel_weight, ctx.mesh)
+    arrays = stage2_data.arrays(config, pairs, train.images[rest])
+    state = init(frozen, stage2_data.first_batch(config, arrays),
+                 stage2_data.linear_pair(ctx.module, frozen, pairs, None, folds[rest]))
+    held_pairs = stage2_data.pairs(frozen, raw_features[held], train.responses[held])
+    pad = ((0, size - len(held)), (0, 0))
+    features, adapted = (np.pad(held_pairs[k], pad) for k in ('features', 'adapted'))
+
+    def held_out(s):
+      decoded, encoded = predict(s.frozen.variables(s.flow_params), features, adapted)
+      return np.asarray(decoded)[:len(held)], np.asarray(encoded)[:len(held)]
+
+    out = [(0, *held_out(state))]
+    with prefetch.DeviceBatches(stage2_data.stream(config, arrays), 0, ctx.mesh,
+                                depth) as batches:
+      for step in range(total):
+        state, _ = step_fn(state, next(batches))
+        done = step + 1
+        if done % every == 0 or done == total:
+          check_finite(state)
+          out.append((done, *held_out(state)))
+    ctx.log.info(f'cross-validation fold {len(finished) + 1}/{count}: stage 2 on '
+                 f'{len(rest)} pairs, {len(held)} held out '
+                 f'({time.perf_counter() - start_time:.0f} s)')
+    finished.append(len(held))
+    return out
+
+  finished: list[int] = []
+  return select(folds, train.images, train.responses, run_fold,
+                validation.GROUPS[ctx.module.flow_type], cfg.select_margin)
+
+
+def report(selection: Selection, log: Any, flow_type: str, margin: float,
+           resumed_at: int | None, pixel_weight: float | None = None) -> None:
+  """Logs the cross-validation's rows to `log` (a `progress.RunLog`; a resumed run's log keeps
+  those up to its checkpoint, `metrics_file.trim`) and the steps it chose (`pixel_weight`: the
+  decoder's pixel-path blend weight, said in the note when stage 2 keeps its start)."""
+  for step, scores in selection.rows():
+    if resumed_at is None or step > resumed_at:
+      log.record(2, step, scores)
+  for line in selection.explain(margin):
+    log.info(f'stage 2 keeps {line}')
+  note = validation.kept_start_note(
+      flow_type, selection.chosen_steps(validation.GROUPS[flow_type]), margin,
+      f'{selection.folds}-fold cross-validation over the training pairs', pixel_weight)
+  if note:
+    log.info(note)

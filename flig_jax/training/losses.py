@@ -14,8 +14,8 @@ import ml_collections
 import optax
 
 from flig_jax import ops
-from flig_jax.model import FLIG, Frozen
 from flig_jax.nn import discriminator as disc_lib
+from flig_jax.nn.flig import FLIG, Frozen
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -78,6 +78,19 @@ def flow_terms(flow_params: Any, model: Any, batch: dict[str, jax.Array], noise:
           'a_padded': a_padded}
 
 
+def forward_weight(frozen: Frozen, cfg: ml_collections.ConfigDict) -> jax.Array:
+  """The local forward term's weight per coordinate of f's response side, (D,), summing to k:
+  1 on the adapter's k signal coordinates and 0 on its padding (`local_forward_weighting =
+  'whitened'`), or each principal component by its variance with mean 1 over the k
+  ('variance'): the error in z-scored response units, as the MLP baseline measures it, not in
+  whitened coordinates."""
+  mask = frozen.signal_mask
+  if cfg.get('local_forward_weighting', 'whitened') != 'variance':
+    return mask
+  eig = jnp.pad(frozen.adapter.sqrt_eig ** 2, (0, mask.shape[0] - frozen.adapter.k))
+  return eig * jnp.sum(mask) / jnp.sum(eig)
+
+
 def flow_loss(flow_params: Any, disc_params: Any, frozen: Frozen, model: Any,
               discriminator: Any, batch: dict[str, jax.Array], noise: jax.Array,
               feature_noise: jax.Array,
@@ -93,13 +106,7 @@ def flow_loss(flow_params: Any, disc_params: Any, frozen: Frozen, model: Any,
   size = y.shape[-1]
   k = jnp.sum(mask)
 
-  weight = mask
-  if cfg.get('local_forward_weighting', 'whitened') == 'variance':
-    # Each principal component by its variance (mean 1 over the k): the error in z-scored
-    # response units, as the MLP baseline measures it, not in whitened coordinates.
-    eig = jnp.pad(frozen.adapter.sqrt_eig ** 2, (0, mask.shape[0] - frozen.adapter.k))
-    weight = eig * k / jnp.sum(eig)
-  local_fwd = jnp.mean(jnp.sum(weight * (z - a) ** 2, axis=-1)) / k
+  local_fwd = jnp.mean(jnp.sum(forward_weight(frozen, cfg) * (z - a) ** 2, axis=-1)) / k
   local_inv = jnp.mean((h_back - h) ** 2)
   nll = jnp.mean(0.5 * jnp.sum(y ** 2, axis=-1) + 0.5 * size * _LOG_2PI - out['logdet']) / size
   # Non-saturating generator loss: f(h) should look like a real adapted response to Dis.

@@ -79,6 +79,13 @@ class RunLog:
       with self.path.open('a') as f:
         f.write(json.dumps(record) + '\n')
 
+  def record_times(self, stage: int, step: int, seconds: dict[str, float]) -> None:
+    """Appends the run's time breakdown (`timing.Breakdown.seconds`) at `step` of `stage` to
+    metrics.jsonl, as {'stage', 'step', 'time_s': {part: seconds, ..., 'total': seconds}}."""
+    if self.active:
+      with self.path.open('a') as f:
+        f.write(json.dumps({'stage': stage, 'step': step, 'time_s': seconds}) + '\n')
+
   def info(self, message: str) -> None:
     if self.active:
       tqdm.tqdm.write(message)

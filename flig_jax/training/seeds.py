@@ -4,7 +4,8 @@ leading seed axis of the state and of the batch, and jitted as `parallel.jit_ste
 Each model keeps its own parameters, optimiser state and RNG (its row of the stacked state) and
 reads its own batches (its row of the stacked batch); the S models share only the program. Any pure
 step `step(state, batch) -> (state, metrics)` works: `steps.stage1_step` and `steps.stage2_step`
-with their model, optimisers and config bound by `functools.partial`.
+with their model and config bound by `functools.partial`, on states from
+`train_state.create_stage1_state` / `create_stage2_state`.
 """
 
 import operator
@@ -34,8 +35,9 @@ def _stack_trees(*trees: T) -> T:
 def stack(states: Sequence[T], mesh: Mesh) -> T:
   """The S states as one, every leaf stacked on a new leading axis, replicated on `mesh`.
 
-  The states must share their structure (the same model and optimiser); static fields (e.g. the
-  adapter's sizes) must be equal.
+  The states must share their structure (the same model and optimiser settings: states created from
+  configs that differ only in the seed do); static fields (e.g. the adapter's sizes, the
+  optimisers) must be equal.
   """
   if not states:
     raise ValueError('seeds.stack: no states to stack')

@@ -162,17 +162,35 @@ def keep_at(state: Any, chosen: jax.Array, groups: Groups) -> tuple[Any, dict[st
 
 
 def kept_start_note(flow_type: str, kept_steps: Any, margin: float,
-                    scored_on: str = 'the validation split') -> str | None:
+                    scored_on: str = 'the validation split',
+                    pixel_weight: float | None = None) -> str | None:
   """The plain-words line a run prints when stage 2 keeps its start (step 0) in every part, else
   None: no later step cleared the selection margin (on `scored_on`), so FLIG is the flow it
-  started from."""
+  started from. `pixel_weight` > 0 (the decoder's pixel path, `flig_jax.pixel_path`) makes
+  decoding a blend, which the note then says instead of naming the `cae_ridge` baseline."""
   if any(int(step) != 0 for step in kept_steps):
     return None
   why = (f'no later step of stage 2 beat step 0 on {scored_on} by more than '
          f'stage2.select_margin = {margin:g} jackknife standard errors of the gain')
-  if flow_type == 'augmented':
-    return (f'note: FLIG equals its closed-form ridge start on this data, in both directions: '
-            f'{why}, so the flow kept is the ridge map between the autoencoder\'s features and '
-            f'the responses it started from (evaluate.py\'s cae_ridge baseline is much the same '
-            f'model)')
-  return f'note: FLIG is the flow it started from (step 0): {why}'
+  if flow_type != 'augmented':
+    return f'note: FLIG is the flow it started from (step 0): {why}'
+  note = (f'note: FLIG equals its closed-form ridge start on this data, in both directions: '
+          f'{why}, so the flow kept is the ridge map between the autoencoder\'s features and '
+          f'the responses it started from')
+  if pixel_weight:
+    return (f'{note}; decoding blends its images with the pixel path\'s (weight '
+            f'{pixel_weight:g}), so evaluate.py\'s cae_ridge baseline matches FLIG in encoding '
+            'only')
+  return f'{note} (evaluate.py\'s cae_ridge baseline is much the same model)'
+
+
+def kept_lines(flow_type: str, best_score: Any, best_step: Any, margin: float) -> list[str]:
+  """What a run prints at the end of stage 2 about the flow parts model selection kept (nothing
+  when it kept none): each group's score and step, and `kept_start_note`'s line."""
+  if int(jnp.min(best_step)) < 0 or not bool(jnp.all(jnp.isfinite(best_score))):
+    return []
+  kept = ', '.join(f'{name} {float(score):.4f} at step {int(step)}'
+                   for (name, _), score, step in zip(GROUPS[flow_type], best_score, best_step))
+  note = kept_start_note(flow_type, best_step, margin)
+  return [f'stage 2 keeps the flow parts best on the validation split: {kept}'] + (
+      [note] if note else [])

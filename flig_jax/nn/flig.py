@@ -1,0 +1,238 @@
+"""FLIG as a Linen module (autoencoder + flow, with the adapter and the feature statistics read
+from their own variable collections) and `Frozen`, every variable of it except the flow.
+
+  encode: r_hat = A^-1(f((E(x) - mean) / std))
+  decode: x_hat = G(f^-1(A(r)) * std + mean)
+          (with the pixel path: (1 - w) times that + w clip(A(r) P + b), `pixel_path`)
+
+With the augmented flow (the default) f acts on [h, e_h] -> [a, e_a] and the noise coordinates are
+zero at inference: encode reads the first D outputs of f([h, 0]), decode the first D of
+f^-1([A(r), 0]). The module is a pure function of its variables; `model.Model` wraps a trained one
+for numpy users.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from flig_jax import pixel_path
+from flig_jax.nn import precision
+from flig_jax.nn.adapter import ARRAY_NAMES, Adapter
+from flig_jax.nn.autoencoder import Autoencoder
+from flig_jax.nn.flow import FLOW_TYPES
+
+Array = jax.Array
+Variables = dict[str, Any]
+_STD_FLOOR = 1e-6
+
+
+class FLIG(nn.Module):
+  """FLIG as a Linen module; a pure function of (variables, inputs).
+
+  Variables: `params` {'autoencoder', 'flow'}; `stats` {'feature_mean', 'feature_std'} (D,), the
+  standardisation of the features (h = (E(x) - mean) / std) set from training features after
+  stage 1; `adapter` {'mean', 'scale', 'components', 'sqrt_eig'}, the Adapter's arrays (k comes
+  from their shapes); optionally `pixel_path` {'kernel' (D, H*W*C), 'bias', 'weight' ()}, the
+  decoder's blend with a linear pixel map (`flig_jax.pixel_path`; decoding uses it when present).
+  Build them with `Frozen.variables`.
+
+  `dtype` is the compute dtype of the autoencoder's layers and the couplings' conditioners (e.g.
+  bfloat16, `config.model.dtype`; None: that of the inputs and parameters). Parameters are float32
+  and every output (features, images, flow vectors, log-dets) has the dtype of the inputs.
+  """
+  image_shape: tuple[int, int, int]
+  feature_dim: int
+  cae_widths: tuple[int, ...] = (32, 64)
+  flow_blocks: int = 4
+  flow_hidden: int = 128
+  coupling: str = 'affine'
+  spline_bins: int = 8
+  spline_range: float = 4.0
+  flow_type: str = 'augmented'
+  dtype: Any = None
+
+  @classmethod
+  def from_config(cls, model_config: ml_collections.ConfigDict,
+                  image_shape: tuple[int, int, int]) -> 'FLIG':
+    """The module for `config.model` and images of shape (H, W, C)."""
+    c = model_config
+    return cls(image_shape=tuple(int(s) for s in image_shape),
+               feature_dim=int(c.feature_dim), cae_widths=tuple(int(w) for w in c.cae_widths),
+               flow_blocks=int(c.flow_blocks), flow_hidden=int(c.flow_hidden),
+               coupling=str(c.coupling), spline_bins=int(c.spline_bins),
+               spline_range=float(c.spline_range),
+               flow_type=str(c.get('flow_type', 'plain')),  # runs saved before the option: plain
+               dtype=precision.compute_dtype(str(c.get('dtype', 'float32'))))
+
+  def setup(self):
+    self.autoencoder = Autoencoder(tuple(self.image_shape), self.feature_dim,
+                                   tuple(self.cae_widths), dtype=self.dtype)
+    if self.flow_type not in FLOW_TYPES:
+      raise ValueError(f'unknown model.flow_type {self.flow_type!r}; use one of '
+                       f'{tuple(FLOW_TYPES)}')
+    self.flow = FLOW_TYPES[self.flow_type](self.feature_dim, self.flow_blocks, self.flow_hidden,
+                                           self.coupling, self.spline_bins, self.spline_range,
+                                           dtype=self.dtype)
+
+  # --- the fixed parts, read from the `stats` and `adapter` collections ---
+
+  def _get(self, collection: str, name: str) -> Array:
+    value = self.get_variable(collection, name)
+    if value is None:
+      raise ValueError(f"the FLIG variables lack '{collection}/{name}'; build them with "
+                       'Frozen.variables')
+    return value
+
+  def adapter(self) -> Adapter:
+    """The Adapter held in the `adapter` collection."""
+    return Adapter.from_arrays({n: self._get('adapter', n) for n in ARRAY_NAMES},
+                               dim=self.feature_dim)
+
+  def standardise(self, h_raw: Array) -> Array:
+    """(E(x) - mean) / std."""
+    return (h_raw - self._get('stats', 'feature_mean')) / self._get('stats', 'feature_std')
+
+  def unstandardise(self, h: Array) -> Array:
+    """h * std + mean, back to the autoencoder's feature space."""
+    return h * self._get('stats', 'feature_std') + self._get('stats', 'feature_mean')
+
+  # --- the pieces ---
+
+  def features(self, x: Array) -> Array:
+    """E(x), raw features (N, D)."""
+    return self.autoencoder.encode(x)
+
+  def decode_features(self, h_raw: Array) -> Array:
+    """G(h) for raw features (N, D) -> images (N, H, W, C)."""
+    return self.autoencoder.decode(h_raw)
+
+  def reconstruct(self, x: Array) -> Array:
+    """G(E(x))."""
+    return self.autoencoder(x)
+
+  def flow_forward(self, x: Array) -> tuple[Array, Array]:
+    """f(x) and log|det df/dx|: (N, S) and (N,), S = D (plain) or 2D (augmented)."""
+    return self.flow.forward(x)
+
+  def flow_inverse(self, y: Array) -> tuple[Array, Array]:
+    """f^-1(y) and log|det df^-1/dy|: (N, S) and (N,)."""
+    return self.flow.inverse(y)
+
+  def augment(self, v: Array, noise: Array | None = None) -> Array:
+    """[v, noise] (zeros when None) for the augmented flow; v itself for the plain one."""
+    if self.flow_type != 'augmented':
+      return v
+    return jnp.concatenate([v, jnp.zeros_like(v) if noise is None else noise], axis=-1)
+
+  def head(self, y: Array) -> Array:
+    """The first D coordinates of an (augmented) flow vector: features or adapted responses."""
+    return y[..., :self.feature_dim]
+
+  def encode_standardised(self, h: Array) -> Array:
+    """f([h, 0]) read on the response side: standardised features -> adapted responses (N, D)."""
+    return self.head(self.flow_forward(self.augment(h))[0])
+
+  def decode_adapted(self, a: Array) -> Array:
+    """f^-1([a, 0]) read on the feature side: adapted responses -> standardised features."""
+    return self.head(self.flow_inverse(self.augment(a))[0])
+
+  def latent(self, x: Array) -> Array:
+    """The encoder's prediction in the adapter's space, images -> (N, D)."""
+    return self.encode_standardised(self.standardise(self.features(x)))
+
+  # --- the two directions ---
+
+  def encode(self, x: Array) -> Array:
+    """A^-1(f(standardise(E(x)))): images (N, H, W, C) -> responses (N, U)."""
+    return self.adapter().inverse(self.latent(x))
+
+  def pixel_decode(self, a: Array) -> Array:
+    """The pixel path's linear map: clip(a P + b, 0, 1), adapted responses -> images."""
+    pixels = a @ self._get('pixel_path', 'kernel') + self._get('pixel_path', 'bias')
+    return jnp.clip(pixels, 0.0, 1.0).reshape((a.shape[0],) + tuple(self.image_shape))
+
+  def decode_images(self, a: Array) -> Array:
+    """Adapted responses (N, D) -> images: G(unstandardise(f^-1(a))), blended with the pixel
+    path's map by its weight when the model has one."""
+    images = self.decode_features(self.unstandardise(self.decode_adapted(a)))
+    if not self.has_variable('pixel_path', 'weight'):
+      return images
+    return pixel_path.blend(images, self.pixel_decode(a).astype(images.dtype),
+                            self._get('pixel_path', 'weight').astype(images.dtype))
+
+  def decode(self, r: Array, pad: str = 'zeros', rng: Array | None = None) -> Array:
+    """G(unstandardise(f^-1(A(r)))) (blended with the pixel path when there is one): responses
+    (N, U) -> images (N, H, W, C) in [0, 1]."""
+    return self.decode_images(self.adapter().forward(r, pad=pad, rng=rng))
+
+  def roundtrip(self, x: Array) -> Array:
+    """G(unstandardise(f^-1(f(standardise(E(x)))))) on the whole (augmented) vector, which must
+    equal G(E(x))."""
+    y = self.flow_forward(self.augment(self.standardise(self.features(x))))[0]
+    return self.decode_features(self.unstandardise(self.head(self.flow_inverse(y)[0])))
+
+  def __call__(self, x: Array) -> Array:
+    return self.encode(x)
+
+  @nn.nowrap
+  def init_autoencoder(self, rng: Array, images: Array) -> Any:
+    """Fresh autoencoder parameters for images (N, H, W, C)."""
+    return self.init(rng, images, method=FLIG.reconstruct)['params']['autoencoder']
+
+  @nn.nowrap
+  def init_flow(self, rng: Array, h: Array) -> Any:
+    """Fresh flow parameters; ActNorm's data-dependent start sees standardised features h (N, D),
+    N >= 2. Each coupling starts as the identity."""
+    return self.init(rng, h, method=FLIG.encode_standardised)['params']['flow']
+
+
+@flax.struct.dataclass
+class Frozen:
+  """Every FLIG variable except the flow: what stage 2 reads and never trains.
+
+  Attributes:
+    autoencoder: the trained stage-1 parameters of E and G.
+    feature_mean: (D,) mean of the raw training features E(x).
+    feature_std: (D,) their standard deviation (floored at 1e-6).
+    adapter: the Adapter fitted on the training responses.
+    pixel_kernel: (D, H * W * C) the pixel path's map (`flig_jax.pixel_path`), or None.
+    pixel_bias: (H * W * C,) its bias, or None.
+    pixel_weight: () the blend's weight w, or None.
+  """
+  autoencoder: Any
+  feature_mean: Array
+  feature_std: Array
+  adapter: Adapter
+  pixel_kernel: Array | None = None
+  pixel_bias: Array | None = None
+  pixel_weight: Array | None = None
+
+  @classmethod
+  def fit(cls, autoencoder: Any, features: Any, adapter: Adapter) -> 'Frozen':
+    """The frozen parts for trained autoencoder parameters, their raw training features (N, D)
+    and a fitted adapter."""
+    h = jnp.asarray(features, jnp.float32)
+    if adapter.dim != h.shape[-1]:
+      raise ValueError(f'the adapter maps to {adapter.dim} dimensions but the features have '
+                       f'{h.shape[-1]}')
+    return cls(autoencoder=autoencoder, feature_mean=h.mean(axis=0),
+               feature_std=jnp.maximum(h.std(axis=0), _STD_FLOOR), adapter=adapter)
+
+  @property
+  def signal_mask(self) -> Array:
+    """(D,) 1 on the adapter's k signal coordinates, 0 on its padding."""
+    return self.adapter.signal_mask
+
+  def variables(self, flow: Any) -> Variables:
+    """The FLIG variables with these frozen parts and the flow parameters `flow`."""
+    variables = {'params': {'autoencoder': self.autoencoder, 'flow': flow},
+                 'stats': {'feature_mean': self.feature_mean, 'feature_std': self.feature_std},
+                 'adapter': self.adapter.arrays()}
+    if self.pixel_kernel is not None:
+      variables['pixel_path'] = {'kernel': self.pixel_kernel, 'bias': self.pixel_bias,
+                                 'weight': self.pixel_weight}
+    return variables

@@ -1,0 +1,183 @@
+"""Reruns stage 2 alone, in variants, on a finished run's frozen autoencoder, and prints each
+variant's validation scores as it trains: the ablations behind docs/stage2.md.
+
+  python scripts/stage2_ablation.py runs/v4_190927 --steps 1500 \\
+      stage2.coupling_weight_decay=1e-4 + stage2.coupling_weight_decay=3.0
+
+Variants are `key=value` config overrides, separated by `+`. The run's training pairs are split
+into a validation split (`--val_fraction`, carved by stimulus as `data.val_fraction` carves it;
+the run's own when it has one) and the rest, on which the adapter, the feature statistics, the
+closed-form start and stage 2 are fitted; the test split is never read. Each variant prints its
+validation encoding and decoding PCC every `--every` steps and the steps selection keeps
+(`stage2.select_margin`). `--baselines` also prints, on the same split, the MLP recipe of
+evaluate.py on the CAE features (`cae_mlp`) and on pixels, and pixel ridge; `--pixel_path` the
+validation PCC + SSIM of each pixel-path blend weight at the closed-form start.
+"""
+
+import argparse
+import ast
+import functools
+import sys
+import types
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from flig_jax import data, pixel_path
+from flig_jax import model as model_lib
+from flig_jax.data import dataset as dataset_lib
+from flig_jax.evaluation import baselines, metrics
+from flig_jax.nn import compiled
+from flig_jax.nn.adapter import Adapter
+from flig_jax.nn.flig import FLIG, Frozen
+from flig_jax.training import closed_form, stage2_data, steps, train_state, validation
+
+
+def prepare(workdir: str, val_fraction: float):
+  """The run's model, config, the (train, val) splits, the frozen parts fitted on that train and
+  both splits' stage-2 pairs."""
+  m = model_lib.load(workdir)
+  ds = data.from_config(m.config)
+  train, val = ds.train, ds.val
+  if len(val) < 2:
+    train, val = dataset_lib.carve_validation(train, val_fraction, int(m.config.seed))
+  raw_tr, raw_va = m.features(train.images), m.features(val.images)
+  adapter = Adapter.fit(train.responses, m.module.feature_dim,
+                        m.config.model.adapter_components)
+  frozen = Frozen.fit(m.variables['params']['autoencoder'], raw_tr, adapter)
+  pairs_tr = stage2_data.pairs(frozen, raw_tr, train.responses)
+  pairs_va = stage2_data.pairs(frozen, raw_va, val.responses)
+  return m, train, val, frozen, pairs_tr, pairs_va
+
+
+def run_variant(prepared, overrides: dict, steps_n: int, every: int) -> list[tuple]:
+  """Stage 2 with `overrides`; (step, val_enc_pcc, val_dec_pcc) at step 0 and every `every`
+  steps, and the kept steps."""
+  m, train, val, frozen, ptr, pva = prepared
+  config = ml_collections.ConfigDict(m.config.to_dict())
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  config.stage2.steps = steps_n
+  cfg = config.stage2
+  module = FLIG.from_config(config.model, m.image_shape)
+  k = frozen.adapter.k
+  val_set = validation.ValidationSet(
+      raw_features=None, features=jnp.asarray(pva['features']),
+      adapted=jnp.asarray(pva['adapted']), images=jnp.asarray(val.images),
+      responses=jnp.asarray(val.responses))
+  start = closed_form.linear_pair_params(
+      ptr['raw_features'], ptr['adapted'][:, :k], pva['raw_features'], pva['adapted'][:, :k],
+      np.asarray(frozen.feature_mean), np.asarray(frozen.feature_std), module.feature_dim)
+  arrays = {'features': ptr['features'], 'adapted': ptr['adapted']}
+  if cfg.pixel:
+    arrays['images'] = train.images
+  stream = data.BatchStream(arrays, cfg.batch_size, seed=config.seed + 1)
+  first = {name: jnp.asarray(v) for name, v in stream.batch(0).items()
+           if name in ('features', 'adapted')}
+  state = train_state.create_stage2_state(jax.random.key(config.seed + 2), config, module,
+                                          frozen, first, start, stage2_data.val_size(
+                                              types.SimpleNamespace(val=val)))
+  step_fn = jax.jit(functools.partial(steps.stage2_step, model=module, cfg=cfg))
+  validate = jax.jit(functools.partial(steps.stage2_validate, model=module,
+                                       margin=cfg.select_margin))
+  state, scores = validate(state, val_set)
+  trajectory = [(0, float(scores['val_enc_pcc']), float(scores['val_dec_pcc']))]
+  for step in range(steps_n):
+    state, _ = step_fn(state, {name: jnp.asarray(v) for name, v in stream.batch(step).items()})
+    if (step + 1) % every == 0 or step + 1 == steps_n:
+      state, scores = validate(state, val_set)
+      trajectory.append((step + 1, float(scores['val_enc_pcc']), float(scores['val_dec_pcc'])))
+  return trajectory, [int(s) for s in state.best_step]
+
+
+def baseline_scores(prepared, seed: int = 0) -> dict[str, float]:
+  """Validation encoding / decoding PCC of evaluate.py's MLP recipe (on CAE features and on
+  pixels) and of pixel ridge, fitted on the same training pairs."""
+  _, train, val, _, ptr, pva = prepared
+  enc = lambda pred: float(np.mean(metrics.per_unit_pcc(pred, val.responses)))
+  dec = lambda pred: float(np.mean(metrics.per_image_pcc(pred, val.images)))
+  fit = functools.partial(baselines.fit_mlp, steps=300, seed=seed)
+  out = {'cae_mlp_enc': enc(fit(ptr['raw_features'], train.responses, pva['raw_features'],
+                                val.responses, kind='encoder').predict(pva['raw_features'])),
+         'mlp_enc': enc(fit(train.images, train.responses, val.images, val.responses,
+                            kind='encoder').predict(val.images)),
+         'mlp_dec': dec(fit(train.responses, train.images, val.responses, val.images,
+                            kind='decoder').predict(val.responses))}
+  ridge = baselines.fit_ridge(train.images, train.responses, val.images, val.responses,
+                              refit_on_val=False)
+  out['ridge_enc'] = enc(ridge.predict(val.images))
+  ridge = baselines.fit_ridge(train.responses, train.images, val.responses, val.images,
+                              refit_on_val=False)
+  out['ridge_dec'] = dec(ridge.predict(val.responses))
+  return out
+
+
+def pixel_path_scores(prepared) -> np.ndarray:
+  """Mean validation PCC + SSIM of each blend weight (`pixel_path.WEIGHTS`), closed-form start."""
+  m, train, val, frozen, ptr, pva = prepared
+  k, d = frozen.adapter.k, m.module.feature_dim
+  start = closed_form.linear_pair_params(
+      ptr['raw_features'], ptr['adapted'][:, :k], pva['raw_features'], pva['adapted'][:, :k],
+      np.asarray(frozen.feature_mean), np.asarray(frozen.feature_std), d)
+  kernel, bias = pixel_path.fit(ptr['adapted'][:, :k], train.images, None, None, d)
+  flow = {**m.variables['params']['flow'], 'linear_pair': jax.tree.map(jnp.asarray, start)}
+  variables = frozen.replace(pixel_kernel=jnp.asarray(kernel), pixel_bias=jnp.asarray(bias),
+                             pixel_weight=jnp.zeros(())).variables(flow)
+  autoencoded = compiled.apply(m.module, 'decode_images')(variables, pva['adapted'])
+  pixels = compiled.apply(m.module, 'pixel_decode')(variables, pva['adapted'])
+  return pixel_path.candidate_scores(autoencoded, pixels, val.images).mean(axis=1)
+
+
+def _value(text: str):
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('workdir', help='a finished run (train.py --workdir)')
+  parser.add_argument('variants', nargs='*', help="key=value overrides; '+' separates variants")
+  parser.add_argument('--steps', type=int, default=1500)
+  parser.add_argument('--every', type=int, default=100)
+  parser.add_argument('--val_fraction', type=float, default=0.1)
+  parser.add_argument('--baselines', action='store_true')
+  parser.add_argument('--pixel_path', action='store_true')
+  args = parser.parse_intermixed_args()
+  prepared = prepare(args.workdir, args.val_fraction)
+  print(f'{args.workdir}: {len(prepared[1])} training pairs, {len(prepared[2])} validation')
+  if args.baselines:
+    print('baselines (validation PCC):', {k: round(v, 4) for k, v in
+                                          baseline_scores(prepared).items()})
+  if args.pixel_path:
+    scores = pixel_path_scores(prepared)
+    print('pixel path (validation PCC + SSIM per weight):',
+          {w: round(float(v), 4) for w, v in zip(pixel_path.WEIGHTS, scores)})
+  groups, current = [], []
+  for item in args.variants:
+    if item == '+':
+      groups.append(current)
+      current = []
+    else:
+      current.append(item)
+  groups.append(current)
+  for group in groups:
+    overrides = {k: _value(v) for k, v in (item.split('=', 1) for item in group)}
+    trajectory, kept = run_variant(prepared, overrides, args.steps, args.every)
+    print(overrides or 'the run\'s config', f'(kept steps: encoder {kept[0]}, decoder {kept[-1]})')
+    print('  enc', ' '.join(f'{t[1]:.3f}' for t in trajectory))
+    print('  dec', ' '.join(f'{t[2]:.3f}' for t in trajectory), flush=True)
+
+
+if __name__ == '__main__':
+  main()
