@@ -11,6 +11,7 @@ implements them (`data.loading.LOADERS`, `nn.flow.FLOW_TYPES`, ...), never liste
 """
 
 import dataclasses
+import importlib
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -72,34 +73,10 @@ class Rule:
   on_resume: str = FIXED
 
 
-def _dataset_names() -> Iterable[str]:
-  from flig_jax.data import loading  # pylint: disable=g-import-not-at-top
-  return loading.LOADERS
-
-
-def _synthetic_modes() -> Iterable[str]:
-  from flig_jax.data import synthetic  # pylint: disable=g-import-not-at-top
-  return synthetic.MODES
-
-
-def _flow_types() -> Iterable[str]:
-  from flig_jax.nn import flow  # pylint: disable=g-import-not-at-top
-  return flow.FLOW_TYPES
-
-
-def _couplings() -> Iterable[str]:
-  from flig_jax.nn import flow  # pylint: disable=g-import-not-at-top
-  return flow.COUPLINGS
-
-
-def _dtypes() -> Iterable[str]:
-  from flig_jax.nn import precision  # pylint: disable=g-import-not-at-top
-  return precision.DTYPES
-
-
-def _select_by() -> Iterable[str]:
-  from flig_jax.training import validation  # pylint: disable=g-import-not-at-top
-  return validation.SELECT_BY
+def _registry(module: str, name: str) -> Callable[[], Iterable[str]]:
+  """The choices `module.name` defines (a registry next to the code implementing them), imported
+  only when a config is checked."""
+  return lambda: getattr(importlib.import_module(module), name)
 
 
 _POSITIVE = Range(0.0, strict=True)
@@ -107,13 +84,13 @@ _WEIGHT = Rule(Range(0.0), IN_STAGE1)  # a stage-2 loss weight
 
 RULES: dict[str, Rule] = {
     'seed': Rule(Range(0)),
-    'data.name': Rule(OneOf(_dataset_names)),
+    'data.name': Rule(OneOf(_registry('flig_jax.data.loading', 'LOADERS'))),
     'data.dir': Rule(on_resume=ANY_TIME),
     'data.image_size': Rule(Range(4)),
     'data.folds': Rule(Range(0)),
     'data.val_fraction': Rule(Range(0.0, 1.0)),
     'data.split_seed': Rule(Range(0)),
-    'data.synthetic_mode': Rule(OneOf(_synthetic_modes)),
+    'data.synthetic_mode': Rule(OneOf(_registry('flig_jax.data.synthetic', 'MODES'))),
     'data.num_train': Rule(Range(2)),
     'data.num_test': Rule(Range(2)),
     'data.num_units': Rule(Range(1)),
@@ -122,12 +99,12 @@ RULES: dict[str, Rule] = {
     'model.adapter_components': Rule(Range(0)),
     'model.flow_blocks': Rule(Range(1)),
     'model.flow_hidden': Rule(Range(1)),
-    'model.flow_type': Rule(OneOf(_flow_types)),
-    'model.coupling': Rule(OneOf(_couplings)),
+    'model.flow_type': Rule(OneOf(_registry('flig_jax.nn.flow', 'FLOW_TYPES'))),
+    'model.coupling': Rule(OneOf(_registry('flig_jax.nn.flow', 'COUPLINGS'))),
     'model.spline_bins': Rule(Range(2)),
     'model.spline_range': Rule(_POSITIVE),
     'model.disc_hidden': Rule(Range(1), IN_STAGE1),
-    'model.dtype': Rule(OneOf(_dtypes)),
+    'model.dtype': Rule(OneOf(_registry('flig_jax.nn.precision', 'DTYPES'))),
     'stage1.steps': Rule(Range(1), IN_STAGE1),
     'stage1.batch_size': Rule(Range(1)),
     'stage1.learning_rate': Rule(_POSITIVE),
@@ -153,7 +130,8 @@ RULES: dict[str, Rule] = {
     'stage2.pixel': _WEIGHT,
     'stage2.gradient_penalty': _WEIGHT,
     'stage2.eval_every_steps': Rule(Range(1), ANY_TIME),
-    'stage2.select_by': Rule(OneOf(_select_by), IN_STAGE1),
+    'stage2.select_by': Rule(OneOf(_registry('flig_jax.training.validation', 'SELECT_BY')),
+                             IN_STAGE1),
     'stage2.select_margin': Rule(Range(0.0), IN_STAGE1),
     'checkpoint.every_steps': Rule(Range(1), ANY_TIME),
     'checkpoint.keep': Rule(Range(1), ANY_TIME),
