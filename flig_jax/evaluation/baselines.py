@@ -97,6 +97,24 @@ def _start_at_mean(params: Any, y_mean: jax.Array, kind: str) -> Any:
   return params
 
 
+def _train_steps(net: 'MLPNet', tx: optax.GradientTransformation, params: Any, opt_state: Any,
+                 xs: jax.Array, ys: jax.Array, idx: jax.Array, steps: jax.Array,
+                 key: jax.Array) -> tuple[Any, Any]:
+  """len(idx) AdamW steps on the MSE of `net` (one `lax.scan`): step i trains on rows idx[i] of
+  (xs, ys), with dropout drawn from fold_in(key, steps[i])."""
+  def train_step(carry, inputs):
+    params, opt_state = carry
+    rows, step = inputs
+
+    def loss_fn(p):
+      out = net.apply({'params': p}, xs[rows], train=True,
+                      rngs={'dropout': jax.random.fold_in(key, step)})
+      return jnp.mean((out - ys[rows]) ** 2)
+    updates, opt_state = tx.update(jax.grad(loss_fn)(params), opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), None
+  return jax.lax.scan(train_step, (params, opt_state), (idx, steps))[0]
+
+
 def fit_mlp(x_train: Any, y_train: Any, x_val: Any = None, y_val: Any = None,
             kind: str = 'decoder', output_shape: tuple[int, ...] | None = None,
             hidden: Sequence[int] = (256,), steps: int = 400, batch_size: int = 128,
@@ -174,20 +192,7 @@ def fit_mlp(x_train: Any, y_train: Any, x_val: Any = None, y_val: Any = None,
   opt_state = tx.init(params)
   batch = min(batch_size, x.shape[0])
 
-  @jax.jit
-  def train_chunk(params, opt_state, xs, ys, idx, steps):
-    """`eval_every` steps in one compiled call (minibatch indices idx: (eval_every, batch))."""
-    def train_step(carry, inputs):
-      params, opt_state = carry
-      rows, step = inputs
-      def loss_fn(p):
-        out = net.apply({'params': p}, xs[rows], train=True,
-                        rngs={'dropout': jax.random.fold_in(key, step)})
-        return jnp.mean((out - ys[rows]) ** 2)
-      grads = jax.grad(loss_fn)(params)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return (optax.apply_updates(params, updates), opt_state), None
-    return jax.lax.scan(train_step, (params, opt_state), (idx, steps))[0]
+  train_chunk = jax.jit(functools.partial(_train_steps, net, tx, key=key))
 
   @jax.jit
   def val_loss(params, xvs, yvs):
@@ -231,18 +236,7 @@ def _programs(net: MLPNet, kind: str, learning_rate: float, weight_decay: float)
     params = _start_at_mean(net.init(key, x_probe)['params'], y_mean, kind)
     return params, tx.init(params)
 
-  def chunk(params, opt_state, xs, ys, idx, steps, key):
-    def train_step(carry, inputs):
-      params, opt_state = carry
-      rows, step = inputs
-
-      def loss_fn(p):
-        out = net.apply({'params': p}, xs[rows], train=True,
-                        rngs={'dropout': jax.random.fold_in(key, step)})
-        return jnp.mean((out - ys[rows]) ** 2)
-      updates, opt_state = tx.update(jax.grad(loss_fn)(params), opt_state, params)
-      return (optax.apply_updates(params, updates), opt_state), None
-    return jax.lax.scan(train_step, (params, opt_state), (idx, steps))[0]
+  chunk = functools.partial(_train_steps, net, tx)
 
   def row_errors(params, xs, ys):
     return jnp.mean((net.apply({'params': params}, xs) - ys) ** 2, axis=1)
