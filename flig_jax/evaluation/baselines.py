@@ -97,6 +97,18 @@ def _start_at_mean(params: Any, y_mean: jax.Array, kind: str) -> Any:
   return params
 
 
+def _checked_pair(x_train: Any, y_train: Any, kind: str, steps: int, eval_every: int,
+                  patience: int) -> tuple[np.ndarray, np.ndarray]:
+  """An MLP recipe's arguments checked; the training pairs as matrices (N, in) and (N, out)."""
+  if steps < 1 or eval_every < 1 or patience < 1:
+    raise ValueError('steps, eval_every and patience must be positive.')
+  if kind not in ('decoder', 'encoder'):
+    raise ValueError(f"kind must be 'decoder' or 'encoder'; got {kind!r}.")
+  x, y = ridge.as_matrix(x_train, 'x_train'), ridge.as_matrix(y_train, 'y_train')
+  ridge.check_pair(x, y, 'x_train and y_train')
+  return x, y
+
+
 def _train_steps(net: 'MLPNet', tx: optax.GradientTransformation, params: Any, opt_state: Any,
                  xs: jax.Array, ys: jax.Array, idx: jax.Array, steps: jax.Array,
                  key: jax.Array) -> tuple[Any, Any]:
@@ -148,12 +160,7 @@ def fit_mlp(x_train: Any, y_train: Any, x_val: Any = None, y_val: Any = None,
   Returns:
     the fitted `MLP`.
   """
-  if steps < 1 or eval_every < 1 or patience < 1:
-    raise ValueError('steps, eval_every and patience must be positive.')
-  if kind not in ('decoder', 'encoder'):
-    raise ValueError(f"kind must be 'decoder' or 'encoder'; got {kind!r}.")
-  x, y = ridge.as_matrix(x_train, 'x_train'), ridge.as_matrix(y_train, 'y_train')
-  ridge.check_pair(x, y, 'x_train and y_train')
+  x, y = _checked_pair(x_train, y_train, kind, steps, eval_every, patience)
   if kind == 'decoder':
     output_shape = (tuple(output_shape) if output_shape is not None
                     else ridge.output_shape_of(y_train))
@@ -323,12 +330,7 @@ def fit_mlp_cv(x_train: Any, y_train: Any, fold_ids: Any, kind: str = 'decoder',
   Returns:
     the fitted `MLP`; `best_step` is the chosen step, `best_val` its pooled held-out MSE.
   """
-  if steps < 1 or eval_every < 1 or patience < 1:
-    raise ValueError('steps, eval_every and patience must be positive.')
-  if kind not in ('decoder', 'encoder'):
-    raise ValueError(f"kind must be 'decoder' or 'encoder'; got {kind!r}.")
-  x, y = ridge.as_matrix(x_train, 'x_train'), ridge.as_matrix(y_train, 'y_train')
-  ridge.check_pair(x, y, 'x_train and y_train')
+  x, y = _checked_pair(x_train, y_train, kind, steps, eval_every, patience)
   fold_ids = np.asarray(fold_ids)
   if fold_ids.shape != (x.shape[0],) or len(np.unique(fold_ids)) < 2:
     raise ValueError(f'fold_ids must be ({x.shape[0]},) with at least two folds; got '
