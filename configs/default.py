@@ -56,6 +56,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.model.flow_blocks = 4       # K
   c.model.flow_hidden = 128     # conditioner MLP width
   c.model.coupling = 'affine'   # affine | spline (nn/flow.py, COUPLINGS)
+  c.model.decoder_input = 'spread'  # what the decoder coupling's MLP reads: spread (principal
+                                    # components at their spread) | whitened (A(r) itself)
   c.model.pixel_path = True     # decoding blends G's image with a linear map A(r) -> pixels,
                                 # its weight chosen on validation (0: G alone; flig_jax/pixel_path)
   c.model.spline_bins = 8
