@@ -76,6 +76,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.stage1.max_shift = 2.0       # pixels
   c.stage1.max_rotation = 10.0   # degrees
   c.stage1.elastic_strength = 1.0  # pixels of smooth random displacement
+  c.stage1.init_from = ''        # a run's workdir: take its trained autoencoder and skip stage 1
+                                 # (its data and autoencoder fields must equal this run's)
 
   c.stage2 = ml_collections.ConfigDict()
   c.stage2.steps = 400
