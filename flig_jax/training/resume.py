@@ -18,7 +18,6 @@ from flig_jax import checkpoint_recovery, checkpointing, config_checks
 from flig_jax import model as model_lib
 from flig_jax.training import metrics_file
 
-
 # Beside every data field that may not change on resume: the fields that shape the autoencoder.
 AUTOENCODER_FIELDS = ('model.feature_dim', 'model.cae_widths')
 
