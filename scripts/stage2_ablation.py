@@ -12,9 +12,10 @@ validation encoding and decoding PCC every `--every` steps and the steps selecti
 (`stage2.select_margin`). With `--cv`, each variant is instead scored as train.py chooses stage 2's
 steps: by `data.folds`-fold cross-validation over the run's training split (the adapter, closed-form
 start, pixel path and stage 2 fitted on each fold's other folds), printing the cross-validated
-scores per validated step and the steps kept. `--baselines` also prints, on the same split, the MLP recipe of
-evaluate.py on the CAE features (`cae_mlp`) and on pixels, and pixel ridge; `--pixel_path` the
-validation PCC + SSIM of each pixel-path blend weight at the closed-form start.
+scores per validated step and the steps kept. Without `--cv`, `--baselines` also prints, on the
+same split, the MLP recipe of evaluate.py on the CAE features (`cae_mlp`) and on pixels, and pixel
+ridge; `--pixel_path` the validation PCC + SSIM of each pixel-path blend weight at the closed-form
+start.
 """
 
 import argparse
