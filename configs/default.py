@@ -56,6 +56,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.model.flow_blocks = 4       # K
   c.model.flow_hidden = 128     # conditioner MLP width
   c.model.coupling = 'affine'   # affine | spline (nn/flow.py, COUPLINGS)
+  c.model.decoder_input = 'spread'  # what the decoder coupling's MLP reads: spread (principal
+                                    # components at their spread) | whitened (A(r) itself)
   c.model.pixel_path = True     # decoding blends G's image with a linear map A(r) -> pixels,
                                 # its weight chosen on validation (0: G alone; flig_jax/pixel_path)
   c.model.spline_bins = 8
@@ -74,6 +76,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.stage1.max_shift = 2.0       # pixels
   c.stage1.max_rotation = 10.0   # degrees
   c.stage1.elastic_strength = 1.0  # pixels of smooth random displacement
+  c.stage1.init_from = ''        # a run's workdir: take its trained autoencoder and skip stage 1
+                                 # (its data and autoencoder fields must equal this run's)
 
   c.stage2 = ml_collections.ConfigDict()
   c.stage2.steps = 400

@@ -101,6 +101,8 @@ RULES: dict[str, Rule] = {
     'model.flow_hidden': Rule(Range(1)),
     'model.flow_type': Rule(OneOf(_registry('flig_jax.nn.flow', 'FLOW_TYPES'))),
     'model.coupling': Rule(OneOf(_registry('flig_jax.nn.flow', 'COUPLINGS'))),
+    'model.decoder_input': Rule(OneOf(_registry('flig_jax.nn.flig', 'DECODER_INPUTS')),
+                                IN_STAGE1),
     'model.spline_bins': Rule(Range(2)),
     'model.spline_range': Rule(_POSITIVE),
     'model.disc_hidden': Rule(Range(1), IN_STAGE1),

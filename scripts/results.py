@@ -3,6 +3,7 @@
   python scripts/results.py                      # all datasets, 3 seeds (2-5 min a run on 2 cores)
   python scripts/results.py --datasets digit69,v4_190927 --seeds 5
   python scripts/results.py --smoke              # :smoke configs, 2 seeds, synthetic + digit69
+  python scripts/results.py --stage1_from runs/results_before   # its autoencoders, stage 2 anew
 
 For each dataset and seed k, `train.py --config <shipped config> --config.seed=k` then
 `evaluate.py` (test split) run in `<root>/<dataset>/seed<k>`; a run whose eval_test/metrics.json
@@ -47,6 +48,10 @@ _OUT = flags.DEFINE_string('out', None, 'Where summary.json and summary.md go (d
 _FIGURE = flags.DEFINE_string('figure', None, 'The FLIG-minus-best-baseline figure (default '
                               'docs/flig_minus_best.png, or <out>/flig_minus_best.png with '
                               '--smoke).')
+_STAGE1_FROM = flags.DEFINE_string(
+    'stage1_from', None, 'The root of an earlier sweep: each run takes the trained autoencoder of '
+    'the same dataset and seed there, when that run finished (config.stage1.init_from), and '
+    'trains stage 2 only.')
 _AGGREGATE_ONLY = flags.DEFINE_bool('aggregate_only', False, 'Train and evaluate nothing; '
                                         'aggregate the metrics already there.')
 
@@ -72,19 +77,24 @@ def _run(command: list[str], log: pathlib.Path) -> None:
                      + '\n'.join(tail))
 
 
-def train_and_evaluate(name: str, seed: int, workdir: pathlib.Path, smoke: bool) -> str:
+def train_and_evaluate(name: str, seed: int, workdir: pathlib.Path, smoke: bool,
+                       stage1_from: pathlib.Path | None = None) -> str:
   """Trains and evaluates one dataset and seed unless done; returns what it did."""
   metrics = workdir / 'eval_test' / 'metrics.json'
   if metrics.is_file():
     return 'done before'
   config, overrides = DATASETS[name]
+  what = 'trained and evaluated'
+  if stage1_from is not None and (stage1_from / 'eval_test' / 'metrics.json').is_file():
+    overrides = (*overrides, f'stage1.init_from={stage1_from.resolve()}')
+    what = f'stage 2 trained on the autoencoder of {stage1_from}, and evaluated'
   workdir.mkdir(parents=True, exist_ok=True)
   log = workdir / 'results.log'
   _run([sys.executable, str(ROOT / 'train.py'), f'--config={ROOT / _config_spec(config, smoke)}',
         f'--workdir={workdir}', f'--config.seed={seed}',
         *[f'--config.{o}' for o in overrides]], log)
   _run([sys.executable, str(ROOT / 'evaluate.py'), f'--ckpt={workdir}', '--split=test'], log)
-  return 'trained and evaluated'
+  return what
 
 
 def main(argv):
@@ -113,7 +123,9 @@ def main(argv):
       workdir = root / name / f'seed{seed}'
       if not _AGGREGATE_ONLY.value:
         start = time.perf_counter()
-        what = train_and_evaluate(name, seed, workdir, smoke)
+        source = (pathlib.Path(_STAGE1_FROM.value) / name / f'seed{seed}'
+                  if _STAGE1_FROM.value else None)
+        what = train_and_evaluate(name, seed, workdir, smoke, source)
         print(f'{name} seed {seed}: {what} ({time.perf_counter() - start:.0f} s)', flush=True)
       path = workdir / 'eval_test' / 'metrics.json'
       if path.is_file():

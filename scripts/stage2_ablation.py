@@ -9,15 +9,20 @@ into a validation split (`--val_fraction`, carved by stimulus as `data.val_fract
 the run's own when it has one) and the rest, on which the adapter, the feature statistics, the
 closed-form start and stage 2 are fitted; the test split is never read. Each variant prints its
 validation encoding and decoding PCC every `--every` steps and the steps selection keeps
-(`stage2.select_margin`). `--baselines` also prints, on the same split, the MLP recipe of
-evaluate.py on the CAE features (`cae_mlp`) and on pixels, and pixel ridge; `--pixel_path` the
-validation PCC + SSIM of each pixel-path blend weight at the closed-form start.
+(`stage2.select_margin`). With `--cv`, each variant is instead scored as train.py chooses stage 2's
+steps: by `data.folds`-fold cross-validation over the run's training split (the adapter, closed-form
+start, pixel path and stage 2 fitted on each fold's other folds), printing the cross-validated
+scores per validated step and the steps kept. Without `--cv`, `--baselines` also prints, on the
+same split, the MLP recipe of evaluate.py on the CAE features (`cae_mlp`) and on pixels, and pixel
+ridge; `--pixel_path` the validation PCC + SSIM of each pixel-path blend weight at the closed-form
+start.
 """
 
 import argparse
 import ast
 import functools
 import sys
+import tempfile
 import types
 from pathlib import Path
 
@@ -35,7 +40,16 @@ from flig_jax.evaluation import baselines, metrics
 from flig_jax.nn import compiled
 from flig_jax.nn.adapter import Adapter
 from flig_jax.nn.flig import FLIG, Frozen
-from flig_jax.training import closed_form, stage2_data, steps, train_state, validation
+from flig_jax.training import (
+  closed_form,
+  context,
+  cross_validation,
+  parallel,
+  stage2_data,
+  steps,
+  train_state,
+  validation,
+)
 
 
 def prepare(workdir: str, val_fraction: float):
@@ -55,10 +69,9 @@ def prepare(workdir: str, val_fraction: float):
   return m, train, val, frozen, pairs_tr, pairs_va
 
 
-def run_variant(prepared, overrides: dict, steps_n: int, every: int) -> list[tuple]:
-  """Stage 2 with `overrides`; (step, val_enc_pcc, val_dec_pcc) at step 0 and every `every`
-  steps, and the kept steps."""
-  m, train, val, frozen, ptr, pva = prepared
+def _config(m, overrides: dict, steps_n: int) -> ml_collections.ConfigDict:
+  """The run's config with `overrides` (fields newer than the run take their default) and
+  `steps_n` stage-2 steps."""
   config = ml_collections.ConfigDict(m.config.to_dict())
   for key, value in overrides.items():
     node = config
@@ -67,6 +80,43 @@ def run_variant(prepared, overrides: dict, steps_n: int, every: int) -> list[tup
       node = node[p]
     node[leaf] = value
   config.stage2.steps = steps_n
+  return config
+
+
+def run_variant_cv(m, overrides: dict, steps_n: int, every: int) -> cross_validation.Selection:
+  """Stage 2 with `overrides`, cross-validated over the run's training split as train.py does
+  it, on the run's autoencoder."""
+  config = _config(m, overrides, steps_n)
+  config.stage2.eval_every_steps = every
+  autoencoder = m.variables['params']['autoencoder']
+  with tempfile.TemporaryDirectory() as workdir:
+    ctx = context.make_context(config, workdir)
+    try:
+      train = ctx.dataset.train
+      raw = stage2_data.features(ctx.module, autoencoder, train.images)
+      folds = data.config_fold_ids(config, train)
+      if folds is None:
+        raise SystemExit('error: --cv needs data.folds >= 2')
+      step_fn = parallel.jit_step(
+          functools.partial(steps.stage2_step, model=ctx.module, cfg=config.stage2), ctx.mesh)
+
+      def init(frozen, first_batch, linear_pair):
+        return train_state.create_stage2_state(jax.random.key(config.seed + 2), config,
+                                               ctx.module, frozen, first_batch, linear_pair, 0)
+
+      weight = (stage2_data.pixel_weight(ctx, autoencoder, raw, folds)
+                if config.model.pixel_path else None)
+      return cross_validation.stage2(ctx, autoencoder, raw, folds, step_fn,
+                                     parallel.jit_init(init, ctx.mesh), lambda s: None, weight)
+    finally:
+      ctx.log.close()
+
+
+def run_variant(prepared, overrides: dict, steps_n: int, every: int) -> list[tuple]:
+  """Stage 2 with `overrides`; (step, val_enc_pcc, val_dec_pcc) at step 0 and every `every`
+  steps, and the kept steps."""
+  m, train, val, frozen, ptr, pva = prepared
+  config = _config(m, overrides, steps_n)
   cfg = config.stage2
   module = FLIG.from_config(config.model, m.image_shape)
   k = frozen.adapter.k
@@ -153,7 +203,30 @@ def main() -> None:
   parser.add_argument('--val_fraction', type=float, default=0.1)
   parser.add_argument('--baselines', action='store_true')
   parser.add_argument('--pixel_path', action='store_true')
+  parser.add_argument('--cv', action='store_true',
+                      help='score each variant by cross-validation over the training split')
   args = parser.parse_intermixed_args()
+  groups, current = [], []
+  for item in args.variants:
+    if item == '+':
+      groups.append(current)
+      current = []
+    else:
+      current.append(item)
+  groups.append(current)
+  variants = [{k: _value(v) for k, v in (item.split('=', 1) for item in group)}
+              for group in groups]
+  if args.cv:
+    m = model_lib.load(args.workdir)
+    for overrides in variants:
+      selection = run_variant_cv(m, overrides, args.steps, args.every)
+      print(overrides or 'the run\'s config', f'({selection.folds}-fold cross-validation; kept '
+            f'steps: encoder {selection.chosen["cv_enc_pcc"]}, decoder '
+            f'{selection.chosen["cv_dec_pcc"]})')
+      for name in ('cv_enc_pcc', 'cv_dec_pcc'):
+        print(f'  {name.split("_")[1]}', ' '.join(f'{v:.4f}' for v in selection.scores[name]),
+              flush=True)
+    return
   prepared = prepare(args.workdir, args.val_fraction)
   print(f'{args.workdir}: {len(prepared[1])} training pairs, {len(prepared[2])} validation')
   if args.baselines:
@@ -163,16 +236,7 @@ def main() -> None:
     scores = pixel_path_scores(prepared)
     print('pixel path (validation PCC + SSIM per weight):',
           {w: round(float(v), 4) for w, v in zip(pixel_path.WEIGHTS, scores)})
-  groups, current = [], []
-  for item in args.variants:
-    if item == '+':
-      groups.append(current)
-      current = []
-    else:
-      current.append(item)
-  groups.append(current)
-  for group in groups:
-    overrides = {k: _value(v) for k, v in (item.split('=', 1) for item in group)}
+  for overrides in variants:
     trajectory, kept = run_variant(prepared, overrides, args.steps, args.every)
     print(overrides or 'the run\'s config', f'(kept steps: encoder {kept[0]}, decoder {kept[-1]})')
     print('  enc', ' '.join(f'{t[1]:.3f}' for t in trajectory))

@@ -173,6 +173,28 @@ def test_augmented_flow_reads_the_first_half_and_round_trips_exactly():
   np.testing.assert_allclose(ap(FLIG.roundtrip, x), ap(FLIG.reconstruct, x), atol=1e-5)
 
 
+def test_decoder_coupling_reads_the_responses_at_their_spread():
+  """decoder_input 'spread': the decoder coupling's MLP reads A(r) times the components' spread
+  (root mean square 1 over the k signal coordinates, 0 on the padding); encoding is untouched."""
+  _, module, variables, x, r = _build((28, 28, 1), 4, 'affine', flow_type='augmented')
+  assert module.decoder_input == 'spread'
+  sqrt_eig = np.asarray(variables['adapter']['sqrt_eig'])
+  assert sqrt_eig.shape == (4,) and np.ptp(sqrt_eig) > 0.1                   # k < D, unequal
+  scale = np.asarray(module.apply(variables, method=FLIG.decoder_input_scale))
+  np.testing.assert_allclose(scale[:4], sqrt_eig / np.sqrt(np.mean(sqrt_eig ** 2)), rtol=1e-6)
+  np.testing.assert_array_equal(scale[4:], 0.0)
+  whitened = module.clone(decoder_input='whitened')
+  assert whitened.apply(variables, method=FLIG.decoder_input_scale) is None
+  np.testing.assert_array_equal(module.apply(variables, x, method=FLIG.encode),
+                                whitened.apply(variables, x, method=FLIG.encode))
+  decoded = module.apply(variables, r, method=FLIG.decode)
+  assert float(jnp.max(jnp.abs(decoded - whitened.apply(variables, r, method=FLIG.decode)))) > 1e-4
+  # A run saved before the option decodes as it did.
+  config = _config(flow_type='augmented')
+  del config.model['decoder_input']
+  assert FLIG.from_config(config.model, (28, 28, 1)).decoder_input == 'whitened'
+
+
 def _save_and_load(tmp_path, config, variables, image_shape, step=7, **meta):
   """The test helper: save a model at `step` and load it back from the workdir."""
   model.save(tmp_path, config, variables, checkpointing.Meta(image_shape=image_shape, **meta), step)

@@ -117,8 +117,10 @@ def test_stage2_losses_equal_flig_jax(flow_type):
   disc_params = state.disc_params
   step_fn = jax.jit(functools.partial(steps.stage2_step, model=module, cfg=cfg))
 
+  scale = module.apply(frozen.variables(flow_params), method=FLIG.decoder_input_scale)
   flow = nets.Flow(D, config.model.flow_blocks, config.model.flow_hidden,
-                   augmented=flow_type == 'augmented')
+                   augmented=flow_type == 'augmented',
+                   decoder_input_scale=None if scale is None else torch.from_numpy(np.array(scale)))
   weights.load_flow(flow, jax.device_get(flow_params))
   disc = nets.Discriminator(D, config.model.disc_hidden)
   weights.load_discriminator(disc, jax.device_get(disc_params['forward']))

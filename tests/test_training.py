@@ -60,6 +60,25 @@ def test_real_data_smoke_configs_train(config, tmp_path, data_root):
   assert m.meta.finished and m.meta.dataset in ('digit69', 'cowley_v4')
 
 
+def test_stage2_from_another_runs_autoencoder_matches_that_run(smoke_workdir, tmp_path):
+  # Stage 2 depends on the autoencoder, the config and the seed only: taking the autoencoder of a
+  # finished run gives that run's stage 2, without training stage 1 again.
+  proc = train(tmp_path / 'reuse', f'--config.stage1.init_from={smoke_workdir}')
+  assert 'stage 1 skipped' in proc.stdout + proc.stderr
+  assert {r['stage'] for r in _losses(tmp_path / 'reuse')} == {2}
+  stage2 = [r for r in _losses(smoke_workdir) if r['stage'] == 2]
+  assert [r['loss'] for r in _losses(tmp_path / 'reuse')] == [r['loss'] for r in stage2]
+  for x, y in zip(_final_params(smoke_workdir), _final_params(tmp_path / 'reuse'), strict=True):
+    np.testing.assert_array_equal(x, y)
+  # An autoencoder trained on other images, or shaped otherwise, is refused in one line.
+  proc = train(tmp_path / 'other', f'--config.stage1.init_from={smoke_workdir}',
+               '--config.data.num_train=41', check=False)
+  assert proc.returncode != 0 and 'Traceback' not in proc.stderr
+  assert 'data.num_train: 256 there, 41 here' in proc.stderr
+  proc = train(tmp_path / 'none', f'--config.stage1.init_from={tmp_path / "missing"}', check=False)
+  assert proc.returncode != 0 and 'no trained autoencoder there' in proc.stderr
+
+
 def test_same_result_on_one_and_eight_devices(tmp_path):
   # Mixup pairs rows across the whole global batch (so across devices) and response noise draws
   # per row: both on, so the sharded step has to reproduce them.

@@ -183,11 +183,13 @@ class LULinear(nn.Module):
 class Coupling(nn.Module):
   """Affine split coupling: one half conditions y2 = x2 exp(s) + t of the other, with (t, raw s)
   from an MLP (two GELU layers, a zero-initialised output) and s = 2 tanh(raw / 2). The first
-  D // 2 coordinates condition the rest, or, with `swap`, are the ones transformed."""
+  D // 2 coordinates condition the rest, or, with `swap`, are the ones transformed. The MLP
+  reads the conditioning half times `input_scale` when one is given."""
 
-  def __init__(self, size: int, hidden: int, swap: bool = False):
+  def __init__(self, size: int, hidden: int, swap: bool = False,
+               input_scale: torch.Tensor | None = None):
     super().__init__()
-    self.split, self.swap = size // 2, swap
+    self.split, self.swap, self.input_scale = size // 2, swap, input_scale
     self.transformed = self.split if swap else size - self.split
     self.net = nn.Sequential(dense(size - self.transformed, hidden), nn.GELU('tanh'),
                              dense(hidden, hidden), nn.GELU('tanh'),
@@ -196,7 +198,8 @@ class Coupling(nn.Module):
   def forward(self, x: torch.Tensor, inverse: bool = False):
     first, second = x[..., :self.split], x[..., self.split:]
     cond, moved = (second, first) if self.swap else (first, second)
-    params = self.net(cond).view(*cond.shape[:-1], self.transformed, 2)
+    read = cond if self.input_scale is None else cond * self.input_scale
+    params = self.net(read).view(*cond.shape[:-1], self.transformed, 2)
     shift = params[..., 0]
     log_scale = AFFINE_SCALE_BOUND * torch.tanh(params[..., 1] / AFFINE_SCALE_BOUND)
     if inverse:
@@ -242,15 +245,18 @@ class LinearPair(nn.Module):
 
 class Flow(nn.Module):
   """f. Plain: `blocks` x (ActNorm, LU linear, coupling) on R^D, the couplings alternating halves.
-  Augmented: encoder coupling, LinearPair, decoder coupling on R^2D. Affine couplings only."""
+  Augmented: encoder coupling, LinearPair, decoder coupling on R^2D; `decoder_input_scale` (D,)
+  multiplies what the decoder coupling's MLP reads (flig_jax's `FLIG.decoder_input_scale`).
+  Affine couplings only."""
 
-  def __init__(self, feature_dim: int, blocks: int, hidden: int, augmented: bool):
+  def __init__(self, feature_dim: int, blocks: int, hidden: int, augmented: bool,
+               decoder_input_scale: torch.Tensor | None = None):
     super().__init__()
     self.feature_dim, self.augmented = feature_dim, augmented
     if augmented:
       self.enc_coupling = Coupling(2 * feature_dim, hidden)
       self.linear_pair = LinearPair(feature_dim)
-      self.dec_coupling = Coupling(2 * feature_dim, hidden)
+      self.dec_coupling = Coupling(2 * feature_dim, hidden, input_scale=decoder_input_scale)
       self.layers = [self.enc_coupling, self.linear_pair, self.dec_coupling]
     else:
       self.blocks = nn.ModuleList(

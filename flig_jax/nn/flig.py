@@ -29,6 +29,17 @@ Array = jax.Array
 Variables = dict[str, Any]
 _STD_FLOOR = 1e-6
 
+# config.model.decoder_input: what the augmented flow's decoder coupling reads
+# (`FLIG.decoder_input_scale`).
+DECODER_INPUTS = ('spread', 'whitened')
+
+
+def component_spread(sqrt_eig: Array, dim: int) -> Array:
+  """(dim,) the adapter's standard deviation along each of its k principal components, scaled
+  to a root mean square of 1, then 0 on the dim - k padding coordinates."""
+  spread = sqrt_eig / jnp.sqrt(jnp.mean(sqrt_eig ** 2))
+  return jnp.pad(spread, (0, dim - spread.shape[0]))
+
 
 class FLIG(nn.Module):
   """FLIG as a Linen module; a pure function of (variables, inputs).
@@ -38,7 +49,8 @@ class FLIG(nn.Module):
   stage 1; `adapter` {'mean', 'scale', 'components', 'sqrt_eig'}, the Adapter's arrays (k comes
   from their shapes); optionally `pixel_path` {'kernel' (D, H*W*C), 'bias', 'weight' ()}, the
   decoder's blend with a linear pixel map (`flig_jax.pixel_path`; decoding uses it when present).
-  Build them with `Frozen.variables`.
+  Build them with `Frozen.variables`. With `decoder_input` 'spread' the augmented flow reads the
+  adapter too (`decoder_input_scale`), so every flow call needs that collection.
 
   `dtype` is the compute dtype of the autoencoder's layers and the couplings' conditioners (e.g.
   bfloat16, `config.model.dtype`; None: that of the inputs and parameters). Parameters are float32
@@ -53,6 +65,7 @@ class FLIG(nn.Module):
   spline_bins: int = 8
   spline_range: float = 4.0
   flow_type: str = 'augmented'
+  decoder_input: str = 'whitened'
   dtype: Any = None
 
   @classmethod
@@ -66,11 +79,15 @@ class FLIG(nn.Module):
                coupling=str(c.coupling), spline_bins=int(c.spline_bins),
                spline_range=float(c.spline_range),
                flow_type=str(c.get('flow_type', 'plain')),  # runs saved before the option: plain
+               decoder_input=str(c.get('decoder_input', 'whitened')),  # likewise
                dtype=precision.compute_dtype(str(c.get('dtype', 'float32'))))
 
   def setup(self):
     self.autoencoder = Autoencoder(tuple(self.image_shape), self.feature_dim,
                                    tuple(self.cae_widths), dtype=self.dtype)
+    if self.decoder_input not in DECODER_INPUTS:
+      raise ValueError(f'unknown model.decoder_input {self.decoder_input!r}; use one of '
+                       f'{DECODER_INPUTS}')
     if self.flow_type not in FLOW_TYPES:
       raise ValueError(f'unknown model.flow_type {self.flow_type!r}; use one of '
                        f'{tuple(FLOW_TYPES)}')
@@ -114,13 +131,29 @@ class FLIG(nn.Module):
     """G(E(x))."""
     return self.autoencoder(x)
 
+  def decoder_input_scale(self) -> Array | None:
+    """(D,) what the augmented flow's decoder coupling multiplies A(r) by before its MLP reads
+    it, or None (it reads A(r) itself: `decoder_input` 'whitened', or the plain flow).
+
+    'spread': the adapter's standard deviation along each principal component, scaled to a root
+    mean square of 1 over the k signal coordinates, and 0 on the padding. The MLP then reads the
+    principal-component scores of the z-scored responses, as the MLP baseline reads them, instead
+    of whitened coordinates in which a component carrying 0.1% of the variance (mostly noise)
+    weighs as much as the first.
+    """
+    if self.flow_type != 'augmented' or self.decoder_input == 'whitened':
+      return None
+    if self.is_initializing() and not self.has_variable('adapter', 'sqrt_eig'):
+      return None  # parameter shapes do not depend on the scale
+    return component_spread(self._get('adapter', 'sqrt_eig'), self.feature_dim)
+
   def flow_forward(self, x: Array) -> tuple[Array, Array]:
     """f(x) and log|det df/dx|: (N, S) and (N,), S = D (plain) or 2D (augmented)."""
-    return self.flow.forward(x)
+    return self.flow.forward(x, self.decoder_input_scale())
 
   def flow_inverse(self, y: Array) -> tuple[Array, Array]:
     """f^-1(y) and log|det df^-1/dy|: (N, S) and (N,)."""
-    return self.flow.inverse(y)
+    return self.flow.inverse(y, self.decoder_input_scale())
 
   def augment(self, v: Array, noise: Array | None = None) -> Array:
     """[v, noise] (zeros when None) for the augmented flow; v itself for the plain one."""

@@ -179,7 +179,9 @@ class Coupling(nn.Module):
 
   `dtype` is the conditioner's compute dtype (e.g. bfloat16). g and its log-det are computed in
   the dtype of x, and y1 = x1 feeds the same conditioner both ways, so the round trip stays
-  exact to x's precision whatever `dtype` is.
+  exact to x's precision whatever `dtype` is. `input_scale`, when given, multiplies x1
+  coordinate-wise before the conditioner reads it (c(x1 * input_scale)); the layer stays a
+  bijection of x2 given x1 either way.
   """
   hidden: int
   transform: str = 'affine'
@@ -190,7 +192,8 @@ class Coupling(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, inverse: bool = False) -> tuple[Array, Array]:
+  def __call__(self, x: Array, inverse: bool = False,
+               input_scale: Array | None = None) -> tuple[Array, Array]:
     d = x.shape[-1]
     if d < 2:
       raise ValueError(f'coupling needs at least 2 features, got {d}')
@@ -201,6 +204,9 @@ class Coupling(nn.Module):
     width, inner = COUPLINGS[self.transform](self)
     conditioner = MLP(self.hidden, (transformed, width), dtype=self.dtype,
                       param_dtype=self.param_dtype)
+    if input_scale is not None:
+      mlp, scale = conditioner, jnp.asarray(input_scale, x.dtype)
+      conditioner = lambda x1: mlp(x1 * scale)
     bij = distrax.SplitCoupling(
         split_index=split, event_ndims=1, conditioner=conditioner, bijector=inner,
         swap=self.swap)
@@ -279,7 +285,9 @@ class Flow(nn.Module):
   decoding `h = a W_dec + b_dec - exp(-s_dec) t_dec(a)`: each direction is the linear map plus a
   learned residual that the other direction never sees. The couplings start as the identity, so f
   starts as the linear pair that `closed_form.linear_pair_params` writes into it. `num_blocks` is
-  unused: more couplings of the same side would compose to one.
+  unused: more couplings of the same side would compose to one. `decoder_input_scale` (D,), given
+  to `forward` and `inverse`, multiplies a where the decoder coupling's MLP reads it
+  (`Coupling`'s `input_scale`; FLIG passes the adapter's component spreads).
 
   forward(x) -> (y, log|det df/dx|) and inverse(y) -> (x, log|det df^-1/dy|), logdet (N,).
   `dtype` is the compute dtype of the couplings' conditioner MLPs (None: that of the inputs and
@@ -323,21 +331,29 @@ class Flow(nn.Module):
     if x.shape[-1] != self.size:
       raise ValueError(f'Flow expects (..., {self.size}), got {tuple(x.shape)}')
 
-  def forward(self, h: Array) -> tuple[Array, Array]:
+  def _extra(self, layer: nn.Module, decoder_input_scale: Array | None) -> dict[str, Array]:
+    """The keyword arguments of `layer` beside x: the decoder coupling's input scale."""
+    if decoder_input_scale is None or layer.name != 'dec_coupling':
+      return {}
+    return {'input_scale': decoder_input_scale}
+
+  def forward(self, h: Array,
+              decoder_input_scale: Array | None = None) -> tuple[Array, Array]:
     """z = f(h) and log|det df/dh| per row."""
     self._check(h)
     logdet = jnp.zeros(h.shape[:-1], h.dtype)
     for layer in self.layers:
-      h, ld = layer(h)
+      h, ld = layer(h, **self._extra(layer, decoder_input_scale))
       logdet = logdet + ld
     return h, logdet
 
-  def inverse(self, z: Array) -> tuple[Array, Array]:
+  def inverse(self, z: Array,
+              decoder_input_scale: Array | None = None) -> tuple[Array, Array]:
     """h = f^-1(z) and log|det df^-1/dz| per row."""
     self._check(z)
     logdet = jnp.zeros(z.shape[:-1], z.dtype)
     for layer in reversed(self.layers):
-      z, ld = layer(z, inverse=True)
+      z, ld = layer(z, inverse=True, **self._extra(layer, decoder_input_scale))
       logdet = logdet + ld
     return z, logdet
 

@@ -138,7 +138,14 @@ def restore_or_init(ctx: context.Context, latest: checkpointing.Meta | None = No
   or a fresh stage-1 state when there is none."""
   latest = latest or checkpointing.latest_meta(ctx.mgr)
   if latest is None:
-    return parallel.jit_init(functools.partial(_init_stage1, ctx), ctx.mesh)()
+    state = parallel.jit_init(functools.partial(_init_stage1, ctx), ctx.mesh)()
+    if ctx.config.stage1.get('init_from'):
+      autoencoder, source = resume.autoencoder_from(ctx.config)
+      state = state.replace(params=jax.device_put(autoencoder, parallel.replicated(ctx.mesh)),
+                            step=jnp.full_like(state.step, ctx.config.stage1.steps))
+      ctx.log.info(f'stage 1 skipped: the autoencoder of {ctx.config.stage1.init_from} (its '
+                   f'checkpoint step {source.step})')
+    return state
   meta = latest
   if meta.stage == 1:
     target = jax.eval_shape(functools.partial(_init_stage1, ctx))

@@ -45,12 +45,13 @@ def _bce(logits: jax.Array, label: float) -> jax.Array:
   return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, jnp.full_like(logits, label)))
 
 
-def flow_terms(flow_params: Any, model: Any, batch: dict[str, jax.Array], noise: jax.Array,
-               feature_noise: jax.Array) -> dict[str, jax.Array]:
+def flow_terms(flow_params: Any, frozen: Frozen, model: Any, batch: dict[str, jax.Array],
+               noise: jax.Array, feature_noise: jax.Array) -> dict[str, jax.Array]:
   """Runs f on the features and f^-1 on the adapted responses of a batch.
 
   Args:
     flow_params: the flow's parameters.
+    frozen: the frozen parts (f reads the adapter: `FLIG.decoder_input_scale`).
     model: the FLIG module.
     batch: 'features' h (N, D) standardised, 'adapted' A(r) (N, D) zero on the padding.
     noise: (N, D) added to A(r): N(0, 1) on the padding and, where `config.stage2.response_noise`
@@ -65,8 +66,10 @@ def flow_terms(flow_params: Any, model: Any, batch: dict[str, jax.Array], noise:
     'h_back': the decoder's prediction f^-1([A(r) + noise, 0]) on the feature side;
     'a_padded': A(r) + noise.
   """
+  variables = {'params': {'flow': flow_params}, 'adapter': frozen.adapter.arrays()}
+
   def apply(x, method):
-    return model.apply({'params': {'flow': flow_params}}, x, method=method)
+    return model.apply(variables, x, method=method)
 
   h = batch['features']
   a_padded = batch['adapted'] + noise
@@ -100,7 +103,7 @@ def flow_loss(flow_params: Any, disc_params: Any, frozen: Frozen, model: Any,
   Local terms compare the encoder's and decoder's point predictions with their targets; the
   likelihood (per coordinate of f's space, D or 2D) and the adversary see samples.
   """
-  out = flow_terms(flow_params, model, batch, noise, feature_noise)
+  out = flow_terms(flow_params, frozen, model, batch, noise, feature_noise)
   h, a, mask = batch['features'], batch['adapted'], frozen.signal_mask
   z, h_back, y = out['encoded'], out['h_back'], out['y']
   size = y.shape[-1]

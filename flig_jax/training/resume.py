@@ -15,7 +15,39 @@ from typing import Any
 import ml_collections
 
 from flig_jax import checkpoint_recovery, checkpointing, config_checks
+from flig_jax import model as model_lib
 from flig_jax.training import metrics_file
+
+# Beside every data field that may not change on resume: the fields that shape the autoencoder.
+AUTOENCODER_FIELDS = ('model.feature_dim', 'model.cae_widths')
+
+
+def autoencoder_from(config: ml_collections.ConfigDict) -> tuple[Any, checkpointing.Meta]:
+  """The trained autoencoder of the run `config.stage1.init_from` names, and its checkpoint's meta.
+
+  Raises:
+    ValueError: there is no trained autoencoder there (no checkpoint from stage 2 on), or its
+      run's data or autoencoder fields differ from `config`'s (it would have been trained on other
+      images, or be shaped otherwise).
+  """
+  source = config.stage1.init_from
+  try:
+    source_model = model_lib.load(source)
+  except FileNotFoundError:
+    raise ValueError(f'config.stage1.init_from = {source!r}: no trained autoencoder there (the '
+                     'workdir of a run that has reached stage 2)') from None
+  saved = {k: checkpointing.json_tuples(v) for k, v in config_checks.flatten(source_model.config)}
+  fields = [k for k, _ in config_checks.flatten(config)
+            if k in AUTOENCODER_FIELDS or (k.startswith('data.')
+                                           and config_checks.rule(k).on_resume ==
+                                           config_checks.FIXED)]
+  new = {k: checkpointing.json_tuples(v) for k, v in config_checks.flatten(config)}
+  differ = [f'{k}: {saved[k]!r} there, {new[k]!r} here' for k in fields
+            if k in saved and saved[k] != new[k]]
+  if differ:
+    raise ValueError(f'config.stage1.init_from = {source!r}: that run was trained with other data '
+                     'or another autoencoder: ' + '; '.join(differ))
+  return source_model.variables['params']['autoencoder'], source_model.meta
 
 
 class ConfigChanged(ValueError):

@@ -82,7 +82,7 @@ def stage2_step(state: Stage2State, batch: dict[str, jax.Array], *, model: Any,
 
   # Discriminator: real adapted responses vs f(h) (and features vs f^-1(a)), flow held fixed.
   out = jax.lax.stop_gradient(
-      losses.flow_terms(state.flow_params, model, batch, noise, feature_noise))
+      losses.flow_terms(state.flow_params, state.frozen, model, batch, noise, feature_noise))
   real, fake = {'forward': out['a_padded']}, {'forward': out['sample']}
   if cfg.adversarial_inverse:
     real['inverse'], fake['inverse'] = batch['features'], out['h_back']
