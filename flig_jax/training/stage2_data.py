@@ -100,6 +100,16 @@ def first_batch_shape(config: ml_collections.ConfigDict,
   return {k: jax.ShapeDtypeStruct((b, d), jnp.float32) for k in ('features', 'adapted')}
 
 
+def batch_shape(config: ml_collections.ConfigDict,
+                module: FLIG) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes and dtypes of a stage-2 step's batch (`stream(config, arrays(...)).batch(step)`)."""
+  out = first_batch_shape(config, module)
+  if config.stage2.pixel:
+    out['images'] = jax.ShapeDtypeStruct(
+        (config.stage2.batch_size,) + tuple(module.image_shape), jnp.float32)
+  return out
+
+
 def linear_pair(module: FLIG, frozen: Frozen, pairs: dict[str, np.ndarray],
                 val: validation.ValidationSet | None, folds: np.ndarray | None) -> Any:
   """The augmented flow's closed-form start on these pairs (`closed_form`; None for the plain
