@@ -97,6 +97,37 @@ def train_and_evaluate(name: str, seed: int, workdir: pathlib.Path, smoke: bool,
   return what
 
 
+def kept(workdir: pathlib.Path) -> dict[str, float] | None:
+  """What a finished run's model selection kept: the stage-2 step of the encoder and the decoder
+  (0: the closed-form start) and the pixel path's blend weight (0 without one); None where the
+  workdir holds metrics but no checkpoint."""
+  from flig_jax import model  # pylint: disable=g-import-not-at-top
+
+  try:
+    m = model.load(workdir)
+  except FileNotFoundError:
+    return None
+  steps = dict(zip(('encoder', 'decoder'), m.meta.selected_steps))
+  weight = m.variables.get('pixel_path', {}).get('weight', 0.0)
+  return {**steps, 'pixel_weight': float(weight)}
+
+
+def kept_table(selections: dict[str, list[dict[str, float]]]) -> str:
+  """Markdown: per dataset, on how many runs stage 2 kept a later step than its start (encoder,
+  decoder) and the pixel path a weight above 0."""
+  header = ('| dataset | runs | encoder: later step kept | decoder: later step kept | '
+            'pixel path weight > 0 |')
+  lines = [header, '|---|---|---|---|---|']
+  totals = [0, 0, 0, 0]
+  for name, runs in selections.items():
+    counts = [len(runs), sum(r.get('encoder', 0) > 0 for r in runs),
+              sum(r.get('decoder', 0) > 0 for r in runs), sum(r['pixel_weight'] > 0 for r in runs)]
+    totals = [t + c for t, c in zip(totals, counts)]
+    lines.append(f'| {name} | ' + ' | '.join(map(str, counts)) + ' |')
+  lines.append('| all | ' + ' | '.join(map(str, totals)) + ' |')
+  return '\n'.join(lines)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -116,7 +147,7 @@ def main(argv):
   figure = _FIGURE.value or str(out / 'flig_minus_best.png' if smoke
                                 else 'docs/flig_minus_best.png')
 
-  summaries = {}
+  summaries, selections = {}, {}
   for name in names:
     runs = []
     for seed in range(seeds):
@@ -130,6 +161,9 @@ def main(argv):
       path = workdir / 'eval_test' / 'metrics.json'
       if path.is_file():
         runs.append(aggregate.read_metrics(path))
+        selection = kept(workdir)
+        if selection is not None:
+          selections.setdefault(name, []).append(selection)
     if runs:
       summaries[name] = aggregate.aggregate(runs)
       print(aggregate.format_table(summaries[name]) + '\n', flush=True)
@@ -143,6 +177,9 @@ def main(argv):
   tables = (aggregate.markdown_table(summaries) + '\n\nFLIG minus `cae_ridge` and minus the best '
             'baseline (mean ± standard error of the differences paired by seed):\n\n'
             + aggregate.differences_table(summaries))
+  if selections:
+    tables += ('\n\nWhat model selection kept (cross-validated over the training pairs):\n\n'
+               + kept_table(selections))
   (out / 'summary.md').write_text(tables + '\n')
   differences = {name: aggregate.flig_minus_best(s) for name, s in summaries.items()}
   plotting.differences_figure(differences, aggregate.HEADLINE_KEYS, figure, tie=aggregate.TIE)

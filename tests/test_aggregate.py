@@ -2,6 +2,7 @@
 `evaluate.py` with several checkpoints (real evaluations of the smoke run), and scripts/results.py's
 aggregation (on metrics written here, no training)."""
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -159,3 +160,25 @@ def test_results_script_rejects_an_unknown_dataset(tmp_path):
        f'--root={tmp_path}'], env=subprocess_env(), cwd=ROOT, capture_output=True, text=True,
       timeout=120, check=False)
   assert proc.returncode == 1 and 'error: unknown dataset(s)' in proc.stderr
+
+
+def _results_script():
+  spec = importlib.util.spec_from_file_location('results_script', ROOT / 'scripts' / 'results.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_results_script_counts_what_selection_kept(smoke_workdir, tmp_path):
+  results = _results_script()
+  m = model.load(smoke_workdir)
+  kept = results.kept(smoke_workdir)
+  assert (kept['encoder'], kept['decoder']) == tuple(m.meta.selected_steps)
+  assert kept['pixel_weight'] == float(m.variables.get('pixel_path', {}).get('weight', 0.0))
+  assert results.kept(tmp_path) is None                      # metrics alone, no checkpoint
+  table = results.kept_table({
+      'a': [{'encoder': 100, 'decoder': 0, 'pixel_weight': 0.0},
+            {'encoder': 0, 'decoder': 0, 'pixel_weight': 0.5}],
+      'b': [{'encoder': 300, 'decoder': 200, 'pixel_weight': 0.0}]})
+  assert '| a | 2 | 1 | 0 | 1 |' in table and '| b | 1 | 1 | 1 | 0 |' in table
+  assert table.endswith('| all | 3 | 2 | 1 | 1 |')
