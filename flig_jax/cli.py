@@ -15,16 +15,28 @@ XLA_CACHE_ENV = 'FLIG_XLA_CACHE_DIR'
 _MIN_COMPILE_SECONDS = 0.1  # cache every program that takes longer than this to compile
 
 
-def set_jax_environment() -> None:
-  """Sets JAX_THREEFRY_PARTITIONABLE=0 unless the user set it; train.py and evaluate.py call this
-  first, before JAX is imported (it has no effect after).
+# Variables OpenBLAS (numpy's and scipy's BLAS) reads its thread count from, in its order.
+_BLAS_THREAD_VARS = ('OPENBLAS_NUM_THREADS', 'GOTO_NUM_THREADS', 'OMP_NUM_THREADS')
 
-  JAX's default "partitionable" threefry PRNG takes seconds to compile per random op on the XLA
-  CPU backend of jax 0.10 (about 8 s for one `jax.random.uniform`, against 0.4 s without it).
-  Random draws are sharding-invariant either way, but the two give different draws: a run's
-  numbers depend on this setting.
+
+def set_jax_environment() -> None:
+  """The environment of train.py and evaluate.py, each variable set only where the user has not
+  set it; they call this first, before numpy and JAX are imported (it has no effect after).
+
+  JAX_THREEFRY_PARTITIONABLE=0: JAX's default "partitionable" threefry PRNG takes seconds to
+  compile per random op on the XLA CPU backend of jax 0.10 (about 8 s for one
+  `jax.random.uniform`, against 0.4 s without it). Random draws are sharding-invariant either way,
+  but the two give different draws: a run's numbers depend on this setting.
+
+  OPENBLAS_NUM_THREADS=1 (unless OPENBLAS_NUM_THREADS, GOTO_NUM_THREADS or OMP_NUM_THREADS is
+  set): numpy's BLAS on one thread. Its threads wait by spinning, so wherever the cores are shared
+  (with XLA's own threads, or other jobs) a product or eigendecomposition on two threads took 10
+  to 100 times longer than on one: the adapter fit of a cross-validation fold (72 x 3092
+  responses) 0.3-1.4 s against 0.04 s at a load of 5 on 2 cores (docs/performance.md).
   """
   os.environ.setdefault('JAX_THREEFRY_PARTITIONABLE', '0')
+  if not any(name in os.environ for name in _BLAS_THREAD_VARS):
+    os.environ['OPENBLAS_NUM_THREADS'] = '1'
 
 
 def compilation_cache_dir() -> Path | None:

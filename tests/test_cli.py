@@ -1,5 +1,6 @@
 """Where the command-line tools keep XLA's compiled programs."""
 
+import os
 import subprocess
 import sys
 
@@ -51,3 +52,18 @@ def test_enabled_cache_stores_compiled_programs(tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.strip() == str(tmp_path / 'xla')
   assert any(p.name.endswith('-cache') for p in (tmp_path / 'xla').iterdir())
+
+
+def test_blas_runs_on_one_thread_unless_the_user_chose(monkeypatch):
+  monkeypatch.setenv('JAX_THREEFRY_PARTITIONABLE', '0')  # restored after, as the others are
+  for name in cli._BLAS_THREAD_VARS:  # pylint: disable=protected-access
+    monkeypatch.delenv(name, raising=False)
+  cli.set_jax_environment()
+  assert os.environ['OPENBLAS_NUM_THREADS'] == '1'
+  monkeypatch.delenv('OPENBLAS_NUM_THREADS')
+  monkeypatch.setenv('OMP_NUM_THREADS', '2')  # OpenBLAS reads this one too: the user's choice
+  cli.set_jax_environment()
+  assert 'OPENBLAS_NUM_THREADS' not in os.environ
+  monkeypatch.setenv('OPENBLAS_NUM_THREADS', '4')
+  cli.set_jax_environment()
+  assert os.environ['OPENBLAS_NUM_THREADS'] == '4'
