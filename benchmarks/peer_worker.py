@@ -11,6 +11,9 @@ Reads one JSON command per line on stdin and answers one JSON line on stdout:
                                                        batches built beforehand
   {"cmd": "loop", "row": ..., "mode": ..., "n": 20}    mean seconds per step of n steps that each
                                                        build their batch, as a training loop does
+  {"cmd": "run", "mode": "eager", "stages": [{"spec": {...}, "steps": 1000}, ...]}   a whole run:
+      builds each stage in turn and runs its steps as `loop` does, with no warm-up; the seconds of
+      each stage's build and steps
 The data are random stand-ins with the row's shapes (step time does not depend on the values).
 """
 
@@ -130,6 +133,19 @@ class Worker:
     return {'step_s': (time.perf_counter() - start) / n}
 
 
+  def run(self, mode: str, stages: list[dict]) -> dict:
+    out = []
+    for stage in stages:
+      start = time.perf_counter()
+      run, stream = self._build(stage['spec'], mode)
+      built, loss = time.perf_counter(), 0.0
+      for i in range(stage['steps']):
+        loss = run(stream.batch(i))
+      float(loss)  # CPU torch is synchronous; reading the last loss waits for the stage
+      out.append({'build_s': built - start, 'steps_s': time.perf_counter() - built})
+    return {'stages': out}
+
+
 def main() -> int:
   parser = argparse.ArgumentParser()
   parser.add_argument('--threads', type=int, default=os.cpu_count())
@@ -148,6 +164,8 @@ def main() -> int:
         out = worker.steps_timed(job['row'], job['mode'], job['n'])
       elif job['cmd'] == 'loop':
         out = worker.loop(job['row'], job['mode'], job['n'])
+      elif job['cmd'] == 'run':
+        out = worker.run(job['mode'], job['stages'])
       else:
         out = {'error': f"unknown command {job['cmd']!r}"}
     except Exception as e:  # noqa: BLE001 -- reported to the driver, which stops with it

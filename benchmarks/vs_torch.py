@@ -2,7 +2,9 @@
 
   pip install -e ".[torch]"
   python benchmarks/vs_torch.py [--rounds 7] [--rows s1_b32,s1_v4,s2_b32,s2_b256]
-      [--modes eager,compiled] [--startup fmri:smoke] [--out results.json] [--torch-python PY]
+      [--modes eager,compiled] [--startup fmri:smoke] [--fullrun fmri] [--out results.json]
+      [--torch-python PY]
+  python benchmarks/vs_torch.py --fullrun fmri --rows '' --startup '' --rounds 3   # whole runs only
 
 The port (the same layers, initialisation, losses and optimisers; tests/test_torch_port.py checks
 its losses equal flig_jax's) runs at the sizes of each row's config in a long-lived child process
@@ -17,6 +19,14 @@ without augmentation, which the port does not have.
 
 `--startup SPEC` also times `train.py --config configs/<SPEC>` twice with an empty compilation
 cache: cold (every program compiled) and warm (read from the cache the first run wrote).
+
+`--fullrun SPEC` times whole runs in `--rounds` interleaved rounds: `train.py --config
+configs/<SPEC> --config.stage1.augment=False` in a fresh workdir with an empty compilation cache
+(cold) and with the cache that cold run filled (warm), against the port's eager run of the same
+config's stage-1 steps then stage-2 steps at its batch sizes, timed from launching a fresh worker
+process (torch's import, the stand-in data, each stage's build) to the end of its last step. It
+prints the medians and flig_jax / port, cold and warm; the JSON also holds each run's breakdown
+(train.py's `time_s` row, the port's build and step seconds per stage).
 """
 
 import argparse
@@ -93,6 +103,10 @@ class JaxRows:
   def spec(self, row: str) -> dict:
     """What the torch port needs to build the row's step: sizes and the stage's config fields."""
     config_name, stage_number, batch_size, _ = ROWS[row]
+    return self.port_spec(config_name, stage_number, batch_size)
+
+  def port_spec(self, config_name: str, stage_number: int, batch_size: int) -> dict:
+    """The port's spec of a stage's step of configs/<config_name> (`name` or `name:arg`)."""
     ctx = self._context(config_name)
     config, model, dataset = ctx.config, ctx.config.model, ctx.dataset
     cfg = config.stage1 if stage_number == 1 else config.stage2
@@ -233,26 +247,87 @@ def table(result: dict) -> str:
   return '\n'.join(lines) + f'\n\nflig_jax loop / step: {ratios}'
 
 
+def _config_arg(spec: str) -> str:
+  name, _, arg = spec.partition(':')
+  return f"configs/{name}.py{':' + arg if arg else ''}"
+
+
+def train_run(spec: str, xla_cache: Path, workdir: Path, *overrides: str) -> dict:
+  """Runs `train.py --config configs/<spec> --workdir <workdir> <overrides>` with its compilation
+  cache in `xla_cache`; returns its wall seconds (launch to exit) and the breakdown that ends its
+  metrics.jsonl."""
+  env = {**os.environ, 'FLIG_XLA_CACHE_DIR': str(xla_cache),
+         'PYTHONPATH': os.pathsep.join(filter(None, [str(ROOT), os.environ.get('PYTHONPATH')]))}
+  env.pop('JAX_COMPILATION_CACHE_DIR', None)
+  cmd = [sys.executable, str(ROOT / 'train.py'), f'--config={ROOT / _config_arg(spec)}',
+         f'--workdir={workdir}', *overrides]
+  start = time.perf_counter()
+  proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
+  wall = time.perf_counter() - start
+  if proc.returncode:
+    raise RuntimeError(f'benchmarks/vs_torch.py: {" ".join(cmd)} failed:\n{proc.stderr[-2000:]}')
+  rows = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  return {'wall_s': wall, 'parts_s': next((r['time_s'] for r in reversed(rows) if 'time_s' in r),
+                                          {})}
+
+
 def startup(spec: str) -> dict:
   """Wall seconds of `train.py --config configs/<spec>`: cold (an empty compilation cache), then
   warm (the cache the cold run filled)."""
-  name, _, arg = spec.partition(':')
   with tempfile.TemporaryDirectory() as tmp:
-    env = {**os.environ, 'FLIG_XLA_CACHE_DIR': str(Path(tmp) / 'xla'),
-           'PYTHONPATH': os.pathsep.join(filter(None, [str(ROOT), os.environ.get('PYTHONPATH')]))}
-    env.pop('JAX_COMPILATION_CACHE_DIR', None)
-    out = {}
-    for kind in ('cold', 'warm'):
-      cmd = [sys.executable, str(ROOT / 'train.py'),
-             f"--config={ROOT / 'configs' / name}.py" + (f':{arg}' if arg else ''),
-             f'--workdir={Path(tmp) / kind}']
-      start = time.perf_counter()
-      proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
-      out[kind] = time.perf_counter() - start
-      if proc.returncode:
-        raise RuntimeError(f'benchmarks/vs_torch.py: {" ".join(cmd)} failed:\n'
-                           f'{proc.stderr[-2000:]}')
-  return out
+    return {kind: train_run(spec, Path(tmp) / 'xla', Path(tmp) / kind)['wall_s']
+            for kind in ('cold', 'warm')}
+
+
+def port_run(python: str, threads: int, specs: list[dict], steps: list[int]) -> dict:
+  """The port's whole run in eager mode: a fresh worker process that builds and runs each stage's
+  `steps` in turn; wall seconds from the process's launch to the end of its last step, and the
+  seconds of each stage's build and steps as the worker measured them."""
+  start = time.perf_counter()
+  peer = Peer(python, threads)
+  try:
+    out = peer(cmd='run', mode='eager', stages=[
+        {'spec': spec, 'steps': n} for spec, n in zip(specs, steps, strict=True)])
+    wall = time.perf_counter() - start
+  finally:
+    peer.close()
+  return {'wall_s': wall, 'stages': out['stages']}
+
+
+FULLRUN_ORDERS = (('cold', 'warm', 'port'), ('port', 'cold', 'warm'), ('cold', 'port', 'warm'))
+
+
+def fullrun(spec: str, python: str, threads: int, rounds: int) -> dict:
+  """Whole runs in interleaved rounds: `train.py --config configs/<spec>` without augmentation
+  with an empty compilation cache (cold) and with the cache that cold run filled (warm), each in a
+  fresh workdir, against the port's eager run of the config's stage-1 then stage-2 steps at the
+  config's batch sizes (`port_run`). Returns every timing, the medians and flig_jax / port."""
+  from benchmarks import measure  # pylint: disable=g-import-not-at-top
+  jax_rows = JaxRows(Path(tempfile.mkdtemp(prefix='vs_torch_')))
+  cfg = measure.load_config(spec)
+  specs = [jax_rows.port_spec(spec, 1, cfg.stage1.batch_size),
+           jax_rows.port_spec(spec, 2, cfg.stage2.batch_size)]
+  steps = [cfg.stage1.steps, cfg.stage2.steps]
+  times = {'cold': [], 'warm': [], 'port': []}
+  parts = {'cold': [], 'warm': [], 'port': []}
+  for r in range(rounds):
+    with tempfile.TemporaryDirectory() as tmp:
+      for kind in FULLRUN_ORDERS[r % len(FULLRUN_ORDERS)]:
+        if kind == 'port':
+          out = port_run(python, threads, specs, steps)
+          parts[kind].append(out['stages'])
+        else:
+          out = train_run(spec, Path(tmp) / 'xla', Path(tmp) / kind,
+                          '--config.stage1.augment=False')  # the port has no augmentation
+          parts[kind].append(out['parts_s'])
+        times[kind].append(out['wall_s'])
+        print(f'  round {r + 1}/{rounds}: {kind} {out["wall_s"]:.1f} s', flush=True)
+    print(f'  round {r + 1}/{rounds} done (load {os.getloadavg()[0]:.1f})', flush=True)
+  median = {k: statistics.median(v) for k, v in times.items()}
+  return {'spec': spec, 'steps': steps, 'batch_sizes': [s['batch_size'] for s in specs],
+          'times': times, 'parts': parts, 'median': median,
+          'ratio': {'cold/port': median['cold'] / median['port'],
+                    'warm/port': median['warm'] / median['port']}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--threads', type=int, default=os.cpu_count(), help='torch threads')
   parser.add_argument('--startup', default='fmri:smoke',
                       help="time train.py cold and warm on this config ('' to skip)")
+  parser.add_argument('--fullrun', default='', metavar='SPEC',
+                      help='time whole runs of train.py on configs/SPEC.py (cold and warm '
+                           "compilation cache) against the port's eager run of the same steps, "
+                           "in --rounds interleaved rounds (default '': off)")
   parser.add_argument('--out', default='', help='also write every timing to this JSON file')
   args = parser.parse_args(argv)
   rows = [r for r in args.rows.split(',') if r]
@@ -277,6 +356,15 @@ def main(argv: list[str] | None = None) -> int:
   if probe.returncode:
     parser.error(f'{args.torch_python} cannot import torch: pip install -e ".[torch]" (or name '
                  'another Python with --torch-python)')
+  if args.fullrun:
+    from benchmarks import measure  # pylint: disable=g-import-not-at-top
+    try:
+      measure.load_config(args.fullrun)
+    except ValueError as e:
+      parser.error(f'--fullrun {args.fullrun}: {e}')
+  if args.fullrun and not _has_data(args.fullrun):
+    parser.error(f'--fullrun {args.fullrun}: no data for {_config_arg(args.fullrun)} '
+                 '(set FLIG_DATA_DIR)')
   missing = [r for r in rows if not _has_data(ROWS[r][0])]
   if missing:
     print(f'skipping {missing}: no data for their configs (set FLIG_DATA_DIR)', file=sys.stderr)
@@ -285,23 +373,29 @@ def main(argv: list[str] | None = None) -> int:
   if args.startup:
     result['startup'] = startup(args.startup)
     s = result['startup']
-    name, _, arg = args.startup.partition(':')
-    config = f"configs/{name}.py{':' + arg if arg else ''}"
-    print(f"train.py --config {config}: cold {s['cold']:.1f} s, warm {s['warm']:.1f} s",
-          flush=True)
-  peer = Peer(args.torch_python, args.threads)
-  try:
-    result['peer'] = peer.info
-    result.update(compare(peer, rows, modes, args.rounds))
-  finally:
-    peer.close()
-  result['load_end'] = os.getloadavg()
+    print(f"train.py --config {_config_arg(args.startup)}: cold {s['cold']:.1f} s, "
+          f"warm {s['warm']:.1f} s", flush=True)
+  if args.fullrun:
+    result['fullrun'] = fullrun(args.fullrun, args.torch_python, args.threads, args.rounds)
+    med, ratio = result['fullrun']['median'], result['fullrun']['ratio']
+    print(f"\nwhole runs, median of {args.rounds} interleaved rounds: train.py --config "
+          f"{_config_arg(args.fullrun)} --config.stage1.augment=False cold {med['cold']:.1f} s, "
+          f"warm {med['warm']:.1f} s; the port's eager run {med['port']:.1f} s; flig_jax / port: "
+          f"cold {ratio['cold/port']:.2f}, warm {ratio['warm/port']:.2f}\n", flush=True)
   import jax  # pylint: disable=g-import-not-at-top
   result['jax'] = jax.__version__
-  print(f"\nmedian ms per step over {args.rounds} interleaved rounds (jax {jax.__version__}, "
-        f"torch {peer.info['torch']} on {peer.info['threads']} threads; load "
-        f"{result['load_start'][0]:.1f} -> {result['load_end'][0]:.1f}):\n")
-  print(table(result))
+  if rows:
+    peer = Peer(args.torch_python, args.threads)
+    try:
+      result['peer'] = peer.info
+      result.update(compare(peer, rows, modes, args.rounds))
+    finally:
+      peer.close()
+    print(f"\nmedian ms per step over {args.rounds} interleaved rounds (jax {jax.__version__}, "
+          f"torch {peer.info['torch']} on {peer.info['threads']} threads; load "
+          f"{result['load_start'][0]:.1f} -> {os.getloadavg()[0]:.1f}):\n")
+    print(table(result))
+  result['load_end'] = os.getloadavg()
   if args.out:
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f'\nwrote {args.out}')

@@ -12,19 +12,34 @@ from typing import NoReturn
 import ml_collections
 
 XLA_CACHE_ENV = 'FLIG_XLA_CACHE_DIR'
-_MIN_COMPILE_SECONDS = 0.1  # cache every program that takes longer than this to compile
+# Cache every program, the quick ones too: a run compiles hundreds of small ones (eager ops,
+# set-up and scoring functions), which JAX's default threshold (1 s; 0.1 s here before) left
+# to compile again in every run (docs/performance.md).
+_MIN_COMPILE_SECONDS = 0.0
+
+
+# Variables OpenBLAS (numpy's and scipy's BLAS) reads its thread count from, in its order.
+_BLAS_THREAD_VARS = ('OPENBLAS_NUM_THREADS', 'GOTO_NUM_THREADS', 'OMP_NUM_THREADS')
 
 
 def set_jax_environment() -> None:
-  """Sets JAX_THREEFRY_PARTITIONABLE=0 unless the user set it; train.py and evaluate.py call this
-  first, before JAX is imported (it has no effect after).
+  """The environment of train.py and evaluate.py, each variable set only where the user has not
+  set it; they call this first, before numpy and JAX are imported (it has no effect after).
 
-  JAX's default "partitionable" threefry PRNG takes seconds to compile per random op on the XLA
-  CPU backend of jax 0.10 (about 8 s for one `jax.random.uniform`, against 0.4 s without it).
-  Random draws are sharding-invariant either way, but the two give different draws: a run's
-  numbers depend on this setting.
+  JAX_THREEFRY_PARTITIONABLE=0: JAX's default "partitionable" threefry PRNG takes seconds to
+  compile per random op on the XLA CPU backend of jax 0.10 (about 8 s for one
+  `jax.random.uniform`, against 0.4 s without it). Random draws are sharding-invariant either way,
+  but the two give different draws: a run's numbers depend on this setting.
+
+  OPENBLAS_NUM_THREADS=1 (unless OPENBLAS_NUM_THREADS, GOTO_NUM_THREADS or OMP_NUM_THREADS is
+  set): numpy's BLAS on one thread. Its threads wait by spinning, so wherever the cores are shared
+  (with XLA's own threads, or other jobs) a product or eigendecomposition on two threads took 10
+  to 100 times longer than on one: the adapter fit of a cross-validation fold (72 x 3092
+  responses) 0.3-1.4 s against 0.04 s at a load of 5 on 2 cores (docs/performance.md).
   """
   os.environ.setdefault('JAX_THREEFRY_PARTITIONABLE', '0')
+  if not any(name in os.environ for name in _BLAS_THREAD_VARS):
+    os.environ['OPENBLAS_NUM_THREADS'] = '1'
 
 
 def compilation_cache_dir() -> Path | None:
@@ -46,7 +61,9 @@ def enable_compilation_cache() -> Path | None:
   """Turns on JAX's persistent compilation cache in `compilation_cache_dir()`; returns the folder.
 
   A warm cache skips XLA's compiles (seconds per step function on a small CPU): a second run of
-  the same config starts training at once. A folder that cannot be created leaves the cache off.
+  the same config starts training at once. Every program is cached, however quick its compile,
+  unless $JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS says otherwise. A folder that cannot be
+  created leaves the cache off.
   """
   import jax  # pylint: disable=g-import-not-at-top
   folder = compilation_cache_dir()

@@ -83,6 +83,21 @@ def test_training_steps_compile_once(ctx, monkeypatch):
   _check_stage_compiles_once(loop.stage2(ctx, state1), ctx.mesh)
 
 
+def test_stage2_step_compiled_ahead_is_the_one_stage2_runs(ctx, monkeypatch):
+  # train.py compiles stage 2's step from abstract shapes while stage 1 trains; stage 2 must then
+  # find it in the jitted step's caches: a second trace fails at once, a second program below.
+  monkeypatch.setattr(steps, 'stage2_step', chex.assert_max_traces(steps.stage2_step, n=1))
+  programs = loop.Stage2Programs(ctx)
+  programs.compile_ahead()
+  programs.wait()
+  assert programs.ahead.error is None
+  with count_compilations() as compiled:
+    stage = loop.stage2(ctx, loop.restore_or_init(ctx), programs=programs)
+    _run_steps(stage, ctx.mesh, 0, 2)
+  assert programs.step_fn._cache_size() == 1  # pylint: disable=protected-access
+  assert compiled, 'stage 2 compiled nothing at all (its set-up programs are new here)'
+
+
 def test_model_decode_compiles_once_per_bucket(ctx):
   stage2 = loop.stage2(ctx, loop.restore_or_init(ctx))
   variables = stage2.state.model_variables()

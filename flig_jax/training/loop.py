@@ -21,12 +21,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from flig_jax import checkpointing, data, workdir_lock
 from flig_jax import model as model_lib
 from flig_jax.nn.flig import Frozen
 from flig_jax.training import (
   TrainingDiverged,
+  ahead,
   context,
   cross_validation,
   parallel,
@@ -98,16 +100,18 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
   with timing.section('setup'):
     ctx = context.make_context(config, workdir, resume_step=latest.step if latest else 0)
   figures = FigureWriter(ctx)
+  programs = Stage2Programs(ctx)
   try:
     with timing.section('setup'):
       state = restore_or_init(ctx, latest)
     if isinstance(state, train_state.Stage1State):
       with timing.section('stage1'):
-        state = run_stage(ctx, stage1(ctx, state))
+        # Stage 2's step compiles in the background once stage 1's own compile is done.
+        state = run_stage(ctx, stage1(ctx, state), after_first_step=programs.compile_ahead)
       with timing.section('figures'):
         figures.stage1(state.params, int(state.step))
     with timing.section('fits'):
-      stage = stage2(ctx, state, latest)
+      stage = stage2(ctx, state, latest, programs)
     with timing.section('stage2'):
       state = run_stage(ctx, stage)
     for line in validation.kept_lines(ctx.module.flow_type, state.best_score, state.best_step,
@@ -125,6 +129,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
       timer.stop()
       ctx.log.record_times(2, int(state.step), timer.seconds())
   finally:
+    programs.wait()  # no compile left running in a thread at exit
     figures.close()
     # The progress bar ends its line first: a save that fails in the background raises here, and
     # its one-line error must not land on the bar's line.
@@ -170,11 +175,13 @@ def _base_meta(config, dataset, stage: int, stage_step: int) -> checkpointing.Me
                             finished=stage == 2 and stage_step == config.stage2.steps)
 
 
-def run_stage(ctx: context.Context, stage: Stage) -> State:
+def run_stage(ctx: context.Context, stage: Stage,
+              after_first_step: Callable[[], Any] | None = None) -> State:
   """Runs steps state.step..total-1, logging, checking for divergence and saving as it goes.
 
   Ctrl-C saves the state at the step reached, then raises KeyboardInterrupt; SIGTERM does the same
-  and raises Preempted.
+  and raises Preempted. `after_first_step` is called once the first step has been dispatched (and
+  so compiled).
   """
   log, mesh, config = ctx.log, ctx.mesh, ctx.config
   state, number, total = stage.state, stage.number, stage.total_steps
@@ -192,6 +199,8 @@ def run_stage(ctx: context.Context, stage: Stage) -> State:
         prefetch.DeviceBatches(stage.stream, first, mesh, depth) as batches):
     for step in range(first, total):
       state, metrics = stage.step_fn(state, next(batches))
+      if after_first_step is not None and step == first:
+        after_first_step()
       sums = metrics if sums is None else _add(sums, metrics)
       count += 1
       log.advance()
@@ -278,7 +287,59 @@ def _init_stage2(ctx: context.Context, frozen: Frozen, first_batch: dict[str, ja
                                          stage2_data.val_size(ctx.dataset))
 
 
-def stage2(ctx: context.Context, start: State, meta: checkpointing.Meta | None = None) -> Stage:
+class Stage2Programs:
+  """Stage 2's jitted step and init, built once per run, so that compiling the step ahead
+  (`compile_ahead`, while stage 1 trains) fills the caches that stage 2's calls then use."""
+
+  def __init__(self, ctx: context.Context):
+    self._ctx, cfg = ctx, ctx.config.stage2
+    self.step_fn = parallel.jit_step(
+        functools.partial(steps.stage2_step, model=ctx.module, cfg=cfg), ctx.mesh)
+    self.init = parallel.jit_init(functools.partial(_init_stage2, ctx), ctx.mesh)
+    self.ahead: ahead.Ahead | None = None
+
+  def compile_ahead(self) -> None:
+    """Starts compiling the step for `stage2_step_shapes` in a background thread."""
+    if self.ahead is None:
+      self.ahead = ahead.Ahead(
+          lambda: self.step_fn.lower(*stage2_step_shapes(self._ctx)).compile())
+
+  def wait(self) -> None:
+    """Waits for a compile started by `compile_ahead` (none: returns at once)."""
+    if self.ahead is not None:
+      self.ahead.wait()
+
+
+def stage2_step_shapes(ctx: context.Context) -> tuple[train_state.Stage2State, dict[str, Any]]:
+  """The abstract (state, batch) of a fresh stage 2's step, before anything of stage 2 is fitted.
+
+  The adapter's k is taken as min(D, model.adapter_components, U, N - 1) (N the training pairs of
+  the smallest cross-validation fit): the numerical rank of the responses is that, unless they are
+  degenerate; then the shapes differ and the step compiles at its first call instead.
+  """
+  config, dataset, module = ctx.config, ctx.dataset, ctx.module
+  folds = data.config_fold_ids(config, dataset.train)
+  n = len(dataset.train)
+  if folds is not None:
+    n -= int(np.bincount(folds).max())
+  d = module.feature_dim
+  k = min(d, config.model.adapter_components or d, dataset.num_units, max(n - 1, 1))
+  meta = checkpointing.Meta(image_shape=tuple(dataset.image_shape), num_units=dataset.num_units,
+                            adapter_k=k, pixel_path=bool(config.model.pixel_path))
+  frozen = model_lib.abstract_frozen(module, meta)
+  state = jax.eval_shape(functools.partial(_init_stage2, ctx), frozen,
+                         stage2_data.first_batch_shape(config, module), None)
+
+  def placed(tree, sharding):  # the shardings the step's arguments arrive with
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding,
+                                                       weak_type=x.weak_type), tree)
+
+  return (placed(state, parallel.replicated(ctx.mesh)),
+          placed(stage2_data.batch_shape(config, module), parallel.batch_sharded(ctx.mesh)))
+
+
+def stage2(ctx: context.Context, start: State, meta: checkpointing.Meta | None = None,
+           programs: Stage2Programs | None = None) -> Stage:
   """Stage 2 (flow and discriminator), resumed from a Stage2State (`meta`: its checkpoint's) or
   started after the finished stage 1 in a Stage1State.
 
@@ -286,21 +347,22 @@ def stage2(ctx: context.Context, start: State, meta: checkpointing.Meta | None =
   training pair. With `data.folds` >= 2 (and `select_by` 'val_pcc') each parameter group's step
   is first chosen by cross-validation (`cross_validation.stage2`), and the run keeps each group's
   parameters at that step; with a validation split instead, stage 2 scores it as it trains and
-  keeps the best steps (`validation.keep_best`).
+  keeps the best steps (`validation.keep_best`). `programs` are the run's stage-2 programs (default:
+  built here); a compile they started ahead is waited for before the step is first called.
   """
   config, dataset, mesh, cfg = ctx.config, ctx.dataset, ctx.mesh, ctx.config.stage2
   parallel.check_batch_size(cfg.batch_size, mesh, 'stage2')
   resumed = isinstance(start, train_state.Stage2State)
   autoencoder = start.frozen.autoencoder if resumed else start.params
   raw_features = stage2_data.features(ctx.module, autoencoder, dataset.train.images)
-  step_fn = parallel.jit_step(functools.partial(steps.stage2_step, model=ctx.module, cfg=cfg),
-                              mesh)
-  init = parallel.jit_init(functools.partial(_init_stage2, ctx), mesh)
+  programs = programs or Stage2Programs(ctx)
+  step_fn, init = programs.step_fn, programs.init
   folds = data.config_fold_ids(config, dataset.train)
   selection = pixel_weight = None
   if not resumed and config.model.pixel_path:
     with timing.section('selection'):
       pixel_weight = stage2_data.pixel_weight(ctx, autoencoder, raw_features, folds)
+  programs.wait()  # the step compiled ahead (stage 1's time), before its first call below
   if resumed and meta is not None and meta.cross_validation:
     selection = cross_validation.Selection.from_meta(meta.cross_validation)
   elif not resumed and folds is not None and cfg.select_by == 'val_pcc':

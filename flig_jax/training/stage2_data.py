@@ -66,7 +66,12 @@ def fit_frozen(config: ml_collections.ConfigDict, autoencoder: Any, raw_features
                responses: np.ndarray, mesh: Any) -> Frozen:
   """The adapter and the feature standardisation fitted on these training pairs, replicated."""
   adapter = Adapter.fit(responses, config.model.feature_dim, config.model.adapter_components)
-  return parallel.replicate(jax.jit(Frozen.fit)(autoencoder, raw_features, adapter), mesh)
+  return parallel.replicate(_fit_frozen(autoencoder, raw_features, adapter), mesh)
+
+
+# One jitted function for every fit of a run (`jax.jit(Frozen.fit)` at each call would trace
+# again each time: every access to a classmethod is a new function to JAX's caches).
+_fit_frozen = jax.jit(Frozen.fit)
 
 
 def arrays(config: ml_collections.ConfigDict, pairs: dict[str, np.ndarray],
@@ -98,6 +103,16 @@ def first_batch_shape(config: ml_collections.ConfigDict,
   """Shapes and dtypes of `first_batch`."""
   b, d = config.stage2.batch_size, module.feature_dim
   return {k: jax.ShapeDtypeStruct((b, d), jnp.float32) for k in ('features', 'adapted')}
+
+
+def batch_shape(config: ml_collections.ConfigDict,
+                module: FLIG) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes and dtypes of a stage-2 step's batch (`stream(config, arrays(...)).batch(step)`)."""
+  out = first_batch_shape(config, module)
+  if config.stage2.pixel:
+    out['images'] = jax.ShapeDtypeStruct(
+        (config.stage2.batch_size,) + tuple(module.image_shape), jnp.float32)
+  return out
 
 
 def linear_pair(module: FLIG, frozen: Frozen, pairs: dict[str, np.ndarray],
