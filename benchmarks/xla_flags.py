@@ -25,10 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
 
+from benchmarks import vs_torch  # after the path is set
+
 
 def worker() -> int:
   """Builds rows on demand and times them: one JSON command per stdin line, one answer each."""
-  from benchmarks import vs_torch  # pylint: disable=g-import-not-at-top
   rows = vs_torch.JaxRows(Path(tempfile.mkdtemp(prefix='xla_flags_')))
   print(json.dumps({'ready': True}), flush=True)
   for line in sys.stdin:
@@ -43,10 +44,10 @@ def worker() -> int:
   return 0
 
 
-class Worker:
-  """A worker process running under one XLA_FLAGS value."""
+class Worker(vs_torch.Peer):
+  """A worker process running under one XLA_FLAGS value (JSON lines in and out, as the peer)."""
 
-  def __init__(self, flags: str):
+  def __init__(self, flags: str):  # pylint: disable=super-init-not-called
     env = {**os.environ, 'XLA_FLAGS': flags, 'PYTHONPATH': str(ROOT)}
     env.setdefault('JAX_THREEFRY_PARTITIONABLE', '0')  # as train.py runs
     self.proc = subprocess.Popen([sys.executable, __file__, '--worker'], stdin=subprocess.PIPE,
@@ -62,20 +63,10 @@ class Worker:
       if line.startswith('{'):
         return json.loads(line)
 
-  def __call__(self, **job) -> dict:
-    self.proc.stdin.write(json.dumps(job) + '\n')
-    self.proc.stdin.flush()
-    return self._read()
-
-  def close(self) -> None:
-    self.proc.stdin.close()
-    self.proc.wait(timeout=60)
-
 
 def main(argv: list[str] | None = None) -> int:
   if argv is None and sys.argv[1:] == ['--worker']:
     return worker()
-  from benchmarks import vs_torch  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--rows', default='s1_b32,s1_v4', help=f'of {",".join(vs_torch.ROWS)}')
   parser.add_argument('--rounds', type=int, default=6)
