@@ -44,7 +44,7 @@ from flig_jax.training import (
   closed_form,
   context,
   cross_validation,
-  parallel,
+  loop,
   stage2_data,
   steps,
   train_state,
@@ -97,17 +97,11 @@ def run_variant_cv(m, overrides: dict, steps_n: int, every: int) -> cross_valida
       folds = data.config_fold_ids(config, train)
       if folds is None:
         raise SystemExit('error: --cv needs data.folds >= 2')
-      step_fn = parallel.jit_step(
-          functools.partial(steps.stage2_step, model=ctx.module, cfg=config.stage2), ctx.mesh)
-
-      def init(frozen, first_batch, linear_pair):
-        return train_state.create_stage2_state(jax.random.key(config.seed + 2), config,
-                                               ctx.module, frozen, first_batch, linear_pair, 0)
-
+      programs = loop.Stage2Programs(ctx)  # the step and init train.py's stage 2 runs
       weight = (stage2_data.pixel_weight(ctx, autoencoder, raw, folds)
                 if config.model.pixel_path else None)
-      return cross_validation.stage2(ctx, autoencoder, raw, folds, step_fn,
-                                     parallel.jit_init(init, ctx.mesh), lambda s: None, weight)
+      return cross_validation.stage2(ctx, autoencoder, raw, folds, programs.step_fn,
+                                     programs.init, lambda s: None, weight)
     finally:
       ctx.log.close()
 

@@ -37,12 +37,10 @@ def autoencoder_from(config: ml_collections.ConfigDict) -> tuple[Any, checkpoint
     raise ValueError(f'config.stage1.init_from = {source!r}: no trained autoencoder there (the '
                      'workdir of a run that has reached stage 2)') from None
   saved = {k: checkpointing.json_tuples(v) for k, v in config_checks.flatten(source_model.config)}
-  fields = [k for k, _ in config_checks.flatten(config)
-            if k in AUTOENCODER_FIELDS or (k.startswith('data.')
-                                           and config_checks.rule(k).on_resume ==
-                                           config_checks.FIXED)]
   new = {k: checkpointing.json_tuples(v) for k, v in config_checks.flatten(config)}
-  differ = [f'{k}: {saved[k]!r} there, {new[k]!r} here' for k in fields
+  shaping = [k for k in new if k in AUTOENCODER_FIELDS or (
+      k.startswith('data.') and config_checks.rule(k).on_resume == config_checks.FIXED)]
+  differ = [f'{k}: {saved[k]!r} there, {new[k]!r} here' for k in shaping
             if k in saved and saved[k] != new[k]]
   if differ:
     raise ValueError(f'config.stage1.init_from = {source!r}: that run was trained with other data '
