@@ -92,7 +92,8 @@ class Worker:
       stream = Batches({'images': data['images']}, spec['batch_size'])
       return lambda b: trainer.step(b['images'])['loss'], stream
     flow = nets.Flow(d, spec['flow_blocks'], spec['flow_hidden'],
-                     augmented=spec['flow_type'] == 'augmented')
+                     augmented=spec['flow_type'] == 'augmented',
+                     dropout=spec.get('flow_dropout', 0.0))
     flow.data_init(data['features'][:spec['batch_size']])
     disc = nets.Discriminator(d, spec['disc_hidden'])
     mask = (torch.arange(d) < spec['k']).float()

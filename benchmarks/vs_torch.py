@@ -114,7 +114,8 @@ class JaxRows:
             'image_shape': list(dataset.image_shape), 'num_train': len(dataset.train),
             'feature_dim': model.feature_dim, 'cae_widths': list(model.cae_widths),
             'flow_type': model.flow_type, 'flow_blocks': model.flow_blocks,
-            'flow_hidden': model.flow_hidden, 'disc_hidden': model.disc_hidden,
+            'flow_hidden': model.flow_hidden, 'flow_dropout': model.get('flow_dropout', 0.0),
+            'disc_hidden': model.disc_hidden,
             'k': min(model.feature_dim, dataset.num_units, len(dataset.train) - 1)}
 
   def setup(self, row: str) -> dict:

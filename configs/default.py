@@ -55,6 +55,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.model.adapter_components = 0  # cap on k, the adapter's signal coordinates (0: min(D, rank))
   c.model.flow_blocks = 4       # K
   c.model.flow_hidden = 128     # conditioner MLP width
+  c.model.flow_dropout = 0.3    # dropout after each hidden layer of the couplings' conditioners,
+                                # in training only (docs/stage2.md)
   c.model.coupling = 'affine'   # affine | spline (nn/flow.py, COUPLINGS)
   c.model.decoder_input = 'spread'  # what the decoder coupling's MLP reads: spread (principal
                                     # components at their spread) | whitened (A(r) itself)
@@ -85,9 +87,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.stage2.learning_rate = 1e-3
   c.stage2.disc_learning_rate = 1e-3
   c.stage2.weight_decay = 1e-4   # AdamW's, on the trained noise scales
-  c.stage2.coupling_weight_decay = 3.0  # AdamW's on the couplings, toward the identity (each
-                                        # direction toward its ridge start): without it they
-                                        # overfit within a few hundred steps (docs/stage2.md)
+  c.stage2.coupling_weight_decay = 1.0  # AdamW's on the couplings, toward the identity (each
+                                        # direction toward its ridge start): without it (and
+                                        # model.flow_dropout) they overfit within a few hundred
+                                        # steps (docs/stage2.md)
   c.stage2.local_forward = 1.0   # ||f(h) - a||^2 on the k signal coordinates
   c.stage2.local_forward_weighting = 'variance'  # variance: each principal component by its
                                                  # variance (the error in z-scored response

@@ -99,6 +99,7 @@ RULES: dict[str, Rule] = {
     'model.adapter_components': Rule(Range(0)),
     'model.flow_blocks': Rule(Range(1)),
     'model.flow_hidden': Rule(Range(1)),
+    'model.flow_dropout': Rule(Range(0.0, 1.0), IN_STAGE1),
     'model.flow_type': Rule(OneOf(_registry('flig_jax.nn.flow', 'FLOW_TYPES'))),
     'model.coupling': Rule(OneOf(_registry('flig_jax.nn.flow', 'COUPLINGS'))),
     'model.decoder_input': Rule(OneOf(_registry('flig_jax.nn.flig', 'DECODER_INPUTS')),

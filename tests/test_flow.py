@@ -134,3 +134,27 @@ def test_flow_rejects_wrong_width_and_unknown_coupling():
   with pytest.raises(ValueError, match='unknown coupling'):
     flow.Flow(D, 1, 8, coupling='nope').init(
         jax.random.key(0), jnp.zeros((2, D)), method=flow.Flow.forward)
+
+
+def test_conditioner_dropout_acts_only_with_a_dropout_rng_and_keeps_the_bijection(x64):
+  """With `dropout`, the conditioners drop hidden units when a 'dropout' RNG is given (training)
+  and never without one (inference); for one RNG, the inverse undoes the forward exactly."""
+  module = flow.Flow(D // 2, num_blocks=1, hidden=32, augmented=True, dropout=0.5)
+  x = jax.random.normal(jax.random.key(0), (6, D), jnp.float64)
+  params = _perturbed(module.init(jax.random.key(1), x, method=flow.Flow.forward),
+                      jax.random.key(2))
+  plain = flow.Flow(D // 2, num_blocks=1, hidden=32, augmented=True)
+  fwd = lambda m, p, v, **kw: m.apply(p, v, method=flow.Flow.forward, **kw)
+  inv = lambda m, p, v, **kw: m.apply(p, v, method=flow.Flow.inverse, **kw)
+  y_plain, ld_plain = fwd(plain, params, x)
+  y_eval, ld_eval = fwd(module, params, x)
+  np.testing.assert_allclose(y_eval, y_plain, atol=1e-6)
+  np.testing.assert_allclose(ld_eval, ld_plain, atol=1e-6)
+  rngs = {'dropout': jax.random.key(3)}
+  y_train, ld_train = fwd(module, params, x, rngs=rngs)
+  assert float(jnp.max(jnp.abs(y_train - y_plain))) > 1e-3, 'no unit was dropped'
+  x_back, ld_back = inv(module, params, y_train, rngs=rngs)
+  np.testing.assert_allclose(x_back, x, atol=1e-6)
+  np.testing.assert_allclose(ld_back, -ld_train, atol=1e-6)
+  other = fwd(module, params, x, rngs={'dropout': jax.random.key(4)})[0]
+  assert float(jnp.max(jnp.abs(other - y_train))) > 1e-3, 'the mask ignores the RNG'

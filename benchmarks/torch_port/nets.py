@@ -184,15 +184,17 @@ class Coupling(nn.Module):
   """Affine split coupling: one half conditions y2 = x2 exp(s) + t of the other, with (t, raw s)
   from an MLP (two GELU layers, a zero-initialised output) and s = 2 tanh(raw / 2). The first
   D // 2 coordinates condition the rest, or, with `swap`, are the ones transformed. The MLP
-  reads the conditioning half times `input_scale` when one is given."""
+  reads the conditioning half times `input_scale` when one is given, and drops hidden units at
+  rate `dropout` in training mode."""
 
   def __init__(self, size: int, hidden: int, swap: bool = False,
-               input_scale: torch.Tensor | None = None):
+               input_scale: torch.Tensor | None = None, dropout: float = 0.0):
     super().__init__()
     self.split, self.swap, self.input_scale = size // 2, swap, input_scale
     self.transformed = self.split if swap else size - self.split
-    self.net = nn.Sequential(dense(size - self.transformed, hidden), nn.GELU('tanh'),
-                             dense(hidden, hidden), nn.GELU('tanh'),
+    drop = [nn.Dropout(dropout)] if dropout else []
+    self.net = nn.Sequential(dense(size - self.transformed, hidden), nn.GELU('tanh'), *drop,
+                             dense(hidden, hidden), nn.GELU('tanh'), *drop,
                              dense(hidden, 2 * self.transformed, zero=True))
 
   def forward(self, x: torch.Tensor, inverse: bool = False):
@@ -246,22 +248,23 @@ class LinearPair(nn.Module):
 class Flow(nn.Module):
   """f. Plain: `blocks` x (ActNorm, LU linear, coupling) on R^D, the couplings alternating halves.
   Augmented: encoder coupling, LinearPair, decoder coupling on R^2D; `decoder_input_scale` (D,)
-  multiplies what the decoder coupling's MLP reads (flig_jax's `FLIG.decoder_input_scale`).
-  Affine couplings only."""
+  multiplies what the decoder coupling's MLP reads (flig_jax's `FLIG.decoder_input_scale`);
+  `dropout` is the conditioners' (`model.flow_dropout`). Affine couplings only."""
 
   def __init__(self, feature_dim: int, blocks: int, hidden: int, augmented: bool,
-               decoder_input_scale: torch.Tensor | None = None):
+               decoder_input_scale: torch.Tensor | None = None, dropout: float = 0.0):
     super().__init__()
     self.feature_dim, self.augmented = feature_dim, augmented
     if augmented:
-      self.enc_coupling = Coupling(2 * feature_dim, hidden)
+      self.enc_coupling = Coupling(2 * feature_dim, hidden, dropout=dropout)
       self.linear_pair = LinearPair(feature_dim)
-      self.dec_coupling = Coupling(2 * feature_dim, hidden, input_scale=decoder_input_scale)
+      self.dec_coupling = Coupling(2 * feature_dim, hidden, input_scale=decoder_input_scale,
+                                   dropout=dropout)
       self.layers = [self.enc_coupling, self.linear_pair, self.dec_coupling]
     else:
       self.blocks = nn.ModuleList(
           nn.ModuleList([ActNorm(feature_dim), LULinear(feature_dim),
-                         Coupling(feature_dim, hidden, swap=bool(k % 2))])
+                         Coupling(feature_dim, hidden, swap=bool(k % 2), dropout=dropout)])
           for k in range(blocks))
       self.layers = [layer for block in self.blocks for layer in block]
 

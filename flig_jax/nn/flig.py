@@ -66,6 +66,7 @@ class FLIG(nn.Module):
   spline_range: float = 4.0
   flow_type: str = 'augmented'
   decoder_input: str = 'whitened'
+  flow_dropout: float = 0.0
   dtype: Any = None
 
   @classmethod
@@ -80,6 +81,7 @@ class FLIG(nn.Module):
                spline_range=float(c.spline_range),
                flow_type=str(c.get('flow_type', 'plain')),  # runs saved before the option: plain
                decoder_input=str(c.get('decoder_input', 'whitened')),  # likewise
+               flow_dropout=float(c.get('flow_dropout', 0.0)),
                dtype=precision.compute_dtype(str(c.get('dtype', 'float32'))))
 
   def setup(self):
@@ -93,7 +95,7 @@ class FLIG(nn.Module):
                        f'{tuple(FLOW_TYPES)}')
     self.flow = FLOW_TYPES[self.flow_type](self.feature_dim, self.flow_blocks, self.flow_hidden,
                                            self.coupling, self.spline_bins, self.spline_range,
-                                           dtype=self.dtype)
+                                           dropout=self.flow_dropout, dtype=self.dtype)
 
   # --- the fixed parts, read from the `stats` and `adapter` collections ---
 

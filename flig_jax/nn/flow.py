@@ -122,6 +122,7 @@ class MLP(nn.Module):
   hidden: int
   out_shape: tuple[int, ...]
   num_layers: int = 2
+  dropout: float = 0.0
   dtype: Any = None
   param_dtype: Any = jnp.float32
 
@@ -131,6 +132,8 @@ class MLP(nn.Module):
     layer = {'dtype': self.dtype, 'param_dtype': self.param_dtype}
     for _ in range(self.num_layers):
       x = nn.gelu(nn.Dense(self.hidden, **layer)(x))
+      if self.dropout:
+        x = nn.Dropout(self.dropout, deterministic=not self.has_rng('dropout'))(x)
     size = 1
     for s in self.out_shape:
       size *= s
@@ -188,6 +191,7 @@ class Coupling(nn.Module):
   swap: bool = False
   num_bins: int = 8
   spline_range: float = 4.0
+  dropout: float = 0.0
   dtype: Any = None
   param_dtype: Any = jnp.float32
 
@@ -202,7 +206,7 @@ class Coupling(nn.Module):
     if self.transform not in COUPLINGS:
       raise ValueError(f'unknown coupling {self.transform!r} (use {_or(COUPLINGS)})')
     width, inner = COUPLINGS[self.transform](self)
-    conditioner = MLP(self.hidden, (transformed, width), dtype=self.dtype,
+    conditioner = MLP(self.hidden, (transformed, width), dropout=self.dropout, dtype=self.dtype,
                       param_dtype=self.param_dtype)
     if input_scale is not None:
       mlp, scale = conditioner, jnp.asarray(input_scale, x.dtype)
@@ -301,6 +305,7 @@ class Flow(nn.Module):
   num_bins: int = 8
   spline_range: float = 4.0
   augmented: bool = False
+  dropout: float = 0.0
   dtype: Any = None
   param_dtype: Any = jnp.float32
 
@@ -313,8 +318,8 @@ class Flow(nn.Module):
     if self.coupling not in COUPLINGS:
       raise ValueError(f'unknown coupling {self.coupling!r} (use {_or(COUPLINGS)})')
     coupling = functools.partial(Coupling, self.hidden, self.coupling, num_bins=self.num_bins,
-                                 spline_range=self.spline_range, dtype=self.dtype,
-                                 param_dtype=self.param_dtype)
+                                 spline_range=self.spline_range, dropout=self.dropout,
+                                 dtype=self.dtype, param_dtype=self.param_dtype)
     if self.augmented:
       # swap=False: the first half (h, then a) conditions the second (e_h, then e_a).
       self.layers = [coupling(name='enc_coupling'), LinearPair(name='linear_pair'),

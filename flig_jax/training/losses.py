@@ -46,7 +46,8 @@ def _bce(logits: jax.Array, label: float) -> jax.Array:
 
 
 def flow_terms(flow_params: Any, frozen: Frozen, model: Any, batch: dict[str, jax.Array],
-               noise: jax.Array, feature_noise: jax.Array) -> dict[str, jax.Array]:
+               noise: jax.Array, feature_noise: jax.Array,
+               dropout_rng: jax.Array | None = None) -> dict[str, jax.Array]:
   """Runs f on the features and f^-1 on the adapted responses of a batch.
 
   Args:
@@ -68,8 +69,10 @@ def flow_terms(flow_params: Any, frozen: Frozen, model: Any, batch: dict[str, ja
   """
   variables = {'params': {'flow': flow_params}, 'adapter': frozen.adapter.arrays()}
 
+  rngs = {} if dropout_rng is None else {'dropout': dropout_rng}
+
   def apply(x, method):
-    return model.apply(variables, x, method=method)
+    return model.apply(variables, x, method=method, rngs=rngs)
 
   h = batch['features']
   a_padded = batch['adapted'] + noise
@@ -96,14 +99,14 @@ def forward_weight(frozen: Frozen, cfg: ml_collections.ConfigDict) -> jax.Array:
 
 def flow_loss(flow_params: Any, disc_params: Any, frozen: Frozen, model: Any,
               discriminator: Any, batch: dict[str, jax.Array], noise: jax.Array,
-              feature_noise: jax.Array,
-              cfg: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
+              feature_noise: jax.Array, cfg: ml_collections.ConfigDict,
+              dropout_rng: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The flow's stage-2 objective; every weight comes from `cfg` (config.stage2).
 
   Local terms compare the encoder's and decoder's point predictions with their targets; the
   likelihood (per coordinate of f's space, D or 2D) and the adversary see samples.
   """
-  out = flow_terms(flow_params, frozen, model, batch, noise, feature_noise)
+  out = flow_terms(flow_params, frozen, model, batch, noise, feature_noise, dropout_rng)
   h, a, mask = batch['features'], batch['adapted'], frozen.signal_mask
   z, h_back, y = out['encoded'], out['h_back'], out['y']
   size = y.shape[-1]

@@ -79,10 +79,15 @@ def stage2_step(state: Stage2State, batch: dict[str, jax.Array], *, model: Any,
   noise = jax.random.normal(rng, batch['adapted'].shape, batch['adapted'].dtype)
   noise = noise * (1.0 - mask + cfg.response_noise * mask)
   feature_noise = jax.random.normal(feature_rng, batch['features'].shape, batch['features'].dtype)
+  # The conditioners' dropout (model.flow_dropout) draws from its own key, so a run without it
+  # draws exactly what it drew before the option existed.
+  dropout_rng = (jax.random.fold_in(jax.random.fold_in(state.rng, state.step), 1)
+                 if getattr(model, 'flow_dropout', 0.0) else None)
 
   # Discriminator: real adapted responses vs f(h) (and features vs f^-1(a)), flow held fixed.
   out = jax.lax.stop_gradient(
-      losses.flow_terms(state.flow_params, state.frozen, model, batch, noise, feature_noise))
+      losses.flow_terms(state.flow_params, state.frozen, model, batch, noise, feature_noise,
+                        dropout_rng))
   real, fake = {'forward': out['a_padded']}, {'forward': out['sample']}
   if cfg.adversarial_inverse:
     real['inverse'], fake['inverse'] = batch['features'], out['h_back']
@@ -96,7 +101,8 @@ def stage2_step(state: Stage2State, batch: dict[str, jax.Array], *, model: Any,
   # Flow: all constraints against the updated discriminator.
   flow_grad_fn = jax.value_and_grad(losses.flow_loss, has_aux=True)
   (loss, terms), grads = flow_grad_fn(state.flow_params, disc_params, state.frozen, model,
-                                      state.discriminator, batch, noise, feature_noise, cfg)
+                                      state.discriminator, batch, noise, feature_noise, cfg,
+                                      dropout_rng)
   updates, flow_opt_state = state.flow_tx.update(grads, state.flow_opt_state, state.flow_params)
   flow_params = optax.apply_updates(state.flow_params, updates)
   new_state = state.replace(
