@@ -296,3 +296,30 @@ def test_a_diverged_fold_of_the_stacked_folds_stops_the_run(tmp_path):
                        tmp_path)
   with pytest.raises(TrainingDiverged, match=r'parameters\) at step 8'):
     loop._check_finite(2, types.SimpleNamespace(nonfinite_step=np.array(7)), tmp_path)
+
+
+@pytest.mark.slow
+def test_folds_of_different_adapter_sizes_run_one_at_a_time(tmp_path, capsys):
+  """11 pairs in 5 folds: a fold of 3 leaves 8 pairs (adapter k = 7), one of 2 leaves 9 (k = 8 =
+  D); states of different shapes do not stack, so the folds run one after another."""
+  config = synthetic.get_config('smoke')
+  config.data.num_train, config.data.num_test, config.data.image_size = 11, 4, 8
+  config.stage2.steps = 2
+  ctx = context.make_context(config, tmp_path)
+  try:
+    autoencoder = loop.restore_or_init(ctx).params
+    train = ctx.dataset.train
+    folds = data.config_fold_ids(config, train)
+    assert sorted(np.bincount(folds).tolist()) == [2, 2, 2, 2, 3]
+    sel = cross_validation.stage2(ctx, autoencoder,
+                                  stage2_data.features(ctx.module, autoencoder, train.images),
+                                  folds, loop.Stage2Programs(ctx), lambda s: None)
+  finally:
+    ctx.mgr.wait_until_finished()
+    ctx.log.close()
+  out = capsys.readouterr().out
+  ks = ', '.join(str(min(8, 11 - n - 1)) for n in np.bincount(folds))
+  assert (f"the folds' adapters keep different numbers of components (k {ks}), so their stage 2 "
+          'runs one fold at a time') in out, out
+  assert out.count('cross-validation fold ') == 5
+  assert sel.steps == [0, 2]

@@ -2,7 +2,8 @@
 
 The folds are carved by stimulus (`data.fold_ids`). For each fold a model is fitted on the other
 folds and predicts the held-out one for every candidate (for stage 2: the step 0 closed-form start
-and each validated step). Each candidate's score is the mean over folds, weighted by their sizes, of
+and each validated step); stage 2's K folds train together as one program (`stacked_folds`), each
+as it would alone. Each candidate's score is the mean over folds, weighted by their sizes, of
 its score on each held-out fold (decoding PCC: the mean per-image PCC; encoding: the mean over units
 of the per-unit PCC across the fold's stimuli). Its N jackknife replicates leave out one stimulus
 at a time: stimulus j of fold f changes fold f's score only. Per-unit correlations are taken within

@@ -37,7 +37,7 @@ class DeviceBatches(Iterator[dict[str, jax.Array]]):
     self._stop = threading.Event()
     self._thread = None
     if depth:
-      self._thread = threading.Thread(target=self._fill, args=(stream, first, mesh), daemon=True,
+      self._thread = threading.Thread(target=self._fill, args=(stream, first), daemon=True,
                                       name='flig_jax-prefetch')
       self._thread.start()
 
@@ -50,7 +50,7 @@ class DeviceBatches(Iterator[dict[str, jax.Array]]):
         continue
     return False
 
-  def _fill(self, stream: BatchStream, step: int, mesh: Any) -> None:
+  def _fill(self, stream: BatchStream, step: int) -> None:
     try:
       while self._put((True, self._global(stream.batch(step)))):
         step += 1

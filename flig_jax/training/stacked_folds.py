@@ -9,7 +9,6 @@ would alone. The folds stack only when their states have the same shapes (the sa
 `stackable` says whether they do.
 """
 
-import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,14 +38,6 @@ def stack(states: Sequence[Stage2State]) -> Stage2State:
   taken (copied) from the first fold. Pure: jit it (`parallel.jit_init`) or `jax.eval_shape` it."""
   stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *map(_without_autoencoder, states))
   return _with_autoencoder(stacked, jax.tree.map(jnp.copy, states[0].frozen.autoencoder))
-
-
-def unstack(state: Stage2State) -> list[Stage2State]:
-  """The inverse of `stack`: the K folds' own states."""
-  rest, autoencoder = _without_autoencoder(state), state.frozen.autoencoder
-  count = state.step.shape[0]
-  return [_with_autoencoder(jax.tree.map(operator.itemgetter(f), rest), autoencoder)
-          for f in range(count)]
 
 
 def stackable(states: Sequence[Stage2State]) -> bool:
