@@ -174,8 +174,9 @@ class _Fold:
     rest: the rows it trains on.
     state: its initial `Stage2State`.
     arrays: what its batches are drawn from (`stage2_data.arrays`).
-    features: (M, D) the held-out pairs' standardised features, padded with zeros to M rows (the
-      largest fold), as `adapted` (their adapted responses).
+    features: (M, D) the held-out pairs' standardised features, zero-padded to M rows (the
+      largest fold).
+    adapted: (M, D) their adapted responses, padded the same way.
   """
   held: np.ndarray
   rest: np.ndarray
