@@ -97,11 +97,11 @@ def run_variant_cv(m, overrides: dict, steps_n: int, every: int) -> cross_valida
       folds = data.config_fold_ids(config, train)
       if folds is None:
         raise SystemExit('error: --cv needs data.folds >= 2')
-      programs = loop.Stage2Programs(ctx)  # the step and init train.py's stage 2 runs
+      programs = loop.Stage2Programs(ctx)  # the programs train.py's stage 2 runs
       weight = (stage2_data.pixel_weight(ctx, autoencoder, raw, folds)
                 if config.model.pixel_path else None)
-      return cross_validation.stage2(ctx, autoencoder, raw, folds, programs.step_fn,
-                                     programs.init, lambda s: None, weight)
+      return cross_validation.stage2(ctx, autoencoder, raw, folds, programs, lambda s: None,
+                                     weight)
     finally:
       ctx.log.close()
 

@@ -20,13 +20,14 @@ _LOWERING_EVENT = '/jax/core/compile/jaxpr_to_mlir_module_duration'
 
 @contextlib.contextmanager
 def count_compilations():
-  """Yields a list that grows by one entry for each program jax compiles inside the block."""
+  """Yields a list that grows by one entry, the program's name ('jit_stage2_step'), for each
+  program jax compiles inside the block."""
   events = []
 
   def listener(event, duration, **kwargs):
-    del duration, kwargs
+    del duration
     if event == _LOWERING_EVENT:
-      events.append(event)
+      events.append(kwargs.get('fun_name', ''))
 
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:
@@ -76,26 +77,33 @@ def test_listener_counts_compilations():
 
 
 def test_training_steps_compile_once(ctx, monkeypatch):
-  # Each step function may be traced once: a second trace (a retrace) fails the test at once.
-  for name in ('stage1_step', 'stage2_step'):
-    monkeypatch.setattr(steps, name, chex.assert_max_traces(getattr(steps, name), n=1))
+  # Each step function may be traced once per program: a second trace (a retrace) fails the test
+  # at once. Stage 2's step is traced twice: in the cross-validation folds' stacked step, then
+  # alone.
+  for name, n in (('stage1_step', 1), ('stage2_step', 2)):
+    monkeypatch.setattr(steps, name, chex.assert_max_traces(getattr(steps, name), n=n))
   state1 = _check_stage_compiles_once(loop.stage1(ctx, loop.restore_or_init(ctx)), ctx.mesh)
   _check_stage_compiles_once(loop.stage2(ctx, state1), ctx.mesh)
 
 
-def test_stage2_step_compiled_ahead_is_the_one_stage2_runs(ctx, monkeypatch):
-  # train.py compiles stage 2's step from abstract shapes while stage 1 trains; stage 2 must then
-  # find it in the jitted step's caches: a second trace fails at once, a second program below.
-  monkeypatch.setattr(steps, 'stage2_step', chex.assert_max_traces(steps.stage2_step, n=1))
+def test_stage2_programs_compiled_ahead_are_the_ones_stage2_runs(ctx, monkeypatch):
+  # train.py compiles stage 2's programs (the cross-validation folds' stacked step and predictions,
+  # then the step) from abstract shapes while stage 1 trains; stage 2 must then find them in the
+  # jitted functions' caches: a second trace fails at once, a second lowering below.
+  monkeypatch.setattr(steps, 'stage2_step', chex.assert_max_traces(steps.stage2_step, n=2))
   programs = loop.Stage2Programs(ctx)
   programs.compile_ahead()
   programs.wait()
-  assert programs.ahead.error is None
+  assert programs.ahead.errors == {}
   with count_compilations() as compiled:
     stage = loop.stage2(ctx, loop.restore_or_init(ctx), programs=programs)
     _run_steps(stage, ctx.mesh, 0, 2)
-  assert programs.step_fn._cache_size() == 1  # pylint: disable=protected-access
   assert compiled, 'stage 2 compiled nothing at all (its set-up programs are new here)'
+  ahead = ('stage2_step', 'folds_step', 'predictions_over_folds')
+  again = [name for name in compiled if any(a in name for a in ahead)]
+  assert again == [], f'compiled again in stage 2: {again}'
+  for program in (programs.step_fn, programs.folds_step, programs.folds_predict):
+    assert program._cache_size() == 1  # pylint: disable=protected-access
 
 
 def test_model_decode_compiles_once_per_bucket(ctx):

@@ -3,18 +3,27 @@ only, steps chosen on pooled held-out scores, the final model fitted on every tr
 the baselines' penalties chosen without the test split."""
 
 import json
+import types
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default
+from configs import default, synthetic
 from flig_jax import checkpointing, data, ridge
 from flig_jax import model as model_lib
 from flig_jax.data.dataset import Dataset, Split, duplicate_groups, fold_ids
 from flig_jax.evaluation import baselines, run
 from flig_jax.nn.adapter import Adapter
-from flig_jax.training import closed_form, cross_validation, validation
+from flig_jax.training import (
+  TrainingDiverged,
+  closed_form,
+  context,
+  cross_validation,
+  loop,
+  stage2_data,
+  validation,
+)
 
 
 def _split_with_copies(n=40, copies=(0, 1, 2, 5, 7), seed=0):
@@ -239,3 +248,78 @@ def test_mlp_early_stopping_by_cross_validation():
   assert flat.best_step < fit.best_step
   with pytest.raises(ValueError, match='at least two folds'):
     baselines.fit_mlp_cv(x, y, np.zeros(80), kind='encoder')
+
+
+@pytest.mark.slow
+def test_folds_run_together_score_as_folds_run_one_at_a_time(tmp_path):
+  """The K folds' stage 2 as one stacked program (`stacked_folds`) gives each fold's held-out
+  predictions as its own run does: same init, same batches of its own stream, same RNG."""
+  config = synthetic.get_config('smoke')
+  config.data.num_train, config.data.num_test, config.data.image_size = 40, 8, 16
+  config.stage2.steps, config.stage2.eval_every_steps = 6, 2
+  config.stage2.learning_rate = 1e-1   # the flow moves: the scores change from step to step
+  config.stage2.mixup = 0.4            # per-fold permutations and Beta draws
+  config.stage2.pixel = 0.1            # the step decodes through the shared autoencoder
+  config.stage2.select_margin = 0.0
+  ctx = context.make_context(config, tmp_path)
+  try:
+    autoencoder = loop.restore_or_init(ctx).params
+    train = ctx.dataset.train
+    raw = stage2_data.features(ctx.module, autoencoder, train.images)
+    folds = data.config_fold_ids(config, train)
+    programs = loop.Stage2Programs(ctx)
+    runs = {}
+    for together in (True, False):
+      shapes = []
+      runs[together] = cross_validation.stage2(
+          ctx, autoencoder, raw, folds, programs,
+          lambda s, seen=shapes: seen.append(np.shape(s.nonfinite_step)), 0.5, together=together)
+      # The divergence check reads every fold's flag: (K,) stacked, () alone.
+      assert set(shapes) == ({(5,)} if together else {()}), shapes
+  finally:
+    ctx.mgr.wait_until_finished()
+    ctx.log.close()
+  stacked, alone = runs[True], runs[False]
+  assert stacked.steps == alone.steps == [0, 2, 4, 6]
+  for name in ('cv_enc_pcc', 'cv_dec_pcc'):
+    np.testing.assert_allclose(stacked.scores[name], alone.scores[name], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(stacked.gain_se[name], alone.gain_se[name], rtol=0, atol=1e-5)
+  # Training moved the scores far beyond that tolerance, so folds fed the wrong batches would show.
+  assert np.ptp(alone.scores['cv_enc_pcc']) > 1e-3
+  assert stacked.chosen == alone.chosen
+
+
+def test_a_diverged_fold_of_the_stacked_folds_stops_the_run(tmp_path):
+  loop._check_finite(2, types.SimpleNamespace(nonfinite_step=np.full(5, -1)), tmp_path)
+  with pytest.raises(TrainingDiverged, match=r'in cross-validation fold\(s\) 2, 4 of 5 at step 4'):
+    loop._check_finite(2, types.SimpleNamespace(nonfinite_step=np.array([-1, 5, -1, 3, -1])),
+                       tmp_path)
+  with pytest.raises(TrainingDiverged, match=r'parameters\) at step 8'):
+    loop._check_finite(2, types.SimpleNamespace(nonfinite_step=np.array(7)), tmp_path)
+
+
+@pytest.mark.slow
+def test_folds_of_different_adapter_sizes_run_one_at_a_time(tmp_path, capsys):
+  """11 pairs in 5 folds: a fold of 3 leaves 8 pairs (adapter k = 7), one of 2 leaves 9 (k = 8 =
+  D); states of different shapes do not stack, so the folds run one after another."""
+  config = synthetic.get_config('smoke')
+  config.data.num_train, config.data.num_test, config.data.image_size = 11, 4, 8
+  config.stage2.steps = 2
+  ctx = context.make_context(config, tmp_path)
+  try:
+    autoencoder = loop.restore_or_init(ctx).params
+    train = ctx.dataset.train
+    folds = data.config_fold_ids(config, train)
+    assert sorted(np.bincount(folds).tolist()) == [2, 2, 2, 2, 3]
+    sel = cross_validation.stage2(ctx, autoencoder,
+                                  stage2_data.features(ctx.module, autoencoder, train.images),
+                                  folds, loop.Stage2Programs(ctx), lambda s: None)
+  finally:
+    ctx.mgr.wait_until_finished()
+    ctx.log.close()
+  out = capsys.readouterr().out
+  ks = ', '.join(str(min(8, 11 - n - 1)) for n in np.bincount(folds))
+  assert (f"the folds' adapters keep different numbers of components (k {ks}), so their stage 2 "
+          'runs one fold at a time') in out, out
+  assert out.count('cross-validation fold ') == 5
+  assert sel.steps == [0, 2]

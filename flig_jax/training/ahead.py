@@ -1,41 +1,59 @@
-"""Compiles run in a background thread ahead of the call that needs them: stage 2's step is
-lowered and compiled for its abstract shapes while stage 1 trains (`loop.Stage2Programs`).
+"""Compiles run in a background thread ahead of the call that needs them: stage 2's programs (the
+cross-validation folds' stacked step and predictions, then the step) are lowered and compiled for
+their abstract shapes while stage 1 trains (`loop.Stage2Programs`).
 
-The thread fills the jitted function's own caches (trace, lowering, executable), so the first real
+The thread fills the jitted functions' own caches (trace, lowering, executable), so the first real
 call with arrays of those shapes runs at once. A compile ahead is only a head start: when it fails,
 or the real shapes turn out different, the first call compiles (and raises) as it would anyway.
 """
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from flig_jax.training import timing
 
 
 class Ahead:
-  """Runs `compile_fn()` (e.g. `jax.jit(f).lower(*shapes).compile()`) in a daemon thread.
+  """Runs named compiles (e.g. `jax.jit(f).lower(*shapes).compile()`) one after another in a
+  daemon thread.
 
-  `wait` joins it; the time spent waiting counts as 'compile' in the run's time breakdown.
+  `wait(name)` blocks until that compile (and those before it) has finished; the time spent
+  waiting counts as 'compile' in the run's time breakdown.
   """
 
-  def __init__(self, compile_fn: Callable[[], Any]):
-    self.error: BaseException | None = None
-    self._thread = threading.Thread(target=self._run, args=(compile_fn,), daemon=True,
+  def __init__(self, compiles: Sequence[tuple[str, Callable[[], Any]]]):
+    self.errors: dict[str, BaseException] = {}
+    self._done = {name: threading.Event() for name, _ in compiles}
+    self._thread = threading.Thread(target=self._run, args=(list(compiles),), daemon=True,
                                     name='flig_jax-compile-ahead')
     self._thread.start()
 
-  def _run(self, compile_fn: Callable[[], Any]) -> None:
-    try:
-      compile_fn()
-    except Exception as e:  # noqa: BLE001 -- the real call compiles and reports for itself
-      self.error = e
+  @property
+  def error(self) -> BaseException | None:
+    """The first compile's error, if any failed."""
+    return next(iter(self.errors.values()), None)
+
+  def _run(self, compiles: list[tuple[str, Callable[[], Any]]]) -> None:
+    for name, compile_fn in compiles:
+      try:
+        compile_fn()
+      except Exception as e:  # noqa: BLE001 -- the real call compiles and reports for itself
+        self.errors[name] = e
+      finally:
+        self._done[name].set()
 
   def done(self) -> bool:
     return not self._thread.is_alive()
 
-  def wait(self) -> None:
-    """Blocks until the compile has finished (or failed)."""
-    if self._thread.is_alive():
+  def wait(self, name: str | None = None) -> None:
+    """Blocks until compile `name` has finished (or failed); every compile when None or not one
+    of them."""
+    event = self._done.get(name) if name is not None else None
+    if event is None:
+      if self._thread.is_alive():
+        with timing.section('compile'):
+          self._thread.join()
+    elif not event.is_set():
       with timing.section('compile'):
-        self._thread.join()
+        event.wait()

@@ -2,7 +2,8 @@
 
 The folds are carved by stimulus (`data.fold_ids`). For each fold a model is fitted on the other
 folds and predicts the held-out one for every candidate (for stage 2: the step 0 closed-form start
-and each validated step). Each candidate's score is the mean over folds, weighted by their sizes, of
+and each validated step); stage 2's K folds train together as one program (`stacked_folds`), each
+as it would alone. Each candidate's score is the mean over folds, weighted by their sizes, of
 its score on each held-out fold (decoding PCC: the mean per-image PCC; encoding: the mean over units
 of the per-unit PCC across the fold's stimuli). Its N jackknife replicates leave out one stimulus
 at a time: stimulus j of fold f changes fold f's score only. Per-unit correlations are taken within
@@ -16,7 +17,6 @@ is refitted on every training pair with the chosen settings.
 """
 
 import dataclasses
-import functools
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from flig_jax.training import prefetch, stage2_data, validation
+from flig_jax.training import parallel, prefetch, stacked_folds, stage2_data, validation
 
 # (candidate, decoded images (M, H, W, C), encoded responses (M, U)) of one fold's held-out pairs.
 Prediction = tuple[int, np.ndarray, np.ndarray]
@@ -165,68 +165,150 @@ def select(fold_ids: np.ndarray, images: np.ndarray, responses: np.ndarray,
                    chosen=chosen)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Fold:
+  """One fold's stage 2, set up: fitted on the other folds' pairs and at its initial state.
+
+  Attributes:
+    held: the held-out rows.
+    rest: the rows it trains on.
+    state: its initial `Stage2State`.
+    arrays: what its batches are drawn from (`stage2_data.arrays`).
+    features: (M, D) the held-out pairs' standardised features, zero-padded to M rows (the
+      largest fold).
+    adapted: (M, D) their adapted responses, padded the same way.
+  """
+  held: np.ndarray
+  rest: np.ndarray
+  state: Any
+  arrays: dict[str, np.ndarray]
+  features: np.ndarray
+  adapted: np.ndarray
+
+
 def stage2(ctx: Any, autoencoder: Any, raw_features: np.ndarray, folds: np.ndarray,
-           step_fn: Callable, init: Callable, check_finite: Callable[[Any], None],
-           pixel_weight: float | None = None) -> Selection:
+           programs: Any, check_finite: Callable[[Any], None],
+           pixel_weight: float | None = None, together: bool = True) -> Selection:
   """Stage 2 on each fold's other folds, validated on the held-out fold at step 0, every
   `eval_every_steps` and at the end; the pooled held-out scores choose each group's step.
 
-  Every fold runs the same compiled step (same batch shapes) and one compiled prediction on the
-  held-out pairs padded to the largest fold.
+  The K folds run together as one program (`stacked_folds`): their states stacked on a leading
+  fold axis, each step and each held-out prediction one call for all K. Where their states differ
+  in shape (adapters of different k), or with `together` False, they run one after another with
+  the single stage-2 step instead; each fold evolves the same either way (its own init, batch
+  stream and RNG). The held-out pairs are padded to the largest fold.
 
   Args:
     ctx: the run's `context.Context`.
     autoencoder: the trained stage-1 parameters.
     raw_features: (N, D) E(x) of the training images.
     folds: (N,) the fold of each training pair.
-    step_fn: the jitted stage-2 step.
-    init: the jitted `(frozen, first_batch, linear_pair) -> Stage2State`.
-    check_finite: raises when a state has diverged.
+    programs: the run's `loop.Stage2Programs` (its `init`, `stack`, `folds_step`,
+      `folds_predict`, and `step_fn` and `predict` for one fold at a time); a compile it started
+      ahead is waited for before the program's first call.
+    check_finite: raises when a state (one fold's, or the stacked folds') has diverged.
     pixel_weight: the pixel path's blend weight (`stage2_data.with_pixel_path`), or None.
+    together: run the folds as one program where their shapes allow.
   """
-  config, cfg, train = ctx.config, ctx.config.stage2, ctx.dataset.train
-  predict = jax.jit(functools.partial(validation.predictions, ctx.module))
-  size = int(np.bincount(folds).max())
-  total, every = cfg.steps, cfg.eval_every_steps
-  depth = 2 if jax.process_count() == 1 else 0
-  count = len(np.unique(folds))
-
-  def run_fold(rest: np.ndarray, held: np.ndarray):
-    start_time = time.perf_counter()
-    frozen = stage2_data.fit_frozen(config, autoencoder, raw_features[rest], train.responses[rest],
-                                    ctx.mesh)
-    pairs = stage2_data.pairs(frozen, raw_features[rest], train.responses[rest])
-    frozen = stage2_data.with_pixel_path(ctx.module, frozen, pairs, train.images[rest],
-                                         pixel_weight, ctx.mesh)
-    arrays = stage2_data.arrays(config, pairs, train.images[rest])
-    state = init(frozen, stage2_data.first_batch(config, arrays),
-                 stage2_data.linear_pair(ctx.module, frozen, pairs, None, folds[rest]))
-    held_pairs = stage2_data.pairs(frozen, raw_features[held], train.responses[held])
-    pad = ((0, size - len(held)), (0, 0))
-    features, adapted = (np.pad(held_pairs[k], pad) for k in ('features', 'adapted'))
-
-    def held_out(s):
-      decoded, encoded = predict(s.frozen.variables(s.flow_params), features, adapted)
-      return np.asarray(decoded)[:len(held)], np.asarray(encoded)[:len(held)]
-
-    out = [(0, *held_out(state))]
-    with prefetch.DeviceBatches(stage2_data.stream(config, arrays), 0, ctx.mesh,
-                                depth) as batches:
-      for step in range(total):
-        state, _ = step_fn(state, next(batches))
-        done = step + 1
-        if done % every == 0 or done == total:
-          check_finite(state)
-          out.append((done, *held_out(state)))
-    ctx.log.info(f'cross-validation fold {len(finished) + 1}/{count}: stage 2 on '
-                 f'{len(rest)} pairs, {len(held)} held out '
+  train, size = ctx.dataset.train, int(np.bincount(folds).max())
+  start_time = time.perf_counter()
+  fits = [_set_up(ctx, autoencoder, raw_features, folds, f, size, programs.init, pixel_weight)
+          for f in np.unique(folds)]
+  if together and stacked_folds.stackable([fit.state for fit in fits]):
+    programs.wait('folds')  # compiled ahead (stage 1's time), before the first call below
+    results = _together(ctx, fits, programs, check_finite)
+    ctx.log.info(f'cross-validation: stage 2 of the {len(fits)} folds run together, each on the '
+                 f'other folds ({", ".join(str(len(fit.rest)) for fit in fits)} pairs; '
+                 f'{", ".join(str(len(fit.held)) for fit in fits)} held out) '
                  f'({time.perf_counter() - start_time:.0f} s)')
-    finished.append(len(held))
-    return out
+  else:
+    if together:
+      ks = ', '.join(str(fit.state.frozen.adapter.k) for fit in fits)
+      ctx.log.info(f'cross-validation: the folds\' adapters keep different numbers of components '
+                   f'(k {ks}), so their stage 2 runs one fold at a time')
+    programs.wait()
+    results = []
+    for i, fit in enumerate(fits):
+      results.append(_alone(ctx, fit, programs, check_finite))
+      ctx.log.info(f'cross-validation fold {i + 1}/{len(fits)}: stage 2 on {len(fit.rest)} pairs, '
+                   f'{len(fit.held)} held out ({time.perf_counter() - start_time:.0f} s)')
+      start_time = time.perf_counter()
+  by_held = {fit.held.tobytes(): result for fit, result in zip(fits, results)}
+  return select(folds, train.images, train.responses, lambda _, held: by_held[held.tobytes()],
+                validation.GROUPS[ctx.module.flow_type], ctx.config.stage2.select_margin)
 
-  finished: list[int] = []
-  return select(folds, train.images, train.responses, run_fold,
-                validation.GROUPS[ctx.module.flow_type], cfg.select_margin)
+
+def _set_up(ctx: Any, autoencoder: Any, raw_features: np.ndarray, folds: np.ndarray, fold: int,
+            size: int, init: Callable, pixel_weight: float | None) -> _Fold:
+  """Fold `fold`'s frozen parts fitted on the other folds, its initial state and held-out
+  inputs."""
+  config, train = ctx.config, ctx.dataset.train
+  held, rest = np.nonzero(folds == fold)[0], np.nonzero(folds != fold)[0]
+  frozen = stage2_data.fit_frozen(config, autoencoder, raw_features[rest], train.responses[rest],
+                                  ctx.mesh)
+  pairs = stage2_data.pairs(frozen, raw_features[rest], train.responses[rest])
+  frozen = stage2_data.with_pixel_path(ctx.module, frozen, pairs, train.images[rest],
+                                       pixel_weight, ctx.mesh)
+  arrays = stage2_data.arrays(config, pairs, train.images[rest])
+  state = init(frozen, stage2_data.first_batch(config, arrays),
+               stage2_data.linear_pair(ctx.module, frozen, pairs, None, folds[rest]))
+  held_pairs = stage2_data.pairs(frozen, raw_features[held], train.responses[held])
+  pad = ((0, size - len(held)), (0, 0))
+  return _Fold(held, rest, state, arrays, *(np.pad(held_pairs[k], pad)
+                                            for k in ('features', 'adapted')))
+
+
+def _validated(done: int, total: int, every: int) -> bool:
+  return done % every == 0 or done == total
+
+
+def _together(ctx: Any, fits: list[_Fold], programs: Any,
+              check_finite: Callable[[Any], None]) -> list[list[Prediction]]:
+  """Every fold's held-out predictions at each validated step, the K folds run as one program."""
+  config, cfg, mesh = ctx.config, ctx.config.stage2, ctx.mesh
+  state = programs.stack([fit.state for fit in fits])
+  features, adapted = parallel.replicate(
+      [np.stack([fit.features for fit in fits]), np.stack([fit.adapted for fit in fits])], mesh)
+  out: list[list[Prediction]] = [[] for _ in fits]
+
+  def held_out(s, done):
+    decoded, encoded = jax.device_get(programs.folds_predict(s, features, adapted))
+    for f, fit in enumerate(fits):
+      out[f].append((done, decoded[f, :len(fit.held)], encoded[f, :len(fit.held)]))
+
+  held_out(state, 0)
+  streams = stacked_folds.Streams([stage2_data.stream(config, fit.arrays) for fit in fits])
+  depth = 2 if jax.process_count() == 1 else 0
+  with prefetch.DeviceBatches(streams, 0, mesh, depth, axis=1) as batches:
+    for step in range(cfg.steps):
+      state, _ = programs.folds_step(state, next(batches))
+      if _validated(step + 1, cfg.steps, cfg.eval_every_steps):
+        check_finite(state)
+        held_out(state, step + 1)
+  return out
+
+
+def _alone(ctx: Any, fit: _Fold, programs: Any,
+           check_finite: Callable[[Any], None]) -> list[Prediction]:
+  """One fold's held-out predictions at each validated step, its stage 2 run on its own."""
+  config, cfg, mesh = ctx.config, ctx.config.stage2, ctx.mesh
+  features, adapted = parallel.replicate([fit.features, fit.adapted], mesh)
+  out: list[Prediction] = []
+
+  def held_out(s, done):
+    decoded, encoded = jax.device_get(programs.predict(s, features, adapted))
+    out.append((done, decoded[:len(fit.held)], encoded[:len(fit.held)]))
+
+  state = fit.state
+  held_out(state, 0)
+  depth = 2 if jax.process_count() == 1 else 0
+  with prefetch.DeviceBatches(stage2_data.stream(config, fit.arrays), 0, mesh, depth) as batches:
+    for step in range(cfg.steps):
+      state, _ = programs.step_fn(state, next(batches))
+      if _validated(step + 1, cfg.steps, cfg.eval_every_steps):
+        check_finite(state)
+        held_out(state, step + 1)
+  return out
 
 
 def report(selection: Selection, log: Any, flow_type: str, margin: float,

@@ -36,6 +36,7 @@ from flig_jax.training import (
   progress,
   resume,
   signals,
+  stacked_folds,
   stage2_data,
   steps,
   timing,
@@ -243,11 +244,18 @@ def _validate(log: progress.RunLog, stage: Stage, state: State, done: int) -> St
 
 
 def _check_finite(stage: int, state: State, workdir: Path) -> None:
-  bad = int(state.nonfinite_step)
-  if bad >= 0:
+  """Raises `TrainingDiverged` when `state` (or any fold of the cross-validation folds' stacked
+  state, whose `nonfinite_step` is (K,)) has diverged."""
+  marks = np.asarray(jax.device_get(state.nonfinite_step)).reshape(-1)
+  if (marks >= 0).any():
+    bad = int(marks[marks >= 0].min())
+    where = ''
+    if np.ndim(state.nonfinite_step):
+      where = (' in cross-validation fold(s) '
+               + ', '.join(str(f + 1) for f in np.nonzero(marks >= 0)[0]) + f' of {len(marks)}')
     raise TrainingDiverged(
         f'stage {stage}: training diverged (NaN or Inf in the loss, gradients or updated '
-        f'parameters) at step {bad + 1} and stopped. The last good checkpoint in '
+        f'parameters){where} at step {bad + 1} and stopped. The last good checkpoint in '
         f'{workdir / checkpointing.CHECKPOINT_SUBDIR} is kept; lower '
         f'--config.stage{stage}.learning_rate and restart with the same --workdir.')
 
@@ -288,26 +296,54 @@ def _init_stage2(ctx: context.Context, frozen: Frozen, first_batch: dict[str, ja
 
 
 class Stage2Programs:
-  """Stage 2's jitted step and init, built once per run, so that compiling the step ahead
-  (`compile_ahead`, while stage 1 trains) fills the caches that stage 2's calls then use."""
+  """Stage 2's jitted programs, built once per run, so that compiling them ahead (`compile_ahead`,
+  while stage 1 trains) fills the caches that stage 2's calls then use.
+
+  Attributes:
+    step_fn: the step (`steps.stage2_step`).
+    init: `(frozen, first_batch, linear_pair) -> Stage2State`.
+    predict: `(state, features, adapted) -> (decoded, encoded)` of held-out pairs
+      (`stacked_folds.predictions`).
+    stack: the cross-validation folds' states as one (`stacked_folds.stack`).
+    folds_step: the step of the stacked folds (`stacked_folds.over_folds`).
+    folds_predict: `predict` of the stacked folds (`stacked_folds.predictions_over_folds`).
+  """
 
   def __init__(self, ctx: context.Context):
-    self._ctx, cfg = ctx, ctx.config.stage2
-    self.step_fn = parallel.jit_step(
-        functools.partial(steps.stage2_step, model=ctx.module, cfg=cfg), ctx.mesh)
-    self.init = parallel.jit_init(functools.partial(_init_stage2, ctx), ctx.mesh)
+    self._ctx, mesh = ctx, ctx.mesh
+    step = functools.partial(steps.stage2_step, model=ctx.module, cfg=ctx.config.stage2)
+    self.step_fn = parallel.jit_step(step, mesh)
+    self.init = parallel.jit_init(functools.partial(_init_stage2, ctx), mesh)
+    self.predict = parallel.jit_apply(functools.partial(stacked_folds.predictions, ctx.module),
+                                      mesh)
+    self.stack = parallel.jit_init(stacked_folds.stack, mesh)
+    self.folds_step = parallel.jit_step(stacked_folds.over_folds(step), mesh, batch_axis=1)
+    self.folds_predict = parallel.jit_apply(
+        functools.partial(stacked_folds.predictions_over_folds, ctx.module), mesh)
     self.ahead: ahead.Ahead | None = None
 
   def compile_ahead(self) -> None:
-    """Starts compiling the step for `stage2_step_shapes` in a background thread."""
+    """Starts compiling, in a background thread, the stacked folds' step and predictions for
+    `stage2_fold_shapes` (when the run cross-validates stage 2), then the step for
+    `stage2_step_shapes`."""
     if self.ahead is None:
-      self.ahead = ahead.Ahead(
-          lambda: self.step_fn.lower(*stage2_step_shapes(self._ctx)).compile())
+      self.ahead = ahead.Ahead([('folds', self._compile_folds), ('step', self._compile_step)])
 
-  def wait(self) -> None:
-    """Waits for a compile started by `compile_ahead` (none: returns at once)."""
+  def _compile_folds(self) -> None:
+    shapes = stage2_fold_shapes(self._ctx)
+    if shapes is not None:
+      state, batch, held = shapes
+      self.folds_step.lower(state, batch).compile()
+      self.folds_predict.lower(state, held['features'], held['adapted']).compile()
+
+  def _compile_step(self) -> None:
+    self.step_fn.lower(*stage2_step_shapes(self._ctx)).compile()
+
+  def wait(self, name: str | None = None) -> None:
+    """Waits for compile `name` ('folds' or 'step'; None: both) started by `compile_ahead` (none
+    started: returns at once)."""
     if self.ahead is not None:
-      self.ahead.wait()
+      self.ahead.wait(name)
 
 
 def stage2_step_shapes(ctx: context.Context) -> tuple[train_state.Stage2State, dict[str, Any]]:
@@ -338,6 +374,19 @@ def stage2_step_shapes(ctx: context.Context) -> tuple[train_state.Stage2State, d
           placed(stage2_data.batch_shape(config, module), parallel.batch_sharded(ctx.mesh)))
 
 
+def stage2_fold_shapes(ctx: context.Context) -> tuple[Any, Any, Any] | None:
+  """The abstract (stacked state, stacked batch, held-out inputs) of the cross-validation folds'
+  stacked programs (`stacked_folds.shapes`, each fold's as in `stage2_step_shapes`), or None when a
+  fresh stage 2 of this run does not cross-validate."""
+  config = ctx.config
+  folds = data.config_fold_ids(config, ctx.dataset.train)
+  if folds is None or config.stage2.select_by != 'val_pcc':
+    return None
+  state, batch = stage2_step_shapes(ctx)
+  return stacked_folds.shapes(state, batch, len(np.unique(folds)), int(np.bincount(folds).max()),
+                              ctx.mesh)
+
+
 def stage2(ctx: context.Context, start: State, meta: checkpointing.Meta | None = None,
            programs: Stage2Programs | None = None) -> Stage:
   """Stage 2 (flow and discriminator), resumed from a Stage2State (`meta`: its checkpoint's) or
@@ -362,14 +411,14 @@ def stage2(ctx: context.Context, start: State, meta: checkpointing.Meta | None =
   if not resumed and config.model.pixel_path:
     with timing.section('selection'):
       pixel_weight = stage2_data.pixel_weight(ctx, autoencoder, raw_features, folds)
-  programs.wait()  # the step compiled ahead (stage 1's time), before its first call below
   if resumed and meta is not None and meta.cross_validation:
     selection = cross_validation.Selection.from_meta(meta.cross_validation)
   elif not resumed and folds is not None and cfg.select_by == 'val_pcc':
     with timing.section('selection'):
-      selection = cross_validation.stage2(ctx, autoencoder, raw_features, folds, step_fn, init,
+      selection = cross_validation.stage2(ctx, autoencoder, raw_features, folds, programs,
                                           lambda s: _check_finite(2, s, ctx.workdir),
                                           pixel_weight)
+  programs.wait()  # the step compiled ahead (stage 1's time), before its first call below
   if selection is not None:
     cross_validation.report(selection, ctx.log, ctx.module.flow_type, cfg.select_margin,
                             int(start.step) if resumed else None, pixel_weight)

@@ -1,9 +1,10 @@
 """Devices and shardings of training, and the jit of its init and step: data parallel on a mesh
 axis `data`.
 
-Parameters and optimiser state are replicated; every batch is split along its first axis across all
-devices of all processes. Each process holds its own rows of the global batch and builds the global
-array with `jax.make_array_from_process_local_data`.
+Parameters and optimiser state are replicated; every batch is split along its batch axis (the first,
+or the second for the stacked batches of several models run as one program, `seeds` and
+`stacked_folds`) across all devices of all processes. Each process holds its own rows of the global
+batch and builds the global array with `jax.make_array_from_process_local_data`.
 """
 
 import os
@@ -49,8 +50,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
-def batch_sharded(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+def batch_sharded(mesh: Mesh, axis: int = 0) -> NamedSharding:
+  """Batches split over the devices along `axis` (1: stacked batches (S, B, ...), the leading axis
+  whole on every device)."""
+  return NamedSharding(mesh, PartitionSpec(*(None,) * axis, DATA_AXIS))
 
 
 def check_batch_size(global_batch_size: int, mesh: Mesh, what: str) -> None:
@@ -77,8 +80,8 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 def global_batch(local: dict[str, np.ndarray], mesh: Mesh, sharding: NamedSharding | None = None,
                  axis: int = 0) -> dict[str, jax.Array]:
   """Builds the global batch from this process's rows (its contiguous shard, in process order)
-  along `axis`, placed with `sharding` (default `batch_sharded`)."""
-  sharding = sharding or batch_sharded(mesh)
+  along `axis`, placed with `sharding` (default `batch_sharded` along `axis`)."""
+  sharding = sharding or batch_sharded(mesh, axis)
   count = jax.process_count()
 
   def put(x):
@@ -100,12 +103,19 @@ def jit_replicated(fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
   return jax.jit(fn, out_shardings=(repl, repl), donate_argnums=(0,))
 
 
-def jit_step(step_fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
+def jit_apply(fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
+  """Jits `fn(*replicated_inputs) -> outputs`, its outputs replicated and nothing donated (the
+  held-out predictions of cross-validation)."""
+  return jax.jit(fn, out_shardings=replicated(mesh))
+
+
+def jit_step(step_fn: Callable[..., Any], mesh: Mesh, batch_axis: int = 0) -> Callable[..., Any]:
   """Jits `step_fn(state, batch) -> (state, metrics)` for data parallelism.
 
   The state is replicated and donated: its buffers are reused for the new state, so a step holds
-  one copy of the parameters and optimiser state. The batch is split over the devices.
+  one copy of the parameters and optimiser state. The batch is split over the devices along
+  `batch_axis` (1 for a step of several models stacked on a leading axis).
   """
-  repl, data = replicated(mesh), batch_sharded(mesh)
+  repl, data = replicated(mesh), batch_sharded(mesh, batch_axis)
   return jax.jit(step_fn, in_shardings=(repl, data), out_shardings=(repl, repl),
                  donate_argnums=(0,))

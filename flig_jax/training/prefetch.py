@@ -22,20 +22,22 @@ _POLL_S = 0.05  # how often a blocked producer checks whether it was told to sto
 class DeviceBatches(Iterator[dict[str, jax.Array]]):
   """Global batches `first`, `first + 1`, ... of `stream` on `mesh`, `depth` of them built ahead.
 
-  `depth` 0 builds each batch when it is asked for, in the caller's thread. Use as a context
-  manager (or call `close`) so the thread stops when the loop ends early. An error raised while
-  building a batch is raised again by `next` at that batch.
+  `stream` is a `BatchStream` or anything with its `batch(step)` (e.g. `stacked_folds.Streams`);
+  each batch is split over the devices along `axis` (`parallel.global_batch`). `depth` 0 builds
+  each batch when it is asked for, in the caller's thread. Use as a context manager (or call
+  `close`) so the thread stops when the loop ends early. An error raised while building a batch is
+  raised again by `next` at that batch.
   """
 
-  def __init__(self, stream: BatchStream, first: int, mesh: Any, depth: int = 2):
+  def __init__(self, stream: BatchStream, first: int, mesh: Any, depth: int = 2, axis: int = 0):
     if depth < 0:
       raise ValueError(f'prefetch depth must be >= 0, got {depth}')
-    self._stream, self._mesh, self._next_step = stream, mesh, first
+    self._stream, self._mesh, self._next_step, self._axis = stream, mesh, first, axis
     self._queue: queue.Queue = queue.Queue(maxsize=max(depth, 1))
     self._stop = threading.Event()
     self._thread = None
     if depth:
-      self._thread = threading.Thread(target=self._fill, args=(stream, first, mesh), daemon=True,
+      self._thread = threading.Thread(target=self._fill, args=(stream, first), daemon=True,
                                       name='flig_jax-prefetch')
       self._thread.start()
 
@@ -48,17 +50,20 @@ class DeviceBatches(Iterator[dict[str, jax.Array]]):
         continue
     return False
 
-  def _fill(self, stream: BatchStream, step: int, mesh: Any) -> None:
+  def _fill(self, stream: BatchStream, step: int) -> None:
     try:
-      while self._put((True, parallel.global_batch(stream.batch(step), mesh))):
+      while self._put((True, self._global(stream.batch(step)))):
         step += 1
     except Exception as e:  # noqa: BLE001 -- handed to the consumer, which raises it
       self._put((False, e))
 
+  def _global(self, local: dict[str, Any]) -> dict[str, jax.Array]:
+    return parallel.global_batch(local, self._mesh, axis=self._axis)
+
   def __next__(self) -> dict[str, jax.Array]:
     if self._thread is None:
       self._next_step += 1
-      return parallel.global_batch(self._stream.batch(self._next_step - 1), self._mesh)
+      return self._global(self._stream.batch(self._next_step - 1))
     ok, item = self._queue.get()
     if not ok:
       self.close()

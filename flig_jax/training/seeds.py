@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 
 from flig_jax.training import parallel
 
@@ -24,7 +24,7 @@ T = TypeVar('T')
 
 def seed_batch_sharded(mesh: Mesh) -> NamedSharding:
   """Stacked batches (S, B, ...): the seed axis whole on every device, the batch axis split."""
-  return NamedSharding(mesh, PartitionSpec(None, parallel.DATA_AXIS))
+  return parallel.batch_sharded(mesh, axis=1)
 
 
 def _stack_trees(*trees: T) -> T:
@@ -41,8 +41,7 @@ def stack(states: Sequence[T], mesh: Mesh) -> T:
   """
   if not states:
     raise ValueError('seeds.stack: no states to stack')
-  stack_fn = jax.jit(_stack_trees, out_shardings=parallel.replicated(mesh))
-  return stack_fn(*states)
+  return parallel.jit_init(_stack_trees, mesh)(*states)
 
 
 def unstack(stacked: T) -> list[T]:
@@ -98,6 +97,4 @@ def jit_step(step_fn: Callable[..., Any], mesh: Mesh, vectorize: bool = True) ->
   `parallel.jit_step`, the states are replicated and donated and each batch is split over the
   devices (along its batch axis, the second).
   """
-  repl = parallel.replicated(mesh)
-  return jax.jit(over_models(step_fn, vectorize), in_shardings=(repl, seed_batch_sharded(mesh)),
-                 out_shardings=(repl, repl), donate_argnums=(0,))
+  return parallel.jit_step(over_models(step_fn, vectorize), mesh, batch_axis=1)
