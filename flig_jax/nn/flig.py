@@ -55,6 +55,9 @@ class FLIG(nn.Module):
   `dtype` is the compute dtype of the autoencoder's layers and the couplings' conditioners (e.g.
   bfloat16, `config.model.dtype`; None: that of the inputs and parameters). Parameters are float32
   and every output (features, images, flow vectors, log-dets) has the dtype of the inputs.
+
+  `flow_dropout` is the rate at which the couplings' conditioners drop hidden units when `apply`
+  is given a 'dropout' RNG (stage 2's training step); without one nothing is dropped.
   """
   image_shape: tuple[int, int, int]
   feature_dim: int

@@ -59,6 +59,8 @@ def flow_terms(flow_params: Any, frozen: Frozen, model: Any, batch: dict[str, ja
       > 0, a perturbation of the signal coordinates.
     feature_noise: (N, D) N(0, 1) draws e_h for the augmented flow's noise coordinates (unused
       by the plain flow).
+    dropout_rng: the key of the conditioners' dropout masks (`FLIG.flow_dropout`), or None: no
+      unit is dropped.
 
   Returns:
     'encoded': the encoder's prediction, f([h, 0]) on the response side (plain: f(h));

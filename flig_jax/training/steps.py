@@ -82,7 +82,7 @@ def stage2_step(state: Stage2State, batch: dict[str, jax.Array], *, model: Any,
   # The conditioners' dropout (model.flow_dropout) draws from its own key, so a run without it
   # draws exactly what it drew before the option existed.
   dropout_rng = (jax.random.fold_in(jax.random.fold_in(state.rng, state.step), 1)
-                 if getattr(model, 'flow_dropout', 0.0) else None)
+                 if model.flow_dropout else None)
 
   # Discriminator: real adapted responses vs f(h) (and features vs f^-1(a)), flow held fixed.
   out = jax.lax.stop_gradient(
