@@ -5,8 +5,12 @@ with the autoencoder's reconstruction where validation says the blend decodes be
 
 The autoencoder can only produce images like those it was trained on; on a small set with new
 shapes at test time (a few hundred fMRI trials), pixel-space ridge regression decodes better than
-anything routed through G. The map P, b is that ridge regression, fitted on the adapter's k signal
-coordinates of the training responses (its penalty chosen like `cae_ridge`'s). The weight w comes
+anything routed through G. The map P, b is that ridge regression, the `ridge` baseline's: fitted on
+the z-scored training responses that the adapter's k principal components hold (all of them when
+k reaches the responses' rank), its penalty chosen by cross-validation over the training pairs,
+then written as a map from A(r). Fitted on the whitened coordinates A(r) themselves instead, ridge
+would shrink a component that carries a thousandth of the variance as little as the first, and
+decode worse than the baseline (docs/stage2.md, the pixel path). The weight w comes
 from the grid `WEIGHTS`, chosen on held-out pairs by the mean of per-image PCC + SSIM: a linear
 map's images are blurred, which PCC alone would not count against it (on digit69's validation
 split w = 0.25 raises PCC by 0.006 and lowers SSIM by 0.045). w = 0 is the flow's decoder alone,
@@ -28,23 +32,27 @@ from flig_jax import ops, ridge
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def fit(signal: np.ndarray, images: np.ndarray, val_signal: np.ndarray | None,
-        val_images: np.ndarray | None, dim: int) -> tuple[np.ndarray, np.ndarray]:
+def fit(signal: np.ndarray, images: np.ndarray, sqrt_eig: np.ndarray, components: np.ndarray,
+        dim: int, fold_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
   """The pixel map from adapted responses, fitted on training pairs only.
 
   Args:
     signal: (N, k) the adapter's signal coordinates A(r)[:, :k] of the training responses.
     images: (N, H, W, C) the training stimuli.
-    val_signal: (M, k) validation signal coordinates (they choose the ridge penalty), or None
-      (the penalty by cross-validation on the training pairs).
-    val_images: (M, H, W, C), or None.
+    sqrt_eig: (k,) the adapter's standard deviation along each principal component.
+    components: (U, k) the adapter's principal axes: the z-scored responses are
+      (signal * sqrt_eig) @ components.T on the components' span.
     dim: D, the adapter's output size; the kernel's rows past k (the padding) are zero.
+    fold_ids: (N,) the folds of the cross-validation that chooses the ridge penalty (the
+      training split's stimulus-carved folds), or None (random folds).
 
   Returns:
     kernel (D, H * W * C) and bias (H * W * C,), float32: pixels = A(r) @ kernel + bias.
   """
-  fitted = ridge.fit_ridge(signal, images, val_signal, val_images, refit_on_val=False)
-  weights = fitted.coef / fitted.x_std[:, None]
+  scaled = np.asarray(components, np.float64) * np.asarray(sqrt_eig, np.float64)  # (U, k)
+  z = np.asarray(signal, np.float64) @ scaled.T
+  fitted = ridge.fit_ridge(z, images, refit_on_val=False, fold_ids=fold_ids)
+  weights = scaled.T @ (fitted.coef / fitted.x_std[:, None])
   bias = fitted.y_mean - (fitted.x_mean / fitted.x_std) @ fitted.coef
   kernel = np.zeros((dim, weights.shape[1]))
   kernel[:weights.shape[0]] = weights

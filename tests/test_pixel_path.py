@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flig_jax import pixel_path
+from flig_jax import pixel_path, ridge
 from flig_jax.evaluation import metrics
 from flig_jax.nn.adapter import Adapter
 from flig_jax.nn.flig import FLIG, Frozen
@@ -18,19 +18,30 @@ def _images(rng, n):
   return rng.uniform(0.2, 0.8, size=(n,) + SHAPE).astype(np.float32)
 
 
-def test_fit_recovers_a_linear_map_and_ignores_the_padding():
+def test_fit_is_the_pixel_ridge_baseline_written_as_a_map_from_the_adapted_responses():
+  """On the adapter's signal coordinates the map predicts what ridge on the responses predicts
+  (the `ridge` baseline, same folds), recovers a linear map, and ignores the padding."""
   rng = np.random.default_rng(0)
-  n, k, dim, p = 400, 6, 9, int(np.prod(SHAPE))
-  signal = rng.normal(size=(n, k))
-  true = rng.normal(size=(k, p)) * 0.02
-  images = (0.5 + signal @ true).reshape((n,) + SHAPE)
-  val_signal = rng.normal(size=(50, k))
-  val_images = (0.5 + val_signal @ true).reshape((50,) + SHAPE)
-  kernel, bias = pixel_path.fit(signal, images, val_signal, val_images, dim)
+  n, units, dim, p = 300, 6, 9, int(np.prod(SHAPE))
+  # Correlated units: principal components of very different variances, as in recordings.
+  mixing = np.linalg.qr(rng.normal(size=(units, units)))[0] * np.geomspace(3.0, 0.03, units)
+  responses = rng.normal(size=(n + 50, units)) @ mixing.T + 3.0
+  true = rng.normal(size=(units, p)) * 0.01
+  noise = 0.02 * rng.normal(size=(n + 50, p))
+  images = (0.5 + (responses - 3.0) @ true + noise).reshape((n + 50,) + SHAPE)
+  folds = np.arange(n) % 5
+  adapter = Adapter.fit(responses[:n], dim)
+  k = adapter.k
+  adapted = np.asarray(adapter.forward(jnp.asarray(responses, jnp.float32)), np.float64)
+  kernel, bias = pixel_path.fit(adapted[:n, :k], images[:n], np.asarray(adapter.sqrt_eig),
+                                np.asarray(adapter.components), dim, folds)
   assert kernel.shape == (dim, p) and bias.shape == (p,)
   assert not np.any(kernel[k:])                      # the padding rows are zero
-  padded = np.concatenate([val_signal, rng.normal(size=(50, dim - k))], axis=1)
-  np.testing.assert_allclose(padded @ kernel + bias, val_images.reshape(50, -1), atol=2e-3)
+  padded = np.concatenate([adapted[n:, :k], rng.normal(size=(50, dim - k))], axis=1)
+  mapped = padded @ kernel + bias
+  np.testing.assert_allclose(mapped, images[n:].reshape(50, -1), atol=0.1)
+  baseline = ridge.fit_ridge(responses[:n], images[:n], fold_ids=folds)
+  np.testing.assert_allclose(mapped, baseline.predict(responses[n:]).reshape(50, -1), atol=2e-4)
 
 
 def test_candidate_scores_are_the_per_image_scores_of_each_blend():

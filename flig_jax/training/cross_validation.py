@@ -248,7 +248,7 @@ def _set_up(ctx: Any, autoencoder: Any, raw_features: np.ndarray, folds: np.ndar
                                   ctx.mesh)
   pairs = stage2_data.pairs(frozen, raw_features[rest], train.responses[rest])
   frozen = stage2_data.with_pixel_path(ctx.module, frozen, pairs, train.images[rest],
-                                       pixel_weight, ctx.mesh)
+                                       pixel_weight, ctx.mesh, folds[rest])
   arrays = stage2_data.arrays(config, pairs, train.images[rest])
   state = init(frozen, stage2_data.first_batch(config, arrays),
                stage2_data.linear_pair(ctx.module, frozen, pairs, None, folds[rest]))

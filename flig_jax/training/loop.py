@@ -423,7 +423,7 @@ def stage2(ctx: context.Context, start: State, meta: checkpointing.Meta | None =
     cross_validation.report(selection, ctx.log, ctx.module.flow_type, cfg.select_margin,
                             int(start.step) if resumed else None, pixel_weight)
   inputs = stage2_data.prepare(config, ctx.module, dataset, autoencoder, raw_features, mesh,
-                               start.frozen if resumed else None, pixel_weight)
+                               start.frozen if resumed else None, pixel_weight, folds)
   state = start if resumed else init(
       inputs.frozen, stage2_data.first_batch(config, inputs.arrays),
       stage2_data.linear_pair(ctx.module, inputs.frozen, inputs.pairs, inputs.val, folds))

@@ -133,17 +133,17 @@ def linear_pair(module: FLIG, frozen: Frozen, pairs: dict[str, np.ndarray],
 
 def prepare(config: ml_collections.ConfigDict, module: FLIG, dataset: data.Dataset,
             autoencoder: Any, raw_features: np.ndarray, mesh: Any, frozen: Frozen | None = None,
-            pixel_weight: float | None = None) -> Stage2Data:
+            pixel_weight: float | None = None, folds: np.ndarray | None = None) -> Stage2Data:
   """Stage 2's inputs from the trained autoencoder parameters and the raw training features;
   `frozen` (of a resumed stage 2) or, when None, fitted here on every training pair (with the
-  pixel path at `pixel_weight`, `with_pixel_path`)."""
+  pixel path at `pixel_weight`, its penalty chosen over `folds`: `with_pixel_path`)."""
   cfg, train = config.stage2, dataset.train
   fresh = frozen is None
   if fresh:
     frozen = fit_frozen(config, autoencoder, raw_features, train.responses, mesh)
   train_pairs = pairs(frozen, raw_features, train.responses)
   if fresh:
-    frozen = with_pixel_path(module, frozen, train_pairs, train.images, pixel_weight, mesh)
+    frozen = with_pixel_path(module, frozen, train_pairs, train.images, pixel_weight, mesh, folds)
   val = None
   # The validation pairs serve model selection and the closed-form start's regularisers.
   if val_size(dataset) and (cfg.select_by == 'val_pcc' or module.flow_type == 'augmented'):
@@ -156,14 +156,20 @@ def prepare(config: ml_collections.ConfigDict, module: FLIG, dataset: data.Datas
 
 
 def with_pixel_path(module: FLIG, frozen: Frozen, pairs: dict[str, np.ndarray],
-                    images: np.ndarray, weight: float | None, mesh: Any) -> Frozen:
+                    images: np.ndarray, weight: float | None, mesh: Any,
+                    folds: np.ndarray | None = None) -> Frozen:
   """`frozen` with the pixel path (`flig_jax.pixel_path`) fitted on these training pairs (its
-  penalty by cross-validation over them) at blend weight `weight`; as it is when None."""
+  penalty by cross-validation over `folds`, random folds when None) at blend weight `weight`; as
+  it is when None."""
   if weight is None:
     return frozen
   frozen = jax.device_get(frozen)
-  kernel, bias = pixel_path.fit(pairs['adapted'][:, :frozen.adapter.k], images, None, None,
-                                module.feature_dim)
+  adapter = frozen.adapter
+  if folds is not None and len(np.unique(folds)) < 2:
+    folds = None
+  kernel, bias = pixel_path.fit(pairs['adapted'][:, :adapter.k], images,
+                                np.asarray(adapter.sqrt_eig), np.asarray(adapter.components),
+                                module.feature_dim, folds)
   return parallel.replicate(frozen.replace(
       pixel_kernel=jnp.asarray(kernel), pixel_bias=jnp.asarray(bias),
       pixel_weight=jnp.asarray(weight, jnp.float32)), mesh)
@@ -192,7 +198,7 @@ def pixel_weight(ctx: context.Context, autoencoder: Any, raw_features: np.ndarra
   for (raw, responses, images, rest_folds, held_raw, held_r), held_x in zip(sources, held_images):
     frozen = fit_frozen(config, autoencoder, raw, responses, mesh)
     fit_pairs = pairs(frozen, raw, responses)
-    frozen = with_pixel_path(module, frozen, fit_pairs, images, 0.0, mesh)
+    frozen = with_pixel_path(module, frozen, fit_pairs, images, 0.0, mesh, rest_folds)
     held = pairs(frozen, held_raw, held_r)
     flow = train_state.initial_flow_params(
         module, jax.random.key(config.seed + 2),
@@ -202,7 +208,9 @@ def pixel_weight(ctx: context.Context, autoencoder: Any, raw_features: np.ndarra
     autoencoded = compiled.apply(module, 'decode_images')(variables, held['adapted'])
     pixels = compiled.apply(module, 'pixel_decode')(variables, held['adapted'])
     scores.append(pixel_path.candidate_scores(autoencoded, pixels, held_x))
-  weight = pixel_path.choose(np.concatenate(scores, axis=1))
-  ctx.log.info(f'pixel path: blend weight {weight:g}, chosen from '
-               f'{", ".join(f"{w:g}" for w in pixel_path.WEIGHTS)} on held-out pairs')
+  scores = np.concatenate(scores, axis=1)
+  weight = pixel_path.choose(scores)
+  ctx.log.info(f'pixel path: blend weight {weight:g}, chosen by mean held-out PCC + SSIM: '
+               + ', '.join(f'{w:g}: {v:.4f}' for w, v in zip(pixel_path.WEIGHTS,
+                                                              scores.mean(axis=1))))
   return weight
