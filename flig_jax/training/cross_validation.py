@@ -258,14 +258,26 @@ def _set_up(ctx: Any, autoencoder: Any, raw_features: np.ndarray, folds: np.ndar
                                             for k in ('features', 'adapted')))
 
 
-def _validated(done: int, total: int, every: int) -> bool:
-  return done % every == 0 or done == total
+def _run(ctx: Any, state: Any, stream: Any, step_fn: Callable, held_out: Callable[[Any, int], None],
+         check_finite: Callable[[Any], None], axis: int = 0) -> None:
+  """`config.stage2.steps` steps of `step_fn` on `stream`'s batches (the batch axis `axis`),
+  calling `held_out(state, step)` at step 0, every `eval_every_steps` and at the end."""
+  cfg, total = ctx.config.stage2, ctx.config.stage2.steps
+  held_out(state, 0)
+  depth = 2 if jax.process_count() == 1 else 0
+  with prefetch.DeviceBatches(stream, 0, ctx.mesh, depth, axis=axis) as batches:
+    for step in range(total):
+      state, _ = step_fn(state, next(batches))
+      done = step + 1
+      if done % cfg.eval_every_steps == 0 or done == total:
+        check_finite(state)
+        held_out(state, done)
 
 
 def _together(ctx: Any, fits: list[_Fold], programs: Any,
               check_finite: Callable[[Any], None]) -> list[list[Prediction]]:
   """Every fold's held-out predictions at each validated step, the K folds run as one program."""
-  config, cfg, mesh = ctx.config, ctx.config.stage2, ctx.mesh
+  config, mesh = ctx.config, ctx.mesh
   state = programs.stack([fit.state for fit in fits])
   features, adapted = parallel.replicate(
       [np.stack([fit.features for fit in fits]), np.stack([fit.adapted for fit in fits])], mesh)
@@ -276,22 +288,15 @@ def _together(ctx: Any, fits: list[_Fold], programs: Any,
     for f, fit in enumerate(fits):
       out[f].append((done, decoded[f, :len(fit.held)], encoded[f, :len(fit.held)]))
 
-  held_out(state, 0)
   streams = stacked_folds.Streams([stage2_data.stream(config, fit.arrays) for fit in fits])
-  depth = 2 if jax.process_count() == 1 else 0
-  with prefetch.DeviceBatches(streams, 0, mesh, depth, axis=1) as batches:
-    for step in range(cfg.steps):
-      state, _ = programs.folds_step(state, next(batches))
-      if _validated(step + 1, cfg.steps, cfg.eval_every_steps):
-        check_finite(state)
-        held_out(state, step + 1)
+  _run(ctx, state, streams, programs.folds_step, held_out, check_finite, axis=1)
   return out
 
 
 def _alone(ctx: Any, fit: _Fold, programs: Any,
            check_finite: Callable[[Any], None]) -> list[Prediction]:
   """One fold's held-out predictions at each validated step, its stage 2 run on its own."""
-  config, cfg, mesh = ctx.config, ctx.config.stage2, ctx.mesh
+  config, mesh = ctx.config, ctx.mesh
   features, adapted = parallel.replicate([fit.features, fit.adapted], mesh)
   out: list[Prediction] = []
 
@@ -299,15 +304,8 @@ def _alone(ctx: Any, fit: _Fold, programs: Any,
     decoded, encoded = jax.device_get(programs.predict(s, features, adapted))
     out.append((done, decoded[:len(fit.held)], encoded[:len(fit.held)]))
 
-  state = fit.state
-  held_out(state, 0)
-  depth = 2 if jax.process_count() == 1 else 0
-  with prefetch.DeviceBatches(stage2_data.stream(config, fit.arrays), 0, mesh, depth) as batches:
-    for step in range(cfg.steps):
-      state, _ = programs.step_fn(state, next(batches))
-      if _validated(step + 1, cfg.steps, cfg.eval_every_steps):
-        check_finite(state)
-        held_out(state, step + 1)
+  _run(ctx, fit.state, stage2_data.stream(config, fit.arrays), programs.step_fn, held_out,
+       check_finite)
   return out
 
 
