@@ -100,7 +100,8 @@ def test_fields_that_may_change_on_resume_are_listed_and_allowed():
   assert resume.may_change(default.get_config()).startswith(
       'may change on resume: data.dir, stage2.steps, stage2.eval_every_steps, checkpoint.*, '
       'log_every_steps, '
-      'num_figure_images, distributed; and while the run is in stage 1: model.decoder_input, '
+      'num_figure_images, distributed; and while the run is in stage 1: model.flow_dropout, '
+      'model.decoder_input, '
       'model.disc_hidden, stage1.steps, stage2.*')
   config = synthetic.get_config('smoke')
   saved = config.to_dict()
