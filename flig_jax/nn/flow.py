@@ -116,8 +116,10 @@ class LULinear(nn.Module):
 class MLP(nn.Module):
   """Conditioner network: Dense-GELU layers, then a zero-initialised Dense to `out_shape`.
 
-  Computes in `dtype` (None: that of the inputs and parameters); its output comes back in the
-  dtype it would have without it, so the coupling's transform and log-det do not change dtype.
+  With `dropout` > 0 each hidden layer drops units at that rate when the apply is given a
+  'dropout' RNG (training) and never without one (inference). Computes in `dtype` (None: that of
+  the inputs and parameters); its output comes back in the dtype it would have without it, so the
+  coupling's transform and log-det do not change dtype.
   """
   hidden: int
   out_shape: tuple[int, ...]
@@ -184,7 +186,8 @@ class Coupling(nn.Module):
   the dtype of x, and y1 = x1 feeds the same conditioner both ways, so the round trip stays
   exact to x's precision whatever `dtype` is. `input_scale`, when given, multiplies x1
   coordinate-wise before the conditioner reads it (c(x1 * input_scale)); the layer stays a
-  bijection of x2 given x1 either way.
+  bijection of x2 given x1 either way. `dropout` is the conditioner's (`MLP`): with a 'dropout'
+  RNG the layer is the bijection of the mask it draws, and the same RNG inverts it exactly.
   """
   hidden: int
   transform: str = 'affine'
