@@ -32,16 +32,14 @@ from flig_jax import ops, ridge
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def fit(signal: np.ndarray, images: np.ndarray, sqrt_eig: np.ndarray, components: np.ndarray,
-        dim: int, fold_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def fit(signal: np.ndarray, images: np.ndarray, sqrt_eig: np.ndarray, dim: int,
+        fold_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
   """The pixel map from adapted responses, fitted on training pairs only.
 
   Args:
     signal: (N, k) the adapter's signal coordinates A(r)[:, :k] of the training responses.
     images: (N, H, W, C) the training stimuli.
     sqrt_eig: (k,) the adapter's standard deviation along each principal component.
-    components: (U, k) the adapter's principal axes: the z-scored responses are
-      (signal * sqrt_eig) @ components.T on the components' span.
     dim: D, the adapter's output size; the kernel's rows past k (the padding) are zero.
     fold_ids: (N,) the folds of the cross-validation that chooses the ridge penalty (the
       training split's stimulus-carved folds), or None (random folds).
@@ -49,11 +47,17 @@ def fit(signal: np.ndarray, images: np.ndarray, sqrt_eig: np.ndarray, components
   Returns:
     kernel (D, H * W * C) and bias (H * W * C,), float32: pixels = A(r) @ kernel + bias.
   """
-  scaled = np.asarray(components, np.float64) * np.asarray(sqrt_eig, np.float64)  # (U, k)
-  z = np.asarray(signal, np.float64) @ scaled.T
-  fitted = ridge.fit_ridge(z, images, refit_on_val=False, fold_ids=fold_ids)
-  weights = scaled.T @ (fitted.coef / fitted.x_std[:, None])
-  bias = fitted.y_mean - (fitted.x_mean / fitted.x_std) @ fitted.coef
+  # The principal-component scores of the responses z-scored as `ridge.standardizer` z-scores
+  # (the adapter divides by the std with n - 1, the standardizer with n). Ridge on them, centred
+  # but not rescaled, is ridge on those z-scored responses (the components are orthonormal), and
+  # costs k rather than U columns.
+  signal = np.asarray(signal, np.float64)
+  n = signal.shape[0]
+  to_scores = np.asarray(sqrt_eig, np.float64) * np.sqrt(n / max(n - 1, 1))
+  fitted = ridge.fit_ridge(signal * to_scores, images, refit_on_val=False, fold_ids=fold_ids,
+                           scale_inputs=False)
+  weights = to_scores[:, None] * fitted.coef
+  bias = fitted.y_mean - fitted.x_mean @ fitted.coef
   kernel = np.zeros((dim, weights.shape[1]))
   kernel[:weights.shape[0]] = weights
   return kernel.astype(np.float32), bias.astype(np.float32)

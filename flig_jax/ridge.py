@@ -95,16 +95,20 @@ def _ridge_path(x: np.ndarray, y: np.ndarray) -> Callable[[float], np.ndarray]:
   return lambda a: xu @ (uy / (np.maximum(lam, 0.0) + a)[:, None])
 
 
-def _fit_fixed(x: np.ndarray, y: np.ndarray) -> tuple[Callable[[float], np.ndarray], tuple]:
-  """Standardises x, centres y with their own stats; returns the alpha path and the stats."""
+def _fit_fixed(x: np.ndarray, y: np.ndarray,
+               scale: bool = True) -> tuple[Callable[[float], np.ndarray], tuple]:
+  """Standardises x (centres it only when not `scale`), centres y with their own stats; returns
+  the alpha path and the stats."""
   x_mean, x_std = standardizer(x)
+  if not scale:
+    x_std = np.ones_like(x_std)
   y_mean = y.mean(axis=0)
   return _ridge_path((x - x_mean) / x_std, y - y_mean), (x_mean, x_std, y_mean)
 
 
-def _val_errors(x_tr, y_tr, x_va, y_va, alphas, y_scale) -> np.ndarray:
+def _val_errors(x_tr, y_tr, x_va, y_va, alphas, y_scale, scale=True) -> np.ndarray:
   """Validation MSE (targets z-scored by `y_scale`) of each alpha, fitted on (x_tr, y_tr)."""
-  path, (x_mean, x_std, y_mean) = _fit_fixed(x_tr, y_tr)
+  path, (x_mean, x_std, y_mean) = _fit_fixed(x_tr, y_tr, scale)
   xs = (x_va - x_mean) / x_std
   errs = []
   for a in alphas:
@@ -115,7 +119,8 @@ def _val_errors(x_tr, y_tr, x_va, y_va, alphas, y_scale) -> np.ndarray:
 
 def fit_ridge(x_train: Any, y_train: Any, x_val: Any = None, y_val: Any = None,
               alphas: Sequence[float] = DEFAULT_ALPHAS, refit_on_val: bool = True,
-              folds: int = 5, seed: int = 0, fold_ids: Any = None) -> Ridge:
+              folds: int = 5, seed: int = 0, fold_ids: Any = None,
+              scale_inputs: bool = True) -> Ridge:
   """Fits ridge regression from x to y, choosing alpha on the validation split.
 
   Inputs are standardised and targets centred with training statistics (an unpenalised
@@ -136,6 +141,8 @@ def fit_ridge(x_train: Any, y_train: Any, x_val: Any = None, y_val: Any = None,
     folds: number of cross-validation folds when there is no validation split.
     seed: seed of the cross-validation folds.
     fold_ids: (N,) fold of each training row, or None (random folds).
+    scale_inputs: standardise the inputs (else centre them only: the penalty then weighs each
+      input direction by the inputs' own scale; `coef` is on the centred inputs, `x_std` ones).
 
   Returns:
     the fitted `Ridge`.
@@ -152,7 +159,7 @@ def fit_ridge(x_train: Any, y_train: Any, x_val: Any = None, y_val: Any = None,
     check_pair(xv, yv, 'x_val and y_val')
     if xv.shape[1] != x.shape[1] or yv.shape[1] != y.shape[1]:
       raise ValueError('validation and training data differ in feature sizes.')
-    errs = _val_errors(x, y, xv, yv, alphas, y_scale)
+    errs = _val_errors(x, y, xv, yv, alphas, y_scale, scale_inputs)
     if refit_on_val:
       x, y = np.concatenate([x, xv]), np.concatenate([y, yv])
   else:
@@ -168,10 +175,10 @@ def fit_ridge(x_train: Any, y_train: Any, x_val: Any = None, y_val: Any = None,
                        'samples for cross-validation.')
     # Each fold's error weighs by its size: the mean over every held-out row.
     errs = sum(np.sum(fold == f) * _val_errors(x[fold != f], y[fold != f], x[fold == f],
-                                               y[fold == f], alphas, y_scale)
+                                               y[fold == f], alphas, y_scale, scale_inputs)
                for f in held) / x.shape[0]
   best = float(alphas[int(np.argmin(errs))])
-  path, (x_mean, x_std, y_mean) = _fit_fixed(x, y)
+  path, (x_mean, x_std, y_mean) = _fit_fixed(x, y, scale_inputs)
   return Ridge(alpha=best, coef=path(best), x_mean=x_mean, x_std=x_std, y_mean=y_mean,
                output_shape=output_shape,
                val_scores={float(a): float(e) for a, e in zip(alphas, errs)})

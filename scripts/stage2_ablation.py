@@ -173,8 +173,7 @@ def pixel_path_scores(prepared) -> np.ndarray:
       ptr['raw_features'], ptr['adapted'][:, :k], pva['raw_features'], pva['adapted'][:, :k],
       np.asarray(frozen.feature_mean), np.asarray(frozen.feature_std), d)
   kernel, bias = pixel_path.fit(ptr['adapted'][:, :k], train.images,
-                                np.asarray(frozen.adapter.sqrt_eig),
-                                np.asarray(frozen.adapter.components), d)
+                                np.asarray(frozen.adapter.sqrt_eig), d)
   flow = {**m.variables['params']['flow'], 'linear_pair': jax.tree.map(jnp.asarray, start)}
   variables = frozen.replace(pixel_kernel=jnp.asarray(kernel), pixel_bias=jnp.asarray(bias),
                              pixel_weight=jnp.zeros(())).variables(flow)

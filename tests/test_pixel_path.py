@@ -33,8 +33,8 @@ def test_fit_is_the_pixel_ridge_baseline_written_as_a_map_from_the_adapted_respo
   adapter = Adapter.fit(responses[:n], dim)
   k = adapter.k
   adapted = np.asarray(adapter.forward(jnp.asarray(responses, jnp.float32)), np.float64)
-  kernel, bias = pixel_path.fit(adapted[:n, :k], images[:n], np.asarray(adapter.sqrt_eig),
-                                np.asarray(adapter.components), dim, folds)
+  kernel, bias = pixel_path.fit(adapted[:n, :k], images[:n], np.asarray(adapter.sqrt_eig), dim,
+                                folds)
   assert kernel.shape == (dim, p) and bias.shape == (p,)
   assert not np.any(kernel[k:])                      # the padding rows are zero
   padded = np.concatenate([adapted[n:, :k], rng.normal(size=(50, dim - k))], axis=1)

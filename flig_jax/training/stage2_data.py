@@ -168,8 +168,7 @@ def with_pixel_path(module: FLIG, frozen: Frozen, pairs: dict[str, np.ndarray],
   if folds is not None and len(np.unique(folds)) < 2:
     folds = None
   kernel, bias = pixel_path.fit(pairs['adapted'][:, :adapter.k], images,
-                                np.asarray(adapter.sqrt_eig), np.asarray(adapter.components),
-                                module.feature_dim, folds)
+                                np.asarray(adapter.sqrt_eig), module.feature_dim, folds)
   return parallel.replicate(frozen.replace(
       pixel_kernel=jnp.asarray(kernel), pixel_bias=jnp.asarray(bias),
       pixel_weight=jnp.asarray(weight, jnp.float32)), mesh)
