@@ -8,7 +8,8 @@ shapes at test time (a few hundred fMRI trials), pixel-space ridge regression de
 anything routed through G. The map P, b is that ridge regression, the `ridge` baseline's: fitted on
 the z-scored training responses that the adapter's k principal components hold (all of them when
 k reaches the responses' rank), its penalty chosen by cross-validation over the training pairs,
-then written as a map from A(r). Fitted on the whitened coordinates A(r) themselves instead, ridge
+then written as a map from A(r); it is computed on the k component scores (`fit`), so its cost
+does not grow with the number of units. Fitted on the whitened coordinates A(r) instead, ridge
 would shrink a component that carries a thousandth of the variance as little as the first, and
 decode worse than the baseline (docs/stage2.md, the pixel path). The weight w comes
 from the grid `WEIGHTS`, chosen on held-out pairs by the mean of per-image PCC + SSIM: a linear
