@@ -13,9 +13,8 @@ does not grow with the number of units. Fitted on the whitened coordinates A(r) 
 would shrink a component that carries a thousandth of the variance as little as the first, and
 decode worse than the baseline (docs/stage2.md, the pixel path). The weight w comes
 from the grid `WEIGHTS`, chosen on held-out pairs by the mean of per-image PCC + SSIM: a linear
-map's images are blurred, which PCC alone would not count against it (on digit69's validation
-split w = 0.25 raises PCC by 0.006 and lowers SSIM by 0.045). w = 0 is the flow's decoder alone,
-so a set where G suffices keeps it.
+map's images are blurred, which PCC alone would not count against it. w = 0 is the flow's decoder
+alone, so a set where G suffices keeps it.
 
 `candidate_scores` gives the per-stimulus scores of every candidate w, the quantity any selection
 (one validation split, or folds of a cross-validation stacked along the stimulus axis) averages;

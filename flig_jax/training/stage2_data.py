@@ -123,12 +123,17 @@ def linear_pair(module: FLIG, frozen: Frozen, pairs: dict[str, np.ndarray],
   if module.flow_type != 'augmented':
     return None
   k = frozen.adapter.k
-  if folds is not None and len(np.unique(folds)) < 2:
-    folds = None
+  folds = _cv_folds(folds)
   return closed_form.linear_pair_params(
       pairs['raw_features'], pairs['adapted'][:, :k], None if val is None else val.raw_features,
       None if val is None else val.adapted[:, :k], np.asarray(frozen.feature_mean),
       np.asarray(frozen.feature_std), module.feature_dim, fold_ids=folds)
+
+
+def _cv_folds(folds: np.ndarray | None) -> np.ndarray | None:
+  """`folds` when they can cross-validate a ridge penalty (two or more), else None (random
+  folds)."""
+  return folds if folds is not None and len(np.unique(folds)) >= 2 else None
 
 
 def prepare(config: ml_collections.ConfigDict, module: FLIG, dataset: data.Dataset,
@@ -165,8 +170,7 @@ def with_pixel_path(module: FLIG, frozen: Frozen, pairs: dict[str, np.ndarray],
     return frozen
   frozen = jax.device_get(frozen)
   adapter = frozen.adapter
-  if folds is not None and len(np.unique(folds)) < 2:
-    folds = None
+  folds = _cv_folds(folds)
   kernel, bias = pixel_path.fit(pairs['adapted'][:, :adapter.k], images,
                                 np.asarray(adapter.sqrt_eig), module.feature_dim, folds)
   return parallel.replicate(frozen.replace(
