@@ -98,10 +98,11 @@ def run_variant_cv(m, overrides: dict, steps_n: int, every: int) -> cross_valida
       if folds is None:
         raise SystemExit('error: --cv needs data.folds >= 2')
       programs = loop.Stage2Programs(ctx)  # the programs train.py's stage 2 runs
-      weight = (stage2_data.pixel_weight(ctx, autoencoder, raw, folds)
+      fits = stage2_data.fold_fits(ctx, autoencoder, raw, folds, config.model.pixel_path)
+      weight = (stage2_data.pixel_weight(ctx, autoencoder, raw, folds, fits)
                 if config.model.pixel_path else None)
       return cross_validation.stage2(ctx, autoencoder, raw, folds, programs, lambda s: None,
-                                     weight)
+                                     weight, fits=fits)
     finally:
       ctx.log.close()
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import default, synthetic
-from flig_jax import checkpointing, data, ridge
+from flig_jax import checkpointing, data, pixel_path, ridge
 from flig_jax import model as model_lib
 from flig_jax.data.dataset import Dataset, Split, duplicate_groups, fold_ids
 from flig_jax.evaluation import baselines, run
@@ -287,6 +287,40 @@ def test_folds_run_together_score_as_folds_run_one_at_a_time(tmp_path):
   # Training moved the scores far beyond that tolerance, so folds fed the wrong batches would show.
   assert np.ptp(alone.scores['cv_enc_pcc']) > 1e-3
   assert stacked.chosen == alone.chosen
+
+
+@pytest.mark.slow
+def test_each_folds_parts_are_fitted_once_for_the_pixel_weight_and_its_stage2(tmp_path,
+                                                                              monkeypatch):
+  """Choosing the pixel path's weight and each fold's stage 2 read the same parts of that fold
+  (`stage2_data.fold_fits`): the adapter and feature statistics, pixel map and closed-form start
+  are fitted once per fold, plus once on every training pair for the final model."""
+  config = synthetic.get_config('smoke')
+  config.data.num_train, config.data.num_test, config.data.image_size = 40, 8, 16
+  config.stage2.steps, config.stage2.eval_every_steps = 2, 2
+  rows = {'frozen': [], 'pixel map': [], 'start': []}
+
+  def counted(name, fn, arg):
+    def wrapper(*args, **kwargs):
+      rows[name].append(len(args[arg]))
+      return fn(*args, **kwargs)
+    return wrapper
+
+  monkeypatch.setattr(stage2_data, 'fit_frozen', counted('frozen', stage2_data.fit_frozen, 2))
+  monkeypatch.setattr(pixel_path, 'fit', counted('pixel map', pixel_path.fit, 0))
+  monkeypatch.setattr(closed_form, 'linear_pair_params',
+                      counted('start', closed_form.linear_pair_params, 0))
+  ctx = context.make_context(config, tmp_path)
+  try:
+    folds = data.config_fold_ids(config, ctx.dataset.train)
+    loop.stage2(ctx, loop.restore_or_init(ctx))
+  finally:
+    ctx.mgr.wait_until_finished()
+    ctx.log.close()
+  n = len(folds)
+  expected = sorted([n - int(size) for size in np.bincount(folds)] + [n])
+  for name, fitted in rows.items():
+    assert sorted(fitted) == expected, (name, fitted)
 
 
 def test_a_diverged_fold_of_the_stacked_folds_stops_the_run(tmp_path):

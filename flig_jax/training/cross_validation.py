@@ -188,7 +188,8 @@ class _Fold:
 
 def stage2(ctx: Any, autoencoder: Any, raw_features: np.ndarray, folds: np.ndarray,
            programs: Any, check_finite: Callable[[Any], None],
-           pixel_weight: float | None = None, together: bool = True) -> Selection:
+           pixel_weight: float | None = None, together: bool = True,
+           fits: list[stage2_data.Fit] | None = None) -> Selection:
   """Stage 2 on each fold's other folds, validated on the held-out fold at step 0, every
   `eval_every_steps` and at the end; the pooled held-out scores choose each group's step.
 
@@ -209,52 +210,51 @@ def stage2(ctx: Any, autoencoder: Any, raw_features: np.ndarray, folds: np.ndarr
     check_finite: raises when a state (one fold's, or the stacked folds') has diverged.
     pixel_weight: the pixel path's blend weight (`stage2_data.with_pixel_path`), or None.
     together: run the folds as one program where their shapes allow.
+    fits: each fold's frozen parts fitted on the other folds (`stage2_data.fold_fits`, with the
+      pixel map when `pixel_weight` is given), as `stage2_data.pixel_weight` read them; fitted
+      here when None.
   """
   train, size = ctx.dataset.train, int(np.bincount(folds).max())
   start_time = time.perf_counter()
-  fits = [_set_up(ctx, autoencoder, raw_features, folds, f, size, programs.init, pixel_weight)
-          for f in np.unique(folds)]
-  if together and stacked_folds.stackable([fit.state for fit in fits]):
+  if fits is None:
+    fits = stage2_data.fold_fits(ctx, autoencoder, raw_features, folds, pixel_weight is not None)
+  runs = [_set_up(ctx, fitted, folds, f, size, programs.init, pixel_weight)
+          for fitted, f in zip(fits, np.unique(folds), strict=True)]
+  if together and stacked_folds.stackable([run.state for run in runs]):
     programs.wait('folds')  # compiled ahead (stage 1's time), before the first call below
-    results = _together(ctx, fits, programs, check_finite)
-    ctx.log.info(f'cross-validation: stage 2 of the {len(fits)} folds run together, each on the '
-                 f'other folds ({", ".join(str(len(fit.rest)) for fit in fits)} pairs; '
-                 f'{", ".join(str(len(fit.held)) for fit in fits)} held out) '
+    results = _together(ctx, runs, programs, check_finite)
+    ctx.log.info(f'cross-validation: stage 2 of the {len(runs)} folds run together, each on the '
+                 f'other folds ({", ".join(str(len(run.rest)) for run in runs)} pairs; '
+                 f'{", ".join(str(len(run.held)) for run in runs)} held out) '
                  f'({time.perf_counter() - start_time:.0f} s)')
   else:
     if together:
-      ks = ', '.join(str(fit.state.frozen.adapter.k) for fit in fits)
+      ks = ', '.join(str(run.state.frozen.adapter.k) for run in runs)
       ctx.log.info(f'cross-validation: the folds\' adapters keep different numbers of components '
                    f'(k {ks}), so their stage 2 runs one fold at a time')
     programs.wait()
     results = []
-    for i, fit in enumerate(fits):
-      results.append(_alone(ctx, fit, programs, check_finite))
-      ctx.log.info(f'cross-validation fold {i + 1}/{len(fits)}: stage 2 on {len(fit.rest)} pairs, '
-                   f'{len(fit.held)} held out ({time.perf_counter() - start_time:.0f} s)')
+    for i, run in enumerate(runs):
+      results.append(_alone(ctx, run, programs, check_finite))
+      ctx.log.info(f'cross-validation fold {i + 1}/{len(runs)}: stage 2 on {len(run.rest)} pairs, '
+                   f'{len(run.held)} held out ({time.perf_counter() - start_time:.0f} s)')
       start_time = time.perf_counter()
-  by_held = {fit.held.tobytes(): result for fit, result in zip(fits, results)}
+  by_held = {run.held.tobytes(): result for run, result in zip(runs, results)}
   return select(folds, train.images, train.responses, lambda _, held: by_held[held.tobytes()],
                 validation.GROUPS[ctx.module.flow_type], ctx.config.stage2.select_margin)
 
 
-def _set_up(ctx: Any, autoencoder: Any, raw_features: np.ndarray, folds: np.ndarray, fold: int,
-            size: int, init: Callable, pixel_weight: float | None) -> _Fold:
-  """Fold `fold`'s frozen parts fitted on the other folds, its initial state and held-out
-  inputs."""
+def _set_up(ctx: Any, fitted: stage2_data.Fit, folds: np.ndarray, fold: int, size: int,
+            init: Callable, pixel_weight: float | None) -> _Fold:
+  """Fold `fold`'s stage 2 from its frozen parts `fitted` on the other folds: the pixel path at
+  `pixel_weight`, its initial state and held-out inputs."""
   config, train = ctx.config, ctx.dataset.train
   held, rest = np.nonzero(folds == fold)[0], np.nonzero(folds != fold)[0]
-  frozen = stage2_data.fit_frozen(config, autoencoder, raw_features[rest], train.responses[rest],
-                                  ctx.mesh)
-  pairs = stage2_data.pairs(frozen, raw_features[rest], train.responses[rest])
-  frozen = stage2_data.with_pixel_path(ctx.module, frozen, pairs, train.images[rest],
-                                       pixel_weight, ctx.mesh, folds[rest])
-  arrays = stage2_data.arrays(config, pairs, train.images[rest])
-  state = init(frozen, stage2_data.first_batch(config, arrays),
-               stage2_data.linear_pair(ctx.module, frozen, pairs, None, folds[rest]))
-  held_pairs = stage2_data.pairs(frozen, raw_features[held], train.responses[held])
+  arrays = stage2_data.arrays(config, fitted.pairs, train.images[rest])
+  state = init(fitted.frozen_at(pixel_weight, ctx.mesh), stage2_data.first_batch(config, arrays),
+               fitted.linear_pair)
   pad = ((0, size - len(held)), (0, 0))
-  return _Fold(held, rest, state, arrays, *(np.pad(held_pairs[k], pad)
+  return _Fold(held, rest, state, arrays, *(np.pad(fitted.held[k], pad)
                                             for k in ('features', 'adapted')))
 
 

@@ -396,8 +396,11 @@ def stage2(ctx: context.Context, start: State, meta: checkpointing.Meta | None =
   training pair. With `data.folds` >= 2 (and `select_by` 'val_pcc') each parameter group's step
   is first chosen by cross-validation (`cross_validation.stage2`), and the run keeps each group's
   parameters at that step; with a validation split instead, stage 2 scores it as it trains and
-  keeps the best steps (`validation.keep_best`). `programs` are the run's stage-2 programs (default:
-  built here); a compile they started ahead is waited for before the step is first called.
+  keeps the best steps (`validation.keep_best`). Each fold's frozen parts are fitted once
+  (`stage2_data.fold_fits`) and read both by the choice of the pixel path's blend weight
+  (`stage2_data.pixel_weight`) and by the fold's stage 2. `programs` are the run's stage-2
+  programs (default: built here); a compile they started ahead is waited for before the step is
+  first called.
   """
   config, dataset, mesh, cfg = ctx.config, ctx.dataset, ctx.mesh, ctx.config.stage2
   parallel.check_batch_size(cfg.batch_size, mesh, 'stage2')
@@ -407,17 +410,23 @@ def stage2(ctx: context.Context, start: State, meta: checkpointing.Meta | None =
   programs = programs or Stage2Programs(ctx)
   step_fn, init = programs.step_fn, programs.init
   folds = data.config_fold_ids(config, dataset.train)
-  selection = pixel_weight = None
+  selection = pixel_weight = fits = None
+  cross_validate = not resumed and folds is not None and cfg.select_by == 'val_pcc'
+  if not resumed and folds is not None and (config.model.pixel_path or cross_validate):
+    with timing.section('selection'):
+      # Each fold's frozen parts, fitted once for the pixel weight's choice and the fold's stage 2.
+      fits = stage2_data.fold_fits(ctx, autoencoder, raw_features, folds, config.model.pixel_path)
   if not resumed and config.model.pixel_path:
     with timing.section('selection'):
-      pixel_weight = stage2_data.pixel_weight(ctx, autoencoder, raw_features, folds)
+      pixel_weight = stage2_data.pixel_weight(ctx, autoencoder, raw_features, folds, fits)
   if resumed and meta is not None and meta.cross_validation:
     selection = cross_validation.Selection.from_meta(meta.cross_validation)
-  elif not resumed and folds is not None and cfg.select_by == 'val_pcc':
+  elif cross_validate:
     with timing.section('selection'):
       selection = cross_validation.stage2(ctx, autoencoder, raw_features, folds, programs,
                                           lambda s: _check_finite(2, s, ctx.workdir),
-                                          pixel_weight)
+                                          pixel_weight, fits=fits)
+  del fits  # not kept while the final run trains: it fits its own parts on every training pair
   programs.wait()  # the step compiled ahead (stage 1's time), before its first call below
   if selection is not None:
     cross_validation.report(selection, ctx.log, ctx.module.flow_type, cfg.select_margin,

@@ -1,6 +1,8 @@
 """What stage 2 reads, made from the trained autoencoder: the frozen parts (the adapter, the
 feature statistics and the decoder's pixel path, fitted on training pairs only), the training pairs
-and their batches, the validation pairs and the augmented flow's closed-form start.
+and their batches, the validation pairs and the augmented flow's closed-form start; for model
+selection, each cross-validation fold's parts (`Fit`, `fold_fits`), fitted once and read both by
+the choice of the pixel path's blend weight (`pixel_weight`) and by the fold's stage 2.
 """
 
 import dataclasses
@@ -168,52 +170,131 @@ def with_pixel_path(module: FLIG, frozen: Frozen, pairs: dict[str, np.ndarray],
   it is when None."""
   if weight is None:
     return frozen
-  frozen = jax.device_get(frozen)
+  return with_pixel_map(frozen, fit_pixel_map(module, frozen, pairs, images, folds), weight, mesh)
+
+
+def fit_pixel_map(module: FLIG, frozen: Frozen, pairs: dict[str, np.ndarray], images: np.ndarray,
+                  folds: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+  """The pixel path's map (kernel, bias) from `frozen`'s adapted responses to these training pairs'
+  images (`pixel_path.fit`), its penalty by cross-validation over `folds` (random folds when
+  None)."""
   adapter = frozen.adapter
-  folds = _cv_folds(folds)
-  kernel, bias = pixel_path.fit(pairs['adapted'][:, :adapter.k], images,
-                                np.asarray(adapter.sqrt_eig), module.feature_dim, folds)
-  return parallel.replicate(frozen.replace(
+  return pixel_path.fit(pairs['adapted'][:, :adapter.k], images, np.asarray(adapter.sqrt_eig),
+                        module.feature_dim, _cv_folds(folds))
+
+
+def with_pixel_map(frozen: Frozen, pixel_map: tuple[np.ndarray, np.ndarray] | None,
+                   weight: float | None, mesh: Any) -> Frozen:
+  """`frozen` with the pixel path `pixel_map` (kernel, bias; `fit_pixel_map`) at blend weight
+  `weight`, replicated; as it is when `weight` is None."""
+  if weight is None:
+    return frozen
+  if pixel_map is None:
+    raise ValueError(f'a pixel path at weight {weight:g} needs its map, which was not fitted')
+  kernel, bias = pixel_map
+  return parallel.replicate(jax.device_get(frozen).replace(
       pixel_kernel=jnp.asarray(kernel), pixel_bias=jnp.asarray(bias),
       pixel_weight=jnp.asarray(weight, jnp.float32)), mesh)
 
 
+@dataclasses.dataclass(frozen=True)
+class Fit:
+  """The frozen parts fitted on one set of training pairs, and held-out pairs seen through them.
+
+  A cross-validation fold's fit (on the other folds, `fold_fits`) serves both users of that fold:
+  `pixel_weight` scores the blend weights with it, and the fold's stage 2
+  (`cross_validation.stage2`) starts from it, at the weight chosen. Fitted once, it gives both the
+  same adapter, feature statistics, pixel map and closed-form start.
+
+  Attributes:
+    frozen: the adapter and feature standardisation (`fit_frozen`), replicated; no pixel path
+      (`frozen_at` adds it).
+    pairs: the training pairs through them (`pairs`).
+    held: the held-out pairs through them.
+    pixel_map: the pixel path's (kernel, bias) (`fit_pixel_map`), or None when not fitted.
+    linear_pair: the augmented flow's closed-form start (`linear_pair`, its penalties chosen by
+      cross-validation over the training pairs' folds); None for the plain flow.
+  """
+  frozen: Frozen
+  pairs: dict[str, np.ndarray]
+  held: dict[str, np.ndarray]
+  pixel_map: tuple[np.ndarray, np.ndarray] | None
+  linear_pair: Any
+
+  def frozen_at(self, weight: float | None, mesh: Any) -> Frozen:
+    """`frozen` with the pixel path at blend weight `weight` (`with_pixel_map`); without it when
+    None."""
+    return with_pixel_map(self.frozen, self.pixel_map, weight, mesh)
+
+
+def fit(config: ml_collections.ConfigDict, module: FLIG, autoencoder: Any, mesh: Any,
+        raw_features: np.ndarray, responses: np.ndarray, images: np.ndarray,
+        folds: np.ndarray | None, held_raw_features: np.ndarray, held_responses: np.ndarray,
+        pixel_map: bool) -> Fit:
+  """The frozen parts fitted on these training pairs: the adapter and feature standardisation,
+  the pixel map when `pixel_map` (its penalty by cross-validation over `folds`) and the
+  closed-form start (its penalties likewise); random folds where `folds` is None or one fold."""
+  frozen = fit_frozen(config, autoencoder, raw_features, responses, mesh)
+  train_pairs = pairs(frozen, raw_features, responses)
+  return Fit(frozen=frozen, pairs=train_pairs,
+             held=pairs(frozen, held_raw_features, held_responses),
+             pixel_map=(fit_pixel_map(module, frozen, train_pairs, images, folds) if pixel_map
+                        else None),
+             linear_pair=linear_pair(module, frozen, train_pairs, None, folds))
+
+
+def fold_fits(ctx: context.Context, autoencoder: Any, raw_features: np.ndarray, folds: np.ndarray,
+              pixel_map: bool) -> list[Fit]:
+  """Each cross-validation fold's `Fit`, in the order of `np.unique(folds)`: fitted on the other
+  folds' training pairs (their own fold ids choosing the penalties), the fold's pairs held out.
+
+  `pixel_weight` and `cross_validation.stage2` both read these; the run fits them once.
+  """
+  train = ctx.dataset.train
+  out = []
+  for f in np.unique(folds):
+    held, rest = np.nonzero(folds == f)[0], np.nonzero(folds != f)[0]
+    out.append(fit(ctx.config, ctx.module, autoencoder, ctx.mesh, raw_features[rest],
+                   train.responses[rest], train.images[rest], folds[rest], raw_features[held],
+                   train.responses[held], pixel_map))
+  return out
+
+
 def pixel_weight(ctx: context.Context, autoencoder: Any, raw_features: np.ndarray,
-                 folds: np.ndarray | None) -> float:
+                 folds: np.ndarray | None, fits: list[Fit] | None = None) -> float:
   """The pixel path's blend weight, chosen from `pixel_path.WEIGHTS` on held-out pairs with the
   flow at its closed-form start: each fold of `folds` held out in turn (adapter, start and pixel
-  map fitted on the others), else the validation split; 0 (the flow's decoder alone) when there
-  is neither."""
+  map fitted on the others: `fits`, the run's `fold_fits` with the pixel map, fitted here when
+  None), else the validation split; 0 (the flow's decoder alone) when there is neither."""
   config, module, mesh, train = ctx.config, ctx.module, ctx.mesh, ctx.dataset.train
   if folds is not None and len(np.unique(folds)) >= 2:
-    splits = [(folds != f, folds == f) for f in np.unique(folds)]
-    held_images = [train.images[held] for _, held in splits]
-    sources = [(raw_features[rest], train.responses[rest], train.images[rest], folds[rest],
-                raw_features[held], train.responses[held]) for rest, held in splits]
+    if fits is None:
+      fits = fold_fits(ctx, autoencoder, raw_features, folds, pixel_map=True)
+    held_images = [train.images[folds == f] for f in np.unique(folds)]
   elif val_size(ctx.dataset):
     val = ctx.dataset.val
+    fits = [fit(config, module, autoencoder, mesh, raw_features, train.responses, train.images,
+                None, features(module, autoencoder, val.images), val.responses, pixel_map=True)]
     held_images = [val.images]
-    sources = [(raw_features, train.responses, train.images, None,
-                features(module, autoencoder, val.images), val.responses)]
   else:
     return 0.0
-  scores = []
-  for (raw, responses, images, rest_folds, held_raw, held_r), held_x in zip(sources, held_images):
-    frozen = fit_frozen(config, autoencoder, raw, responses, mesh)
-    fit_pairs = pairs(frozen, raw, responses)
-    frozen = with_pixel_path(module, frozen, fit_pairs, images, 0.0, mesh, rest_folds)
-    held = pairs(frozen, held_raw, held_r)
-    flow = train_state.initial_flow_params(
-        module, jax.random.key(config.seed + 2),
-        first_batch(config, arrays(config, fit_pairs, images))['features'],
-        linear_pair(module, frozen, fit_pairs, None, rest_folds))
-    variables = frozen.variables(flow)
-    autoencoded = compiled.apply(module, 'decode_images')(variables, held['adapted'])
-    pixels = compiled.apply(module, 'pixel_decode')(variables, held['adapted'])
-    scores.append(pixel_path.candidate_scores(autoencoded, pixels, held_x))
-  scores = np.concatenate(scores, axis=1)
+  scores = np.concatenate([_blend_scores(ctx, f, x) for f, x in zip(fits, held_images)], axis=1)
   weight = pixel_path.choose(scores)
   ctx.log.info(f'pixel path: blend weight {weight:g}, chosen by mean held-out PCC + SSIM: '
                + ', '.join(f'{w:g}: {v:.4f}' for w, v in zip(pixel_path.WEIGHTS,
                                                               scores.mean(axis=1))))
   return weight
+
+
+def _blend_scores(ctx: context.Context, fitted: Fit, held_images: np.ndarray) -> np.ndarray:
+  """(len(pixel_path.WEIGHTS), M) `pixel_path.candidate_scores` of `fitted`'s held-out pairs, the
+  flow at its closed-form start."""
+  config, module = ctx.config, ctx.module
+  frozen = fitted.frozen_at(0.0, ctx.mesh)
+  flow = train_state.initial_flow_params(module, jax.random.key(config.seed + 2),
+                                         first_batch(config, fitted.pairs)['features'],
+                                         fitted.linear_pair)
+  variables = frozen.variables(flow)
+  autoencoded = compiled.apply(module, 'decode_images')(variables, fitted.held['adapted'])
+  pixels = compiled.apply(module, 'pixel_decode')(variables, fitted.held['adapted'])
+  return pixel_path.candidate_scores(autoencoded, pixels, held_images)
