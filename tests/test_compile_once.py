@@ -106,6 +106,21 @@ def test_stage2_programs_compiled_ahead_are_the_ones_stage2_runs(ctx, monkeypatc
     assert program._cache_size() == 1  # pylint: disable=protected-access
 
 
+def test_stage1_step_compiled_ahead_is_the_one_stage1_runs(ctx, monkeypatch):
+  # train.py compiles stage 1's step from abstract shapes while the fresh state is created; the
+  # first steps must then find it in the jitted function's cache.
+  monkeypatch.setattr(steps, 'stage1_step', chex.assert_max_traces(steps.stage1_step, n=1))
+  step_fn = loop.stage1_step_fn(ctx)
+  compile_ahead = loop.compile_stage1_ahead(ctx, step_fn)
+  state = loop.restore_or_init(ctx)
+  compile_ahead.wait()
+  assert compile_ahead.errors == {}
+  with count_compilations() as compiled:
+    _run_steps(loop.stage1(ctx, state, step_fn), ctx.mesh, 0, 2)
+  assert not [name for name in compiled if 'stage1_step' in name], compiled
+  assert step_fn._cache_size() == 1  # pylint: disable=protected-access
+
+
 def test_model_decode_compiles_once_per_bucket(ctx):
   stage2 = loop.stage2(ctx, loop.restore_or_init(ctx))
   variables = stage2.state.model_variables()

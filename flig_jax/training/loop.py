@@ -102,13 +102,20 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
     ctx = context.make_context(config, workdir, resume_step=latest.step if latest else 0)
   figures = FigureWriter(ctx)
   programs = Stage2Programs(ctx)
+  step1 = stage1_step_fn(ctx)
+  # Stage 1's step compiles in the background while its state is created or restored.
+  stage1_ahead = (compile_stage1_ahead(ctx, step1) if _trains_stage1(ctx.config, latest)
+                  else None)
   try:
     with timing.section('setup'):
       state = restore_or_init(ctx, latest)
     if isinstance(state, train_state.Stage1State):
+      if stage1_ahead is not None:
+        stage1_ahead.wait()
       with timing.section('stage1'):
         # Stage 2's step compiles in the background once stage 1's own compile is done.
-        state = run_stage(ctx, stage1(ctx, state), after_first_step=programs.compile_ahead)
+        state = run_stage(ctx, stage1(ctx, state, step1),
+                          after_first_step=programs.compile_ahead)
       with timing.section('figures'):
         figures.stage1(state.params, int(state.step))
     with timing.section('fits'):
@@ -130,13 +137,22 @@ def _train(config: ml_collections.ConfigDict, workdir: str | Path,
       timer.stop()
       ctx.log.record_times(2, int(state.step), timer.seconds())
   finally:
-    programs.wait()  # no compile left running in a thread at exit
+    if stage1_ahead is not None:  # no compile left running in a thread at exit
+      stage1_ahead.wait()
+    programs.wait()
     figures.close()
     # The progress bar ends its line first: a save that fails in the background raises here, and
     # its one-line error must not land on the bar's line.
     ctx.log.close()
     ctx.mgr.wait_until_finished()
   return ctx.workdir
+
+
+def _trains_stage1(config: ml_collections.ConfigDict, latest: checkpointing.Meta | None) -> bool:
+  """Whether a run starting from checkpoint `latest` (None: a fresh run) trains stage 1."""
+  if latest is None:
+    return not config.stage1.get('init_from')
+  return latest.stage == 1 and latest.stage_step < config.stage1.steps
 
 
 def restore_or_init(ctx: context.Context, latest: checkpointing.Meta | None = None) -> State:
@@ -268,8 +284,29 @@ def _init_stage1(ctx: context.Context) -> train_state.Stage1State:
                                          jnp.asarray(ctx.dataset.train.images[:1]))
 
 
-def stage1(ctx: context.Context, state: train_state.Stage1State) -> Stage:
-  """Stage 1 (the autoencoder on the training stimuli), from `state`."""
+def stage1_step_fn(ctx: context.Context) -> Callable[..., Any]:
+  """Stage 1's jitted step (`steps.stage1_step`)."""
+  return parallel.jit_step(functools.partial(steps.stage1_step, model=ctx.module,
+                                             cfg=ctx.config.stage1), ctx.mesh)
+
+
+def compile_stage1_ahead(ctx: context.Context, step_fn: Callable[..., Any]) -> ahead.Ahead:
+  """Starts compiling stage 1's `step_fn` in a background thread, for the abstract state and
+  batch of this run, so that it compiles while the state is created (its own compile) or
+  restored."""
+  def compile_step():
+    state = jax.eval_shape(functools.partial(_init_stage1, ctx))
+    batch = {'images': jax.ShapeDtypeStruct(
+        (ctx.config.stage1.batch_size, *ctx.dataset.image_shape), jnp.float32)}
+    step_fn.lower(parallel.placed(state, parallel.replicated(ctx.mesh)),
+                  parallel.placed(batch, parallel.batch_sharded(ctx.mesh))).compile()
+  return ahead.Ahead([('stage1', compile_step)])
+
+
+def stage1(ctx: context.Context, state: train_state.Stage1State,
+           step_fn: Callable[..., Any] | None = None) -> Stage:
+  """Stage 1 (the autoencoder on the training stimuli), from `state`; `step_fn` is its step
+  (`stage1_step_fn`; made here when None)."""
   config, dataset, cfg = ctx.config, ctx.dataset, ctx.config.stage1
   parallel.check_batch_size(cfg.batch_size, ctx.mesh, 'stage1')
 
@@ -280,9 +317,7 @@ def stage1(ctx: context.Context, state: train_state.Stage1State) -> Stage:
   stream = data.BatchStream({'images': dataset.train.images}, cfg.batch_size, seed=config.seed,
                             process_index=jax.process_index(),
                             process_count=jax.process_count())
-  step_fn = parallel.jit_step(functools.partial(steps.stage1_step, model=ctx.module, cfg=cfg),
-                              ctx.mesh)
-  return Stage(1, state, step_fn, stream, cfg.steps, save)
+  return Stage(1, state, step_fn or stage1_step_fn(ctx), stream, cfg.steps, save)
 
 
 # --- stage 2: the flow and the discriminator ---
@@ -365,13 +400,9 @@ def stage2_step_shapes(ctx: context.Context) -> tuple[train_state.Stage2State, d
   frozen = model_lib.abstract_frozen(module, meta)
   state = jax.eval_shape(functools.partial(_init_stage2, ctx), frozen,
                          stage2_data.first_batch_shape(config, module), None)
-
-  def placed(tree, sharding):  # the shardings the step's arguments arrive with
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding,
-                                                       weak_type=x.weak_type), tree)
-
-  return (placed(state, parallel.replicated(ctx.mesh)),
-          placed(stage2_data.batch_shape(config, module), parallel.batch_sharded(ctx.mesh)))
+  return (parallel.placed(state, parallel.replicated(ctx.mesh)),
+          parallel.placed(stage2_data.batch_shape(config, module),
+                          parallel.batch_sharded(ctx.mesh)))
 
 
 def stage2_fold_shapes(ctx: context.Context) -> tuple[Any, Any, Any] | None:

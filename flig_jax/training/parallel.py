@@ -77,6 +77,13 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   return jax.tree.map(put, tree)
 
 
+def placed(tree: Any, sharding: NamedSharding) -> Any:
+  """Abstract values (`jax.ShapeDtypeStruct`) of `tree` placed with `sharding`: the arguments a
+  compile ahead lowers for, arriving as the real call's arguments will."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding,
+                                                     weak_type=x.weak_type), tree)
+
+
 def global_batch(local: dict[str, np.ndarray], mesh: Mesh, sharding: NamedSharding | None = None,
                  axis: int = 0) -> dict[str, jax.Array]:
   """Builds the global batch from this process's rows (its contiguous shard, in process order)

@@ -105,15 +105,12 @@ def shapes(state: Stage2State, batch: dict[str, jax.ShapeDtypeStruct], folds: in
   Returns:
     (the stacked state, the stacked batch, the held-out 'features' and 'adapted' (K, M, D)).
   """
-  def placed(tree, sharding):
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding,
-                                                       weak_type=x.weak_type), tree)
-
   repl = parallel.replicated(mesh)
   stacked = jax.eval_shape(stack, [state] * folds)
   stacked_batch = {k: jax.ShapeDtypeStruct((folds,) + v.shape, v.dtype) for k, v in batch.items()}
   d = state.frozen.feature_mean.shape[-1]
   held = {k: jax.ShapeDtypeStruct((folds, held_out, d), jnp.float32)
           for k in ('features', 'adapted')}
-  return (placed(stacked, repl), placed(stacked_batch, parallel.batch_sharded(mesh, axis=1)),
-          placed(held, repl))
+  return (parallel.placed(stacked, repl),
+          parallel.placed(stacked_batch, parallel.batch_sharded(mesh, axis=1)),
+          parallel.placed(held, repl))

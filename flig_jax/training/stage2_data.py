@@ -291,9 +291,9 @@ def _blend_scores(ctx: context.Context, fitted: Fit, held_images: np.ndarray) ->
   flow at its closed-form start."""
   config, module = ctx.config, ctx.module
   frozen = fitted.frozen_at(0.0, ctx.mesh)
-  flow = train_state.initial_flow_params(module, jax.random.key(config.seed + 2),
-                                         first_batch(config, fitted.pairs)['features'],
-                                         fitted.linear_pair)
+  flow = train_state.compiled_initial_flow_params(module)(
+      jax.random.key(config.seed + 2), first_batch(config, fitted.pairs)['features'],
+      fitted.linear_pair)
   variables = frozen.variables(flow)
   autoencoded = compiled.apply(module, 'decode_images')(variables, fitted.held['adapted'])
   pixels = compiled.apply(module, 'pixel_decode')(variables, fitted.held['adapted'])

@@ -8,6 +8,7 @@ optimiser, so they share one tree structure (one compiled step; `seeds.stack` st
 """
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import flax.struct
@@ -148,6 +149,13 @@ def initial_flow_params(module: FLIG, rng: jax.Array, features: jax.Array,
   if linear_pair is not None:
     params = {**params, 'linear_pair': jax.tree.map(jnp.asarray, linear_pair)}
   return params
+
+
+@functools.cache
+def compiled_initial_flow_params(module: FLIG) -> Callable[..., Any]:
+  """`initial_flow_params` of `module`, jitted: one compile, where outside a jitted step every
+  operation of the flow's initialisation would compile on its own."""
+  return jax.jit(functools.partial(initial_flow_params, module))
 
 
 def create_stage2_state(rng: jax.Array, config: ml_collections.ConfigDict, module: FLIG,
