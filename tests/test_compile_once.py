@@ -88,8 +88,9 @@ def test_training_steps_compile_once(ctx, monkeypatch):
 
 def test_stage2_programs_compiled_ahead_are_the_ones_stage2_runs(ctx, monkeypatch):
   # train.py compiles stage 2's programs (the cross-validation folds' stacked step and predictions,
-  # then the step) from abstract shapes while stage 1 trains; stage 2 must then find them in the
-  # jitted functions' caches: a second trace fails at once, a second lowering below.
+  # their initial states and stacking, then the step) from abstract shapes while stage 1 trains;
+  # stage 2 must then find them in the jitted functions' caches: a second trace fails at once, a
+  # second lowering below.
   monkeypatch.setattr(steps, 'stage2_step', chex.assert_max_traces(steps.stage2_step, n=2))
   programs = loop.Stage2Programs(ctx)
   programs.compile_ahead()
@@ -99,10 +100,11 @@ def test_stage2_programs_compiled_ahead_are_the_ones_stage2_runs(ctx, monkeypatc
     stage = loop.stage2(ctx, loop.restore_or_init(ctx), programs=programs)
     _run_steps(stage, ctx.mesh, 0, 2)
   assert compiled, 'stage 2 compiled nothing at all (its set-up programs are new here)'
-  ahead = ('stage2_step', 'folds_step', 'predictions_over_folds')
+  ahead = ('stage2_step', 'folds_step', 'predictions_over_folds', '_init_stage2', 'jit_stack')
   again = [name for name in compiled if any(a in name for a in ahead)]
   assert again == [], f'compiled again in stage 2: {again}'
-  for program in (programs.step_fn, programs.folds_step, programs.folds_predict):
+  for program in (programs.step_fn, programs.folds_step, programs.folds_predict, programs.init,
+                  programs.stack):
     assert program._cache_size() == 1  # pylint: disable=protected-access
 
 

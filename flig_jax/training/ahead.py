@@ -1,6 +1,8 @@
-"""Compiles run in a background thread ahead of the call that needs them: stage 2's programs (the
-cross-validation folds' stacked step and predictions, then the step) are lowered and compiled for
-their abstract shapes while stage 1 trains (`loop.Stage2Programs`).
+"""Compiles run in a background thread ahead of the call that needs them: stage 1's step while the
+fresh state's initialiser compiles (`loop.compile_stage1_ahead`), and stage 2's programs (the
+cross-validation folds' stacked step and predictions, their initial states and stacking, then the
+step) while stage 1 trains (`loop.Stage2Programs`); each is lowered and compiled for its abstract
+shapes.
 
 The thread fills the jitted functions' own caches (trace, lowering, executable), so the first real
 call with arrays of those shapes runs at once. A compile ahead is only a head start: when it fails,

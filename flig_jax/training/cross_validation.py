@@ -218,10 +218,10 @@ def stage2(ctx: Any, autoencoder: Any, raw_features: np.ndarray, folds: np.ndarr
   start_time = time.perf_counter()
   if fits is None:
     fits = stage2_data.fold_fits(ctx, autoencoder, raw_features, folds, pixel_weight is not None)
+  programs.wait('folds')  # compiled ahead (stage 1's time), before the first call below
   runs = [_set_up(ctx, fitted, folds, f, size, programs.init, pixel_weight)
           for fitted, f in zip(fits, np.unique(folds), strict=True)]
   if together and stacked_folds.stackable([run.state for run in runs]):
-    programs.wait('folds')  # compiled ahead (stage 1's time), before the first call below
     results = _together(ctx, runs, programs, check_finite)
     ctx.log.info(f'cross-validation: stage 2 of the {len(runs)} folds run together, each on the '
                  f'other folds ({", ".join(str(len(run.rest)) for run in runs)} pairs; '

@@ -359,8 +359,8 @@ class Stage2Programs:
 
   def compile_ahead(self) -> None:
     """Starts compiling, in a background thread, the stacked folds' step and predictions for
-    `stage2_fold_shapes` (when the run cross-validates stage 2), then the step for
-    `stage2_step_shapes`."""
+    `stage2_fold_shapes`, the folds' initial states and their stacking (when the run
+    cross-validates stage 2), then the step for `stage2_step_shapes`."""
     if self.ahead is None:
       self.ahead = ahead.Ahead([('folds', self._compile_folds), ('step', self._compile_step)])
 
@@ -370,6 +370,19 @@ class Stage2Programs:
       state, batch, held = shapes
       self.folds_step.lower(state, batch).compile()
       self.folds_predict.lower(state, held['features'], held['adapted']).compile()
+      self._compile_set_up()
+
+  def _compile_set_up(self) -> None:
+    """The folds' initial states (`init`, from host arrays as `cross_validation` passes them)
+    and their stacking."""
+    ctx = self._ctx
+    state, _ = stage2_step_shapes(ctx)
+    host = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+    linear_pair = state.flow_params.get('linear_pair')
+    self.init.lower(state.frozen, host(stage2_data.first_batch_shape(ctx.config, ctx.module)),
+                    None if linear_pair is None else host(linear_pair)).compile()
+    folds = len(np.unique(data.config_fold_ids(ctx.config, ctx.dataset.train)))
+    self.stack.lower([state] * folds).compile()
 
   def _compile_step(self) -> None:
     self.step_fn.lower(*stage2_step_shapes(self._ctx)).compile()

@@ -192,9 +192,10 @@ def with_pixel_map(frozen: Frozen, pixel_map: tuple[np.ndarray, np.ndarray] | No
   if pixel_map is None:
     raise ValueError(f'a pixel path at weight {weight:g} needs its map, which was not fitted')
   kernel, bias = pixel_map
+  # Host arrays, so that every leaf is placed alike (replicated), as compiles ahead expect.
   return parallel.replicate(jax.device_get(frozen).replace(
-      pixel_kernel=jnp.asarray(kernel), pixel_bias=jnp.asarray(bias),
-      pixel_weight=jnp.asarray(weight, jnp.float32)), mesh)
+      pixel_kernel=np.asarray(kernel, np.float32), pixel_bias=np.asarray(bias, np.float32),
+      pixel_weight=np.asarray(weight, np.float32)), mesh)
 
 
 @dataclasses.dataclass(frozen=True)
