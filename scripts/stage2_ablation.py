@@ -12,10 +12,13 @@ validation encoding and decoding PCC every `--every` steps and the steps selecti
 (`stage2.select_margin`). With `--cv`, each variant is instead scored as train.py chooses stage 2's
 steps: by `data.folds`-fold cross-validation over the run's training split (the adapter, closed-form
 start, pixel path and stage 2 fitted on each fold's other folds), printing the cross-validated
-scores per validated step and the steps kept. Without `--cv`, `--baselines` also prints, on the
-same split, the MLP recipe of evaluate.py on the CAE features (`cae_mlp`) and on pixels, and pixel
-ridge; `--pixel_path` the validation PCC + SSIM of each pixel-path blend weight at the closed-form
-start.
+scores per validated step and the steps kept; `--margins 0,1,2` also scores the selection rule
+itself at each `stage2.select_margin`, cross-fitted: each fold in turn is left out of the choice,
+the step is chosen on the other folds' pooled held-out scores, and the chosen step's gain over step
+0 on the left-out fold is averaged over folds (weighted by size). Without `--cv`, `--baselines`
+also prints, on the same split, the MLP recipe of evaluate.py on the CAE features (`cae_mlp`)
+and on pixels, and pixel ridge; `--pixel_path` the validation PCC + SSIM of each pixel-path blend
+weight at the closed-form start.
 """
 
 import argparse
@@ -105,6 +108,53 @@ def run_variant_cv(m, overrides: dict, steps_n: int, every: int) -> cross_valida
                                      weight, fits=fits)
     finally:
       ctx.log.close()
+
+
+def fold_curves(m, overrides: dict, steps_n: int, every: int):
+  """`run_variant_cv`, and each fold's held-out curves as `cross_validation.select` scores them:
+  {fold: (held rows, {score: (S,) per validated step}, {score: (S, M) jackknife replicates})}."""
+  curves, select = {}, cross_validation.select
+
+  def recording(fold_ids, images, responses, run_fold, groups, margin):
+    def run_and_score(rest, held):
+      results = list(run_fold(rest, held))
+      scored = [validation.scores_of(dec, enc, images[held], responses[held])
+                for _, dec, enc in results]
+      curves[int(fold_ids[held[0]])] = (
+          held, {name: np.array([float(s[name]) for s, _ in scored]) for name, _ in groups},
+          {name: np.array([np.asarray(r[name], np.float64) for _, r in scored])
+           for name, _ in groups})
+      return results
+    return select(fold_ids, images, responses, run_and_score, groups, margin)
+
+  cross_validation.select = recording
+  try:
+    selection = run_variant_cv(m, overrides, steps_n, every)
+  finally:
+    cross_validation.select = select
+  return selection, curves
+
+
+def cross_fitted_margins(curves, margins: list[float]) -> dict[str, dict[float, float]]:
+  """Per score, per margin: the held-out gain over step 0 of the step `cross_validation.choose`
+  keeps on the other folds' pooled curves, each fold left out in turn, averaged over folds
+  (weighted by their sizes)."""
+  out = {}
+  for name in next(iter(curves.values()))[1]:
+    out[name] = dict.fromkeys(margins, 0.0)
+    total = sum(len(held) for held, _, _ in curves.values())
+    for left in curves:
+      others = [curves[f] for f in curves if f != left]
+      n = sum(len(held) for held, _, _ in others)
+      pooled = sum(len(held) / n * scores[name] for held, scores, _ in others)
+      replicates = pooled[:, None] + np.concatenate(
+          [len(held) / n * (reps[name] - scores[name][:, None]) for held, scores, reps in others],
+          axis=1)
+      held, scores, _ = curves[left]
+      for margin in margins:
+        kept, _ = cross_validation.choose(pooled, replicates, margin)
+        out[name][margin] += len(held) / total * (scores[name][kept] - scores[name][0])
+  return out
 
 
 def run_variant(prepared, overrides: dict, steps_n: int, every: int) -> list[tuple]:
@@ -201,6 +251,8 @@ def main() -> None:
   parser.add_argument('--pixel_path', action='store_true')
   parser.add_argument('--cv', action='store_true',
                       help='score each variant by cross-validation over the training split')
+  parser.add_argument('--margins', default='',
+                      help="with --cv: comma-separated select_margin values to cross-fit")
   args = parser.parse_intermixed_args()
   groups, current = [], []
   for item in args.variants:
@@ -214,14 +266,19 @@ def main() -> None:
               for group in groups]
   if args.cv:
     m = model_lib.load(args.workdir)
+    margins = [float(v) for v in args.margins.split(',') if v]
     for overrides in variants:
-      selection = run_variant_cv(m, overrides, args.steps, args.every)
+      selection, curves = fold_curves(m, overrides, args.steps, args.every)
       print(overrides or 'the run\'s config', f'({selection.folds}-fold cross-validation; kept '
             f'steps: encoder {selection.chosen["cv_enc_pcc"]}, decoder '
             f'{selection.chosen["cv_dec_pcc"]})')
       for name in ('cv_enc_pcc', 'cv_dec_pcc'):
         print(f'  {name.split("_")[1]}', ' '.join(f'{v:.4f}' for v in selection.scores[name]),
               flush=True)
+      if margins:
+        for name, gains in cross_fitted_margins(curves, margins).items():
+          print(f'  cross-fitted gain of the kept step, {name}:',
+                ', '.join(f'margin {k:g}: {v:+.4f}' for k, v in gains.items()), flush=True)
     return
   prepared = prepare(args.workdir, args.val_fraction)
   print(f'{args.workdir}: {len(prepared[1])} training pairs, {len(prepared[2])} validation')
