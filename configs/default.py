@@ -109,8 +109,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
                                    # on the validation split, step 0 included) | last
   c.stage2.select_margin = 2.0     # a later step is kept only if its validation gain over step 0
                                    # exceeds this many jackknife standard errors (0: any gain);
-                                   # 2, not 1: the best of ~15 validated steps beats 1 SE by
-                                   # chance alone most of the time
+                                   # worth most on small sets (docs/stage2.md)
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 200
