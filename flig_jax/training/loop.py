@@ -356,36 +356,42 @@ class Stage2Programs:
     self.folds_predict = parallel.jit_apply(
         functools.partial(stacked_folds.predictions_over_folds, ctx.module), mesh)
     self.ahead: ahead.Ahead | None = None
+    self._shapes: tuple[train_state.Stage2State, dict[str, Any]] | None = None
 
   def compile_ahead(self) -> None:
-    """Starts compiling, in a background thread, the stacked folds' step and predictions for
-    `stage2_fold_shapes`, the folds' initial states and their stacking (when the run
-    cross-validates stage 2), then the step for `stage2_step_shapes`."""
+    """Starts compiling, in a background thread, for the abstract shapes of `stage2_step_shapes`:
+    the cross-validation folds' stacked step and predictions, their initial states and their
+    stacking (when the run cross-validates stage 2), then the step."""
     if self.ahead is None:
       self.ahead = ahead.Ahead([('folds', self._compile_folds), ('step', self._compile_step)])
 
-  def _compile_folds(self) -> None:
-    shapes = stage2_fold_shapes(self._ctx)
-    if shapes is not None:
-      state, batch, held = shapes
-      self.folds_step.lower(state, batch).compile()
-      self.folds_predict.lower(state, held['features'], held['adapted']).compile()
-      self._compile_set_up()
+  def _step_shapes(self) -> tuple[train_state.Stage2State, dict[str, Any]]:
+    """`stage2_step_shapes`, traced once for every compile ahead (all run in one thread)."""
+    if self._shapes is None:
+      self._shapes = stage2_step_shapes(self._ctx)
+    return self._shapes
 
-  def _compile_set_up(self) -> None:
-    """The folds' initial states (`init`, from host arrays as `cross_validation` passes them)
-    and their stacking."""
+  def _compile_folds(self) -> None:
     ctx = self._ctx
-    state, _ = stage2_step_shapes(ctx)
+    folds = data.config_fold_ids(ctx.config, ctx.dataset.train)
+    if folds is None or ctx.config.stage2.select_by != 'val_pcc':
+      return  # a fresh stage 2 of this run does not cross-validate
+    state, batch = self._step_shapes()
+    count = len(np.unique(folds))
+    stacked, stacked_batch, held = stacked_folds.shapes(state, batch, count,
+                                                        int(np.bincount(folds).max()), ctx.mesh)
+    self.folds_step.lower(stacked, stacked_batch).compile()
+    self.folds_predict.lower(stacked, held['features'], held['adapted']).compile()
+    # The folds' initial states, from host arrays as `cross_validation` passes them, and their
+    # stacking.
     host = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
     linear_pair = state.flow_params.get('linear_pair')
     self.init.lower(state.frozen, host(stage2_data.first_batch_shape(ctx.config, ctx.module)),
                     None if linear_pair is None else host(linear_pair)).compile()
-    folds = len(np.unique(data.config_fold_ids(ctx.config, ctx.dataset.train)))
-    self.stack.lower([state] * folds).compile()
+    self.stack.lower([state] * count).compile()
 
   def _compile_step(self) -> None:
-    self.step_fn.lower(*stage2_step_shapes(self._ctx)).compile()
+    self.step_fn.lower(*self._step_shapes()).compile()
 
   def wait(self, name: str | None = None) -> None:
     """Waits for compile `name` ('folds' or 'step'; None: both) started by `compile_ahead` (none
@@ -416,19 +422,6 @@ def stage2_step_shapes(ctx: context.Context) -> tuple[train_state.Stage2State, d
   return (parallel.placed(state, parallel.replicated(ctx.mesh)),
           parallel.placed(stage2_data.batch_shape(config, module),
                           parallel.batch_sharded(ctx.mesh)))
-
-
-def stage2_fold_shapes(ctx: context.Context) -> tuple[Any, Any, Any] | None:
-  """The abstract (stacked state, stacked batch, held-out inputs) of the cross-validation folds'
-  stacked programs (`stacked_folds.shapes`, each fold's as in `stage2_step_shapes`), or None when a
-  fresh stage 2 of this run does not cross-validate."""
-  config = ctx.config
-  folds = data.config_fold_ids(config, ctx.dataset.train)
-  if folds is None or config.stage2.select_by != 'val_pcc':
-    return None
-  state, batch = stage2_step_shapes(ctx)
-  return stacked_folds.shapes(state, batch, len(np.unique(folds)), int(np.bincount(folds).max()),
-                              ctx.mesh)
 
 
 def stage2(ctx: context.Context, start: State, meta: checkpointing.Meta | None = None,
