@@ -9,6 +9,7 @@ import numpy as np
 # `gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1`.
 SSIM_SIGMA = 1.5
 SSIM_TRUNCATE = 3.5  # scikit-image fixes this for Gaussian weights: an 11-tap window at sigma 1.5
+SSIM_MIN_SIDE = 3   # the smallest image SSIM is defined on here (a 3-tap window)
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
 EPS = 1e-12  # a variance or norm at or below this counts as zero
@@ -20,6 +21,22 @@ def gaussian_window(sigma: float = SSIM_SIGMA, truncate: float = SSIM_TRUNCATE) 
   x = np.arange(-radius, radius + 1, dtype=np.float64)
   w = np.exp(-0.5 * (x / sigma) ** 2)
   return (w / w.sum()).astype(np.float32)
+
+
+def ssim_sigma(height: int, width: int) -> float:
+  """The Gaussian window's sigma for images of this size: 1.5 (11 taps) where the window fits;
+  on a smaller image the sigma r / 3.5 whose window has the largest radius r that fits
+  (scikit-image's radius `int(3.5 sigma + 0.5)`; 10x10 images: r = 4, sigma 8/7, 9 taps).
+
+  Raises:
+    ValueError: for a side under `SSIM_MIN_SIDE` pixels.
+  """
+  side = min(height, width)
+  if side < SSIM_MIN_SIDE:
+    raise ValueError(f'SSIM needs images of at least {SSIM_MIN_SIDE}x{SSIM_MIN_SIDE} pixels; '
+                     f'got {height}x{width}.')
+  radius = (side - 1) // 2
+  return SSIM_SIGMA if radius >= int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5) else radius / SSIM_TRUNCATE
 
 
 def _filter_valid(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -41,13 +58,13 @@ def _filter_valid(x: jax.Array, w: jax.Array) -> jax.Array:
 def ssim(recon: jax.Array, target: jax.Array) -> jax.Array:
   """Gaussian-window SSIM of each image (data range 1), averaged over channels: (N,).
 
-  Images (N, H, W, C) in [0, 1], H and W at least 11 (the window); traceable and differentiable,
-  with no input checks (`evaluation.metrics.per_image_ssim` checks its inputs). Equals
-  scikit-image's `structural_similarity(gaussian_weights=True, sigma=1.5,
-  use_sample_covariance=False, data_range=1, channel_axis=-1)` and MATLAB's `ssim`.
+  Images (N, H, W, C) in [0, 1]; traceable and differentiable. Equals scikit-image's
+  `structural_similarity(gaussian_weights=True, sigma=ssim_sigma(H, W),
+  use_sample_covariance=False, data_range=1, channel_axis=-1)`, and MATLAB's `ssim` on images of
+  at least 11x11 pixels (sigma 1.5).
   """
   n, h, wd, c = recon.shape
-  w = jnp.asarray(gaussian_window())
+  w = jnp.asarray(gaussian_window(ssim_sigma(h, wd)))
   c1 = (SSIM_K1 * 1.0) ** 2
   c2 = (SSIM_K2 * 1.0) ** 2
   # Channels filtered separately: fold them into the batch; the 5 moments become 5 channels.

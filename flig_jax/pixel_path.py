@@ -69,8 +69,8 @@ def blend(autoencoded: Any, pixels: Any, weight: Any) -> Any:
 
 
 def image_scores(decoded: Any, images: Any) -> np.ndarray:
-  """(M,) per-image PCC + SSIM of decoded images against the stimuli (PCC alone for images
-  smaller than SSIM's 11-pixel window): `evaluation.metrics`' per-image scores, from `ops`."""
+  """(M,) per-image PCC + SSIM of decoded images against the stimuli: `evaluation.metrics`'
+  per-image scores, from `ops`."""
   return np.asarray(_image_scores(jnp.asarray(decoded, jnp.float32),
                                   jnp.asarray(images, jnp.float32)), np.float64)
 
@@ -78,10 +78,8 @@ def image_scores(decoded: Any, images: Any) -> np.ndarray:
 @jax.jit
 def _image_scores(decoded: jax.Array, images: jax.Array) -> jax.Array:
   n = images.shape[0]
-  score = ops.pearson(decoded.reshape(n, -1), images.reshape(n, -1), axis=1)
-  if min(images.shape[1:3]) >= ops.gaussian_window().shape[0]:
-    score = score + ops.ssim(decoded, images)
-  return score
+  return (ops.pearson(decoded.reshape(n, -1), images.reshape(n, -1), axis=1)
+          + ops.ssim(decoded, images))
 
 
 def candidate_scores(autoencoded: Any, pixels: Any, images: Any,

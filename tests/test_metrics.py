@@ -7,9 +7,9 @@ from skimage.metrics import structural_similarity
 from flig_jax.evaluation import metrics
 
 
-def _skimage_ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _skimage_ssim(a: np.ndarray, b: np.ndarray, sigma: float = 1.5) -> np.ndarray:
   return np.array([structural_similarity(
-      a[i], b[i], gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1,
+      a[i], b[i], gaussian_weights=True, sigma=sigma, use_sample_covariance=False, data_range=1,
       channel_axis=-1) for i in range(a.shape[0])])
 
 
@@ -44,9 +44,21 @@ def test_ssim_matches_skimage(size, channels, kind):
   assert abs(metrics.decoding_metrics(b, a)['ssim'] - ref.mean()) < 1e-5
 
 
-def test_ssim_rejects_images_smaller_than_window():
-  x = np.zeros((2, 10, 10, 1), np.float32)
-  with pytest.raises(ValueError, match='11x11'):
+@pytest.mark.parametrize('size, sigma', [(10, 8 / 7), (7, 6 / 7), (3, 2 / 7), (11, 1.5)])
+def test_ssim_of_small_images_takes_the_largest_window_that_fits(size, sigma):
+  """10x10 binary patterns (as in some fMRI sets) are scored, not refused: with the Gaussian
+  window of the largest radius that fits, as scikit-image scores them with that sigma."""
+  rng = np.random.default_rng(size)
+  a = (rng.random((4, size, size, 1)) < 0.5).astype(np.float32)
+  b = np.clip(a + 0.3 * rng.standard_normal(a.shape), 0, 1).astype(np.float32)
+  np.testing.assert_allclose(metrics.per_image_ssim(b, a), _skimage_ssim(b, a, sigma),
+                             rtol=1e-4, atol=1e-4)  # a 3x3 image's SSIM is one float32 pixel
+  assert metrics.per_image_ssim(a, a) == pytest.approx(np.ones(4), abs=1e-5)
+
+
+def test_ssim_rejects_images_smaller_than_the_smallest_window():
+  x = np.zeros((2, 2, 5, 1), np.float32)
+  with pytest.raises(ValueError, match='3x3 pixels; got 2x5'):
     metrics.per_image_ssim(x, x)
 
 

@@ -66,12 +66,13 @@ def test_choose_takes_the_smallest_weight_on_a_tie():
                            (0.0, 0.5, 1.0)) == 0.5
 
 
-def test_scores_are_pcc_alone_below_the_ssim_window():
+def test_scores_of_images_smaller_than_the_ssim_window_are_the_metrics_too():
   rng = np.random.default_rng(2)
   small = rng.uniform(size=(4, 8, 8, 1)).astype(np.float32)
   decoded = rng.uniform(size=(4, 8, 8, 1)).astype(np.float32)
   np.testing.assert_allclose(pixel_path.image_scores(decoded, small),
-                             metrics.per_image_pcc(decoded, small), rtol=1e-6)
+                             metrics.per_image_pcc(decoded, small)
+                             + metrics.per_image_ssim(decoded, small), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize('weight', [0.0, 0.25, 1.0])

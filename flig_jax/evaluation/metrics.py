@@ -112,16 +112,14 @@ def per_image_ssim(recon: Any, target: Any) -> np.ndarray:
 
   Equals scikit-image's `structural_similarity(gaussian_weights=True, sigma=1.5,
   use_sample_covariance=False, data_range=1, channel_axis=-1)` (and MATLAB's `ssim`), which
-  averages the SSIM map over the image less a border of the window radius (5 pixels).
+  averages the SSIM map over the image less a border of the window radius (5 pixels). Images
+  smaller than that 11-pixel window get the largest window that fits (`ops.ssim_sigma`).
 
   Raises:
-    ValueError: if an image side is shorter than the 11-pixel window.
+    ValueError: if an image side is shorter than 3 pixels.
   """
   recon, target = _decoding_inputs(recon, target)
-  taps = ops.gaussian_window().shape[0]
-  if min(recon.shape[1:3]) < taps:
-    raise ValueError(f'SSIM needs images of at least {taps}x{taps} pixels; got '
-                     f'{recon.shape[1]}x{recon.shape[2]}.')
+  ops.ssim_sigma(*recon.shape[1:3])
   return np.asarray(_per_image_ssim(recon, target))
 
 
