@@ -36,6 +36,8 @@ class Meta:
     finished: whether stage 2 had run all its steps.
     selected_steps: stage 2: the step each flow part kept was taken at (model selection).
     pixel_path: whether the model holds the decoder's pixel path (`flig_jax.pixel_path`).
+    pixel_adapter_k: m, the components its pixel paths read (`flig_jax.pixel_path`), or None: a
+      model without pixel paths, or whose decoder's pixel path reads the adapter's A(r).
     cross_validation: stage 2 with `data.folds` >= 2: the cross-validated scores, their standard
       errors and the chosen steps (`training.cross_validation.Selection.to_meta`), else None.
   """
@@ -49,6 +51,7 @@ class Meta:
   finished: bool = False
   selected_steps: tuple[int, ...] = ()
   pixel_path: bool = False
+  pixel_adapter_k: int | None = None
   cross_validation: dict[str, Any] | None = None
 
   @classmethod

@@ -180,7 +180,7 @@ def _check_meta(meta: checkpointing.Meta) -> None:
 
 def abstract_frozen(module: FLIG, meta: checkpointing.Meta) -> Frozen:
   """Shapes and dtypes of the frozen parts for a module and a checkpoint's meta (`num_units`,
-  `adapter_k`, `pixel_path`), from `jax.eval_shape`: a target to restore onto."""
+  `adapter_k`, `pixel_path`, `pixel_adapter_k`), from `jax.eval_shape`: a target to restore onto."""
   _check_meta(meta)
   u, k, d = meta.num_units, meta.adapter_k, module.feature_dim
 
@@ -190,9 +190,15 @@ def abstract_frozen(module: FLIG, meta: checkpointing.Meta) -> Frozen:
     images = jnp.zeros((1,) + tuple(module.image_shape))
     pixels = {}
     if meta.pixel_path:
-      p = int(np.prod(module.image_shape))
-      pixels = {'pixel_kernel': jnp.zeros((d, p)), 'pixel_bias': jnp.zeros((p,)),
-                'pixel_weight': jnp.zeros(())}
+      p, m = int(np.prod(module.image_shape)), meta.pixel_adapter_k
+      pixels = {'pixel_kernel': jnp.zeros((d if m is None else m, p)),
+                'pixel_bias': jnp.zeros((p,)), 'pixel_weight': jnp.zeros(())}
+      if m is not None:
+        pixels.update(pixel_enc_kernel=jnp.zeros((p, m)), pixel_enc_bias=jnp.zeros((m,)),
+                      pixel_enc_weight=jnp.zeros(()),
+                      pixel_adapter=Adapter(mean=jnp.zeros((u,)), scale=jnp.ones((u,)),
+                                            components=jnp.zeros((u, m)), sqrt_eig=jnp.ones((m,)),
+                                            dim=m, k=m))
     return Frozen(module.init_autoencoder(jax.random.key(0), images), jnp.zeros((d,)),
                   jnp.ones((d,)), adapter, **pixels)
 
@@ -212,12 +218,15 @@ def abstract_variables(config: ml_collections.ConfigDict, meta: checkpointing.Me
 
 def model_meta(variables: Variables, image_shape: tuple[int, int, int],
                **fields: Any) -> checkpointing.Meta:
-  """The meta `load` needs (image_shape, and num_units, adapter_k and pixel_path from the
-  variables), with the other `fields` of `checkpointing.Meta` as given."""
+  """The meta `load` needs (image_shape, and num_units, adapter_k, pixel_path and pixel_adapter_k
+  from the variables), with the other `fields` of `checkpointing.Meta` as given."""
   return checkpointing.Meta(image_shape=tuple(int(s) for s in image_shape),
                             num_units=int(variables['adapter']['mean'].shape[0]),
                             adapter_k=int(variables['adapter']['sqrt_eig'].shape[0]),
-                            pixel_path='pixel_path' in variables, **fields)
+                            pixel_path='pixel_path' in variables,
+                            pixel_adapter_k=(int(variables['pixel_adapter']['sqrt_eig'].shape[0])
+                                             if 'pixel_adapter' in variables else None),
+                            **fields)
 
 
 def save(path: str | os.PathLike, config: ml_collections.ConfigDict, variables: Variables,
@@ -232,7 +241,7 @@ def save(path: str | os.PathLike, config: ml_collections.ConfigDict, variables: 
   shapes = model_meta(variables, meta.image_shape)
   full = dataclasses.replace(meta, step=int(step), num_units=shapes.num_units,
                              adapter_k=shapes.adapter_k,
-                             pixel_path=shapes.pixel_path)
+                             pixel_path=shapes.pixel_path, pixel_adapter_k=shapes.pixel_adapter_k)
   mgr = checkpointing.manager(path)
   try:
     checkpointing.save(mgr, step, model=variables, config=config, meta=full, force=True)

@@ -120,7 +120,7 @@ def _val_errors(x_tr, y_tr, x_va, y_va, alphas, y_scale, scale=True) -> np.ndarr
 def fit_ridge(x_train: Any, y_train: Any, x_val: Any = None, y_val: Any = None,
               alphas: Sequence[float] = DEFAULT_ALPHAS, refit_on_val: bool = True,
               folds: int = 5, seed: int = 0, fold_ids: Any = None,
-              scale_inputs: bool = True) -> Ridge:
+              scale_inputs: bool = True, target_scale: Any = None) -> Ridge:
   """Fits ridge regression from x to y, choosing alpha on the validation split.
 
   Inputs are standardised and targets centred with training statistics (an unpenalised
@@ -143,6 +143,9 @@ def fit_ridge(x_train: Any, y_train: Any, x_val: Any = None, y_val: Any = None,
     fold_ids: (N,) fold of each training row, or None (random folds).
     scale_inputs: standardise the inputs (else centre them only: the penalty then weighs each
       input direction by the inputs' own scale; `coef` is on the centred inputs, `x_std` ones).
+    target_scale: what the validation error divides each target by (default: its training std,
+      so that each weighs alike): e.g. 1 for principal component scores of z-scored responses,
+      whose summed squared error is then the z-scored responses' own.
 
   Returns:
     the fitted `Ridge`.
@@ -153,7 +156,8 @@ def fit_ridge(x_train: Any, y_train: Any, x_val: Any = None, y_val: Any = None,
   alphas = np.asarray(alphas, dtype=np.float64)
   if alphas.ndim != 1 or alphas.size == 0 or np.any(alphas <= 0):
     raise ValueError('alphas must be a non-empty list of positive numbers.')
-  y_scale = standardizer(y)[1]
+  y_scale = standardizer(y)[1] if target_scale is None else np.broadcast_to(
+      np.asarray(target_scale, np.float64), (y.shape[1],))
   if has_rows(x_val) and has_rows(y_val):
     xv, yv = as_matrix(x_val, 'x_val'), as_matrix(y_val, 'y_val')
     check_pair(xv, yv, 'x_val and y_val')

@@ -99,7 +99,7 @@ def train_and_evaluate(name: str, seed: int, workdir: pathlib.Path, smoke: bool,
 
 def kept(workdir: pathlib.Path) -> dict[str, float] | None:
   """What a finished run's model selection kept: the stage-2 step of the encoder and the decoder
-  (0: the closed-form start) and the pixel path's blend weight (0 without one); None where the
+  (0: the closed-form start) and the pixel paths' blend weights (0 without them); None where the
   workdir holds metrics but no checkpoint."""
   from flig_jax import model  # pylint: disable=g-import-not-at-top
 
@@ -108,20 +108,23 @@ def kept(workdir: pathlib.Path) -> dict[str, float] | None:
   except FileNotFoundError:
     return None
   steps = dict(zip(('encoder', 'decoder'), m.meta.selected_steps))
-  weight = m.variables.get('pixel_path', {}).get('weight', 0.0)
-  return {**steps, 'pixel_weight': float(weight)}
+  paths = m.variables.get('pixel_path', {})
+  return {**steps, 'pixel_weight': float(paths.get('weight', 0.0)),
+          'encoder_pixel_weight': float(paths.get('enc_weight', 0.0))}
 
 
 def kept_table(selections: dict[str, list[dict[str, float]]]) -> str:
   """Markdown: per dataset, on how many runs stage 2 kept a later step than its start (encoder,
-  decoder) and the pixel path a weight above 0."""
+  decoder) and each pixel path a weight above 0."""
   header = ('| dataset | runs | encoder: later step kept | decoder: later step kept | '
-            'pixel path weight > 0 |')
-  lines = [header, '|---|---|---|---|---|']
-  totals = [0, 0, 0, 0]
+            'encoder pixel path weight > 0 | decoder pixel path weight > 0 |')
+  lines = [header, '|---|---|---|---|---|---|']
+  totals = [0, 0, 0, 0, 0]
   for name, runs in selections.items():
     counts = [len(runs), sum(r.get('encoder', 0) > 0 for r in runs),
-              sum(r.get('decoder', 0) > 0 for r in runs), sum(r['pixel_weight'] > 0 for r in runs)]
+              sum(r.get('decoder', 0) > 0 for r in runs),
+              sum(r.get('encoder_pixel_weight', 0) > 0 for r in runs),
+              sum(r['pixel_weight'] > 0 for r in runs)]
     totals = [t + c for t, c in zip(totals, counts)]
     lines.append(f'| {name} | ' + ' | '.join(map(str, counts)) + ' |')
   lines.append('| all | ' + ' | '.join(map(str, totals)) + ' |')

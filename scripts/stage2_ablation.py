@@ -223,13 +223,11 @@ def pixel_path_scores(prepared) -> np.ndarray:
   start = closed_form.linear_pair_params(
       ptr['raw_features'], ptr['adapted'][:, :k], pva['raw_features'], pva['adapted'][:, :k],
       np.asarray(frozen.feature_mean), np.asarray(frozen.feature_std), d)
-  kernel, bias = pixel_path.fit(ptr['adapted'][:, :k], train.images,
-                                np.asarray(frozen.adapter.sqrt_eig), d)
+  maps = pixel_path.fit_maps(train.responses, train.images)
   flow = {**m.variables['params']['flow'], 'linear_pair': jax.tree.map(jnp.asarray, start)}
-  variables = frozen.replace(pixel_kernel=jnp.asarray(kernel), pixel_bias=jnp.asarray(bias),
-                             pixel_weight=jnp.zeros(())).variables(flow)
+  variables = frozen.without_pixel_paths().variables(flow)
   autoencoded = compiled.apply(m.module, 'decode_images')(variables, pva['adapted'])
-  pixels = compiled.apply(m.module, 'pixel_decode')(variables, pva['adapted'])
+  pixels = maps.decode(val.responses, val.images.shape[1:])
   return pixel_path.candidate_scores(autoencoded, pixels, val.images).mean(axis=1)
 
 

@@ -174,11 +174,13 @@ def test_results_script_counts_what_selection_kept(smoke_workdir, tmp_path):
   m = model.load(smoke_workdir)
   kept = results.kept(smoke_workdir)
   assert (kept['encoder'], kept['decoder']) == tuple(m.meta.selected_steps)
-  assert kept['pixel_weight'] == float(m.variables.get('pixel_path', {}).get('weight', 0.0))
+  paths = m.variables.get('pixel_path', {})
+  assert kept['pixel_weight'] == float(paths.get('weight', 0.0))
+  assert kept['encoder_pixel_weight'] == float(paths.get('enc_weight', 0.0))
   assert results.kept(tmp_path) is None                      # metrics alone, no checkpoint
   table = results.kept_table({
-      'a': [{'encoder': 100, 'decoder': 0, 'pixel_weight': 0.0},
-            {'encoder': 0, 'decoder': 0, 'pixel_weight': 0.5}],
-      'b': [{'encoder': 300, 'decoder': 200, 'pixel_weight': 0.0}]})
-  assert '| a | 2 | 1 | 0 | 1 |' in table and '| b | 1 | 1 | 1 | 0 |' in table
-  assert table.endswith('| all | 3 | 2 | 1 | 1 |')
+      'a': [{'encoder': 100, 'decoder': 0, 'pixel_weight': 0.0, 'encoder_pixel_weight': 0.25},
+            {'encoder': 0, 'decoder': 0, 'pixel_weight': 0.5, 'encoder_pixel_weight': 0.0}],
+      'b': [{'encoder': 300, 'decoder': 200, 'pixel_weight': 0.0, 'encoder_pixel_weight': 1.0}]})
+  assert '| a | 2 | 1 | 0 | 1 | 1 |' in table and '| b | 1 | 1 | 1 | 1 | 0 |' in table
+  assert table.endswith('| all | 3 | 2 | 1 | 2 | 1 |')

@@ -88,7 +88,8 @@ def test_training_steps_compile_once(ctx, monkeypatch):
 
 def test_stage2_programs_compiled_ahead_are_the_ones_stage2_runs(ctx, monkeypatch):
   # train.py compiles stage 2's programs (the cross-validation folds' stacked step and predictions,
-  # their initial states and stacking, then the step) from abstract shapes while stage 1 trains;
+  # their initial states and stacking, then the step and its initial state) from abstract shapes
+  # while stage 1 trains;
   # stage 2 must then find them in the jitted functions' caches: a second trace fails at once, a
   # second lowering below.
   monkeypatch.setattr(steps, 'stage2_step', chex.assert_max_traces(steps.stage2_step, n=2))
@@ -103,9 +104,11 @@ def test_stage2_programs_compiled_ahead_are_the_ones_stage2_runs(ctx, monkeypatc
   ahead = ('stage2_step', 'folds_step', 'predictions_over_folds', '_init_stage2', 'jit_stack')
   again = [name for name in compiled if any(a in name for a in ahead)]
   assert again == [], f'compiled again in stage 2: {again}'
-  for program in (programs.step_fn, programs.folds_step, programs.folds_predict, programs.init,
-                  programs.stack):
+  for program in (programs.step_fn, programs.folds_step, programs.folds_predict, programs.stack):
     assert program._cache_size() == 1  # pylint: disable=protected-access
+  # The folds' initial states (the flow alone) and the final run's (with the pixel paths).
+  assert ctx.config.model.pixel_path
+  assert programs.init._cache_size() == 2  # pylint: disable=protected-access
 
 
 def test_stage1_step_compiled_ahead_is_the_one_stage1_runs(ctx, monkeypatch):

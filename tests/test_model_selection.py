@@ -178,9 +178,9 @@ def test_validation_scores_are_pearson_correlations():
   """Scores against numpy's corrcoef, with a stand-in module whose decoder and encoder are known."""
 
   class Known:
-    def apply(self, variables, x, method):
+    def apply(self, variables, *inputs, method):
       del variables
-      return method(_Parts(), x)
+      return method(_Parts(), *inputs)
 
   class _Parts:
     def decode_adapted(self, a):
@@ -192,11 +192,13 @@ def test_validation_scores_are_pearson_correlations():
     def decode_features(self, h):
       return jnp.tanh(h).reshape(-1, 2, 2, 1)
 
-    def decode_images(self, a):
+    def decode_images(self, a, r=None):
+      del r  # no pixel path
       return self.decode_features(self.unstandardise(self.decode_adapted(a)))
 
-    def encode_standardised(self, h):
-      return 2.0 * h
+    def encode_features(self, h, x=None):
+      del x  # no pixel path
+      return self.inverse(2.0 * h)
 
     def adapter(self):
       return self

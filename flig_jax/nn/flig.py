@@ -2,8 +2,9 @@
 from their own variable collections) and `Frozen`, every variable of it except the flow.
 
   encode: r_hat = A^-1(f((E(x) - mean) / std))
+          (with the pixel paths: (1 - v) times that + v P^-1(x Q + c), `pixel_path`)
   decode: x_hat = G(f^-1(A(r)) * std + mean)
-          (with the pixel path: (1 - w) times that + w clip(A(r) P + b), `pixel_path`)
+          (with the pixel paths: (1 - w) times that + w clip(P(r) K + b, 0, 1))
 
 With the augmented flow (the default) f acts on [h, e_h] -> [a, e_a] and the noise coordinates are
 zero at inference: encode reads the first D outputs of f([h, 0]), decode the first D of
@@ -48,7 +49,11 @@ class FLIG(nn.Module):
   standardisation of the features (h = (E(x) - mean) / std) set from training features after
   stage 1; `adapter` {'mean', 'scale', 'components', 'sqrt_eig'}, the Adapter's arrays (k comes
   from their shapes); optionally `pixel_path` {'kernel' (D, H*W*C), 'bias', 'weight' ()}, the
-  decoder's blend with a linear pixel map (`flig_jax.pixel_path`; decoding uses it when present).
+  decoder's blend with a linear pixel map (`flig_jax.pixel_path`; decoding uses it when present),
+  and in it {'enc_kernel' (H*W*C, m), 'enc_bias', 'enc_weight' ()}, the encoder's, with
+  `pixel_adapter` (the Adapter's arrays for the m components the maps read; the kernel is then
+  (m, H*W*C)). A model without `pixel_adapter` (an older checkpoint) has the decoder's map on
+  A(r) and no encoder map.
   Build them with `Frozen.variables`. With `decoder_input` 'spread' the augmented flow reads the
   adapter too (`decoder_input_scale`), so every flow call needs that collection.
 
@@ -179,33 +184,65 @@ class FLIG(nn.Module):
     return self.head(self.flow_inverse(self.augment(a))[0])
 
   def latent(self, x: Array) -> Array:
-    """The encoder's prediction in the adapter's space, images -> (N, D)."""
+    """The flow's encoding in the adapter's space, images -> (N, D)."""
     return self.encode_standardised(self.standardise(self.features(x)))
+
+  # --- the pixel paths (`flig_jax.pixel_path`), read from the `pixel_path` and `pixel_adapter`
+  # collections ---
+
+  def pixel_adapter(self) -> Adapter | None:
+    """The pixel paths' own principal components of the responses (the `pixel_adapter`
+    collection, m of them, unpadded), or None: a model whose decoder's pixel path reads A(r)."""
+    if not self.has_variable('pixel_adapter', 'sqrt_eig'):
+      return None
+    arrays = {n: self._get('pixel_adapter', n) for n in ARRAY_NAMES}
+    return Adapter.from_arrays(arrays, dim=arrays['sqrt_eig'].shape[0])
+
+  def pixel_decode(self, a: Array, r: Array | None = None) -> Array:
+    """The decoder's pixel map: clip(P(r) K + b, 0, 1), responses -> images, P the pixel adapter
+    (or, where the model has none, clip(a K + b) of the adapted responses a)."""
+    p = self.pixel_adapter()
+    if p is not None and r is None:
+      raise ValueError("this model's pixel path reads the responses: pass them as r")
+    pixels = ((a if p is None else p.forward(r)) @ self._get('pixel_path', 'kernel')
+              + self._get('pixel_path', 'bias'))
+    return jnp.clip(pixels, 0.0, 1.0).reshape((a.shape[0],) + tuple(self.image_shape))
+
+  def pixel_encode(self, x: Array) -> Array:
+    """The encoder's pixel map: P^-1(x Q + c), images -> responses (N, U)."""
+    scores = (x.reshape(x.shape[0], -1) @ self._get('pixel_path', 'enc_kernel')
+              + self._get('pixel_path', 'enc_bias'))
+    return self.pixel_adapter().inverse(scores)
 
   # --- the two directions ---
 
   def encode(self, x: Array) -> Array:
-    """A^-1(f(standardise(E(x)))): images (N, H, W, C) -> responses (N, U)."""
-    return self.adapter().inverse(self.latent(x))
+    """A^-1(f(standardise(E(x)))), blended with the encoder's pixel map by its weight when the
+    model has one: images (N, H, W, C) -> responses (N, U)."""
+    return self.encode_features(self.standardise(self.features(x)), x)
 
-  def pixel_decode(self, a: Array) -> Array:
-    """The pixel path's linear map: clip(a P + b, 0, 1), adapted responses -> images."""
-    pixels = a @ self._get('pixel_path', 'kernel') + self._get('pixel_path', 'bias')
-    return jnp.clip(pixels, 0.0, 1.0).reshape((a.shape[0],) + tuple(self.image_shape))
+  def encode_features(self, h: Array, x: Array | None = None) -> Array:
+    """Standardised features h (N, D) -> responses A^-1(f(h)), blended with the encoder's pixel
+    map of their images x by its weight when the model has one and x is given."""
+    r = self.adapter().inverse(self.encode_standardised(h))
+    if x is None or not self.has_variable('pixel_path', 'enc_weight'):
+      return r
+    return pixel_path.blend(r, self.pixel_encode(x).astype(r.dtype),
+                            self._get('pixel_path', 'enc_weight').astype(r.dtype))
 
-  def decode_images(self, a: Array) -> Array:
-    """Adapted responses (N, D) -> images: G(unstandardise(f^-1(a))), blended with the pixel
-    path's map by its weight when the model has one."""
+  def decode_images(self, a: Array, r: Array | None = None) -> Array:
+    """Adapted responses a = A(r) (N, D) -> images: G(unstandardise(f^-1(a))), blended with the
+    pixel path's map by its weight when the model has one (which reads the responses r)."""
     images = self.decode_features(self.unstandardise(self.decode_adapted(a)))
     if not self.has_variable('pixel_path', 'weight'):
       return images
-    return pixel_path.blend(images, self.pixel_decode(a).astype(images.dtype),
+    return pixel_path.blend(images, self.pixel_decode(a, r).astype(images.dtype),
                             self._get('pixel_path', 'weight').astype(images.dtype))
 
   def decode(self, r: Array, pad: str = 'zeros', rng: Array | None = None) -> Array:
     """G(unstandardise(f^-1(A(r)))) (blended with the pixel path when there is one): responses
     (N, U) -> images (N, H, W, C) in [0, 1]."""
-    return self.decode_images(self.adapter().forward(r, pad=pad, rng=rng))
+    return self.decode_images(self.adapter().forward(r, pad=pad, rng=rng), r)
 
   def roundtrip(self, x: Array) -> Array:
     """G(unstandardise(f^-1(f(standardise(E(x)))))) on the whole (augmented) vector, which must
@@ -237,9 +274,13 @@ class Frozen:
     feature_mean: (D,) mean of the raw training features E(x).
     feature_std: (D,) their standard deviation (floored at 1e-6).
     adapter: the Adapter fitted on the training responses.
-    pixel_kernel: (D, H * W * C) the pixel path's map (`flig_jax.pixel_path`), or None.
+    pixel_kernel: (m, H * W * C) the decoder's pixel map (`flig_jax.pixel_path`), or None.
     pixel_bias: (H * W * C,) its bias, or None.
     pixel_weight: () the blend's weight w, or None.
+    pixel_enc_kernel: (H * W * C, m) the encoder's pixel map (`pixel_path.fit_encoder`), or None.
+    pixel_enc_bias: (m,) its bias, or None.
+    pixel_enc_weight: () the encoder's blend weight v, or None.
+    pixel_adapter: the m principal components both maps read (an Adapter of dim m), or None.
   """
   autoencoder: Any
   feature_mean: Array
@@ -248,6 +289,10 @@ class Frozen:
   pixel_kernel: Array | None = None
   pixel_bias: Array | None = None
   pixel_weight: Array | None = None
+  pixel_enc_kernel: Array | None = None
+  pixel_enc_bias: Array | None = None
+  pixel_enc_weight: Array | None = None
+  pixel_adapter: Adapter | None = None
 
   @classmethod
   def fit(cls, autoencoder: Any, features: Any, adapter: Adapter) -> 'Frozen':
@@ -259,6 +304,12 @@ class Frozen:
                        f'{h.shape[-1]}')
     return cls(autoencoder=autoencoder, feature_mean=h.mean(axis=0),
                feature_std=jnp.maximum(h.std(axis=0), _STD_FLOOR), adapter=adapter)
+
+  def without_pixel_paths(self) -> 'Frozen':
+    """These frozen parts with no pixel path."""
+    return self.replace(pixel_kernel=None, pixel_bias=None, pixel_weight=None,
+                        pixel_enc_kernel=None, pixel_enc_bias=None, pixel_enc_weight=None,
+                        pixel_adapter=None)
 
   @property
   def signal_mask(self) -> Array:
@@ -273,4 +324,10 @@ class Frozen:
     if self.pixel_kernel is not None:
       variables['pixel_path'] = {'kernel': self.pixel_kernel, 'bias': self.pixel_bias,
                                  'weight': self.pixel_weight}
+      if self.pixel_enc_kernel is not None:
+        variables['pixel_path'].update(enc_kernel=self.pixel_enc_kernel,
+                                       enc_bias=self.pixel_enc_bias,
+                                       enc_weight=self.pixel_enc_weight)
+      if self.pixel_adapter is not None:
+        variables['pixel_adapter'] = self.pixel_adapter.arrays()
     return variables

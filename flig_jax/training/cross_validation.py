@@ -12,8 +12,9 @@ a fold and not over the pooled predictions of all folds: each fold's model has i
 responses across folds and would bias the pooled score against any map that keeps them.
 `choose` then keeps, per direction, the best candidate among those whose gain over the first (the
 simple model) exceeds `margin` jackknife standard errors of that gain, and the first one
-otherwise: the rule `validation.keep_best` applies on a single validation split. The final model
-is refitted on every training pair with the chosen settings.
+otherwise: the rule `validation.keep_best` applies on a single validation split. With the pixel
+paths, the encoder's blend weight is then chosen at the encoder's kept step (`encoder_weight`).
+The final model is refitted on every training pair with the chosen settings.
 """
 
 import dataclasses
@@ -24,6 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from flig_jax import pixel_path
 from flig_jax.training import parallel, prefetch, stacked_folds, stage2_data, validation
 
 # (candidate, decoded images (M, H, W, C), encoded responses (M, U)) of one fold's held-out pairs.
@@ -69,12 +71,17 @@ class Selection:
     scores: score name ('cv_enc_pcc', ...) -> pooled score per step.
     gain_se: score name -> jackknife SE of each step's gain over step 0.
     chosen: score name of each parameter group (validation.GROUPS) -> the step kept.
+    encoder_weight: the encoder's pixel-path blend weight (`encoder_weight`), or None.
+    encoder_weight_scores: the pooled held-out encoding score of each of `pixel_path.WEIGHTS`
+      at the encoder's kept step, or None.
   """
   folds: int
   steps: list[int]
   scores: dict[str, list[float]]
   gain_se: dict[str, list[float]]
   chosen: dict[str, int]
+  encoder_weight: float | None = None
+  encoder_weight_scores: list[float] | None = None
 
   def to_meta(self) -> dict[str, Any]:
     """A JSON-ready dict (the checkpoint meta's 'cross_validation')."""
@@ -85,7 +92,9 @@ class Selection:
     return cls(folds=int(meta['folds']), steps=[int(s) for s in meta['steps']],
                scores={k: [float(v) for v in vs] for k, vs in meta['scores'].items()},
                gain_se={k: [float(v) for v in vs] for k, vs in meta['gain_se'].items()},
-               chosen={k: int(v) for k, v in meta['chosen'].items()})
+               chosen={k: int(v) for k, v in meta['chosen'].items()},
+               encoder_weight=meta.get('encoder_weight'),
+               encoder_weight_scores=meta.get('encoder_weight_scores'))
 
   def chosen_steps(self, groups: validation.Groups) -> np.ndarray:
     """(G,) the step kept for each of `groups`, in their order."""
@@ -208,7 +217,10 @@ def stage2(ctx: Any, autoencoder: Any, raw_features: np.ndarray, folds: np.ndarr
       `folds_predict`, and `step_fn` and `predict` for one fold at a time); a compile it started
       ahead is waited for before the program's first call.
     check_finite: raises when a state (one fold's, or the stacked folds') has diverged.
-    pixel_weight: the pixel path's blend weight (`stage2_data.with_pixel_path`), or None.
+    pixel_weight: the decoder's pixel-path blend weight (`stage2_data.pixel_weight`), or None
+      (no pixel paths). The folds' programs run the flow alone; each fold's held-out decodings
+      are blended with its pixel map's on the host, and the encoder's weight is chosen after
+      the steps (`encoder_weight`).
     together: run the folds as one program where their shapes allow.
     fits: each fold's frozen parts fitted on the other folds (`stage2_data.fold_fits`, with the
       pixel map when `pixel_weight` is given), as `stage2_data.pixel_weight` read them; fitted
@@ -219,7 +231,7 @@ def stage2(ctx: Any, autoencoder: Any, raw_features: np.ndarray, folds: np.ndarr
   if fits is None:
     fits = stage2_data.fold_fits(ctx, autoencoder, raw_features, folds, pixel_weight is not None)
   programs.wait('folds')  # compiled ahead (stage 1's time), before the first call below
-  runs = [_set_up(ctx, fitted, folds, f, size, programs.init, pixel_weight)
+  runs = [_set_up(ctx, fitted, folds, f, size, programs.init)
           for fitted, f in zip(fits, np.unique(folds), strict=True)]
   if together and stacked_folds.stackable([run.state for run in runs]):
     results = _together(ctx, runs, programs, check_finite)
@@ -239,19 +251,55 @@ def stage2(ctx: Any, autoencoder: Any, raw_features: np.ndarray, folds: np.ndarr
       ctx.log.info(f'cross-validation fold {i + 1}/{len(runs)}: stage 2 on {len(run.rest)} pairs, '
                    f'{len(run.held)} held out ({time.perf_counter() - start_time:.0f} s)')
       start_time = time.perf_counter()
+  if pixel_weight is not None:
+    results = [_with_pixel_decodings(result, fitted.pixel_map.decode(
+                   train.responses[run.held], train.images.shape[1:]), pixel_weight)
+               for result, fitted, run in zip(results, fits, runs)]
   by_held = {run.held.tobytes(): result for run, result in zip(runs, results)}
-  return select(folds, train.images, train.responses, lambda _, held: by_held[held.tobytes()],
-                validation.GROUPS[ctx.module.flow_type], ctx.config.stage2.select_margin)
+  groups = validation.GROUPS[ctx.module.flow_type]
+  selection = select(folds, train.images, train.responses, lambda _, held: by_held[held.tobytes()],
+                     groups, ctx.config.stage2.select_margin)
+  if pixel_weight is None:
+    return selection
+  step = selection.chosen[cv_name(groups[0][0])]  # the encoder's group comes first
+  weight, scores = encoder_weight(folds, train.images, train.responses, fits, results, step)
+  return dataclasses.replace(selection, encoder_weight=weight, encoder_weight_scores=scores)
+
+
+def _with_pixel_decodings(result: list[Prediction], pixels: np.ndarray,
+                          weight: float) -> list[Prediction]:
+  """One fold's predictions with each step's decoded images blended with the pixel map's."""
+  return [(step, pixel_path.blend(decoded, pixels, weight), encoded)
+          for step, decoded, encoded in result]
+
+
+def encoder_weight(folds: np.ndarray, images: np.ndarray, responses: np.ndarray,
+                   fits: list[stage2_data.Fit], results: list[list[Prediction]],
+                   step: int) -> tuple[float, list[float]]:
+  """The encoder's pixel-path blend weight, from `pixel_path.WEIGHTS`: each fold's flow encoding
+  at `step` blended with its own pixel map's (`stage2_data.Fit.pixel_map`), scored on the held-out
+  fold by the mean per-unit PCC and pooled over folds by their sizes as `select` pools them.
+
+  Returns:
+    (the best weight, the smallest on a tie; each weight's pooled score).
+  """
+  totals = np.zeros(len(pixel_path.WEIGHTS))
+  for fitted, f, result in zip(fits, np.unique(folds), results, strict=True):
+    held = folds == f
+    flow = next(enc for s, _, enc in result if s == step)
+    pixels = fitted.pixel_map.encode(images[held])
+    totals += held.mean() * pixel_path.encoder_scores(flow, pixels, responses[held])
+  return pixel_path.choose(totals[:, None]), totals.tolist()
 
 
 def _set_up(ctx: Any, fitted: stage2_data.Fit, folds: np.ndarray, fold: int, size: int,
-            init: Callable, pixel_weight: float | None) -> _Fold:
-  """Fold `fold`'s stage 2 from its frozen parts `fitted` on the other folds: the pixel path at
-  `pixel_weight`, its initial state and held-out inputs."""
+            init: Callable) -> _Fold:
+  """Fold `fold`'s stage 2 from its frozen parts `fitted` on the other folds: its initial state
+  and held-out inputs."""
   config, train = ctx.config, ctx.dataset.train
   held, rest = np.nonzero(folds == fold)[0], np.nonzero(folds != fold)[0]
   arrays = stage2_data.arrays(config, fitted.pairs, train.images[rest])
-  state = init(fitted.frozen_at(pixel_weight, ctx.mesh), stage2_data.first_batch(config, arrays),
+  state = init(fitted.frozen, stage2_data.first_batch(config, arrays),
                fitted.linear_pair)
   pad = ((0, size - len(held)), (0, 0))
   return _Fold(held, rest, state, arrays, *(np.pad(fitted.held[k], pad)
@@ -319,8 +367,14 @@ def report(selection: Selection, log: Any, flow_type: str, margin: float,
       log.record(2, step, scores)
   for line in selection.explain(margin):
     log.info(f'stage 2 keeps {line}')
+  if selection.encoder_weight is not None:
+    log.info(f'encoder pixel path: blend weight {selection.encoder_weight:g}, chosen by the '
+             'pooled held-out encoding PCC at the encoder\'s kept step: ' + ', '.join(
+                 f'{w:g}: {v:.4f}' for w, v in zip(pixel_path.WEIGHTS,
+                                                   selection.encoder_weight_scores)))
   note = validation.kept_start_note(
       flow_type, selection.chosen_steps(validation.GROUPS[flow_type]), margin,
-      f'{selection.folds}-fold cross-validation over the training pairs', pixel_weight)
+      f'{selection.folds}-fold cross-validation over the training pairs', pixel_weight,
+      selection.encoder_weight)
   if note:
     log.info(note)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from flig_jax import checkpointing, data, workdir_lock
+from flig_jax import checkpointing, data, pixel_path, workdir_lock
 from flig_jax import model as model_lib
 from flig_jax.nn.flig import Frozen
 from flig_jax.training import (
@@ -377,21 +377,28 @@ class Stage2Programs:
     if folds is None or ctx.config.stage2.select_by != 'val_pcc':
       return  # a fresh stage 2 of this run does not cross-validate
     state, batch = self._step_shapes()
+    state = state.replace(frozen=state.frozen.without_pixel_paths())  # the folds run the flow alone
     count = len(np.unique(folds))
     stacked, stacked_batch, held = stacked_folds.shapes(state, batch, count,
                                                         int(np.bincount(folds).max()), ctx.mesh)
     self.folds_step.lower(stacked, stacked_batch).compile()
     self.folds_predict.lower(stacked, held['features'], held['adapted']).compile()
-    # The folds' initial states, from host arrays as `cross_validation` passes them, and their
-    # stacking.
-    host = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
-    linear_pair = state.flow_params.get('linear_pair')
-    self.init.lower(state.frozen, host(stage2_data.first_batch_shape(ctx.config, ctx.module)),
-                    None if linear_pair is None else host(linear_pair)).compile()
+    self._compile_init(state)  # the folds' initial states
     self.stack.lower([state] * count).compile()
 
+  def _compile_init(self, state: train_state.Stage2State) -> None:
+    """Compiles `init` for the frozen parts of `state`, from host arrays as stage 2 passes them."""
+    host = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+    linear_pair = state.flow_params.get('linear_pair')
+    self.init.lower(state.frozen,
+                    host(stage2_data.first_batch_shape(self._ctx.config, self._ctx.module)),
+                    None if linear_pair is None else host(linear_pair)).compile()
+
   def _compile_step(self) -> None:
-    self.step_fn.lower(*self._step_shapes()).compile()
+    state, batch = self._step_shapes()
+    self.step_fn.lower(state, batch).compile()
+    if state.frozen.pixel_kernel is not None:  # else the folds' compile served the final run too
+      self._compile_init(state)
 
   def wait(self, name: str | None = None) -> None:
     """Waits for compile `name` ('folds' or 'step'; None: both) started by `compile_ahead` (none
@@ -404,8 +411,9 @@ def stage2_step_shapes(ctx: context.Context) -> tuple[train_state.Stage2State, d
   """The abstract (state, batch) of a fresh stage 2's step, before anything of stage 2 is fitted.
 
   The adapter's k is taken as min(D, model.adapter_components, U, N - 1) (N the training pairs of
-  the smallest cross-validation fit): the numerical rank of the responses is that, unless they are
-  degenerate; then the shapes differ and the step compiles at its first call instead.
+  the smallest cross-validation fit), and the pixel paths' m as `pixel_path.components` of all
+  training pairs: the numerical rank of the responses is that, unless they are degenerate; then
+  the shapes differ and the step compiles at its first call instead.
   """
   config, dataset, module = ctx.config, ctx.dataset, ctx.module
   folds = data.config_fold_ids(config, dataset.train)
@@ -414,8 +422,10 @@ def stage2_step_shapes(ctx: context.Context) -> tuple[train_state.Stage2State, d
     n -= int(np.bincount(folds).max())
   d = module.feature_dim
   k = min(d, config.model.adapter_components or d, dataset.num_units, max(n - 1, 1))
+  pixel_k = (pixel_path.components(dataset.num_units, len(dataset.train))
+             if config.model.pixel_path else None)
   meta = checkpointing.Meta(image_shape=tuple(dataset.image_shape), num_units=dataset.num_units,
-                            adapter_k=k, pixel_path=bool(config.model.pixel_path))
+                            adapter_k=k, pixel_path=pixel_k is not None, pixel_adapter_k=pixel_k)
   frozen = model_lib.abstract_frozen(module, meta)
   state = jax.eval_shape(functools.partial(_init_stage2, ctx), frozen,
                          stage2_data.first_batch_shape(config, module), None)
@@ -468,8 +478,14 @@ def stage2(ctx: context.Context, start: State, meta: checkpointing.Meta | None =
   if selection is not None:
     cross_validation.report(selection, ctx.log, ctx.module.flow_type, cfg.select_margin,
                             int(start.step) if resumed else None, pixel_weight)
+  # The encoder's pixel path is fitted wherever the decoder's is; its weight stays 0 unless
+  # cross-validation chose one.
+  encoder_weight = None if pixel_weight is None else (
+      selection.encoder_weight if selection is not None and selection.encoder_weight is not None
+      else 0.0)
   inputs = stage2_data.prepare(config, ctx.module, dataset, autoencoder, raw_features, mesh,
-                               start.frozen if resumed else None, pixel_weight, folds)
+                               start.frozen if resumed else None, pixel_weight, folds,
+                               encoder_weight)
   state = start if resumed else init(
       inputs.frozen, stage2_data.first_batch(config, inputs.arrays),
       stage2_data.linear_pair(ctx.module, inputs.frozen, inputs.pairs, inputs.val, folds))
@@ -480,6 +496,7 @@ def stage2(ctx: context.Context, start: State, meta: checkpointing.Meta | None =
         _base_meta(config, dataset, 2, int(s.step)),
         adapter_k=model_lib.model_meta(variables, dataset.image_shape).adapter_k,
         pixel_path='pixel_path' in variables,
+        pixel_adapter_k=model_lib.model_meta(variables, dataset.image_shape).pixel_adapter_k,
         selected_steps=tuple(int(v) for v in s.selected_steps()),
         cross_validation=None if selection is None else selection.to_meta())
     checkpointing.save(ctx.mgr, meta.step, state=s, model=variables, config=config, meta=meta)

@@ -1,5 +1,5 @@
 """What stage 2 reads, made from the trained autoencoder: the frozen parts (the adapter, the
-feature statistics and the decoder's pixel path, fitted on training pairs only), the training pairs
+feature statistics and the pixel paths, fitted on training pairs only), the training pairs
 and their batches, the validation pairs and the augmented flow's closed-form start; for model
 selection, each cross-validation fold's parts (`Fit`, `fold_fits`), fitted once and read both by
 the choice of the pixel path's blend weight (`pixel_weight`) and by the fold's stage 2.
@@ -140,17 +140,20 @@ def _cv_folds(folds: np.ndarray | None) -> np.ndarray | None:
 
 def prepare(config: ml_collections.ConfigDict, module: FLIG, dataset: data.Dataset,
             autoencoder: Any, raw_features: np.ndarray, mesh: Any, frozen: Frozen | None = None,
-            pixel_weight: float | None = None, folds: np.ndarray | None = None) -> Stage2Data:
+            pixel_weight: float | None = None, folds: np.ndarray | None = None,
+            encoder_weight: float | None = None) -> Stage2Data:
   """Stage 2's inputs from the trained autoencoder parameters and the raw training features;
   `frozen` (of a resumed stage 2) or, when None, fitted here on every training pair (with the
-  pixel path at `pixel_weight`, its penalty chosen over `folds`: `with_pixel_path`)."""
+  pixel paths at `pixel_weight` and `encoder_weight`, their penalties chosen over `folds`:
+  `with_pixel_path`)."""
   cfg, train = config.stage2, dataset.train
   fresh = frozen is None
   if fresh:
     frozen = fit_frozen(config, autoencoder, raw_features, train.responses, mesh)
   train_pairs = pairs(frozen, raw_features, train.responses)
   if fresh:
-    frozen = with_pixel_path(module, frozen, train_pairs, train.images, pixel_weight, mesh, folds)
+    frozen = with_pixel_path(frozen, train.responses, train.images, pixel_weight, mesh, folds,
+                             encoder_weight)
   val = None
   # The validation pairs serve model selection and the closed-form start's regularisers.
   if val_size(dataset) and (cfg.select_by == 'val_pcc' or module.flow_type == 'augmented'):
@@ -162,40 +165,36 @@ def prepare(config: ml_collections.ConfigDict, module: FLIG, dataset: data.Datas
   return Stage2Data(frozen, train_pairs, arrays(config, train_pairs, train.images), val)
 
 
-def with_pixel_path(module: FLIG, frozen: Frozen, pairs: dict[str, np.ndarray],
-                    images: np.ndarray, weight: float | None, mesh: Any,
-                    folds: np.ndarray | None = None) -> Frozen:
-  """`frozen` with the pixel path (`flig_jax.pixel_path`) fitted on these training pairs (its
-  penalty by cross-validation over `folds`, random folds when None) at blend weight `weight`; as
-  it is when None."""
+def with_pixel_path(frozen: Frozen, responses: np.ndarray, images: np.ndarray,
+                    weight: float | None, mesh: Any, folds: np.ndarray | None = None,
+                    encoder_weight: float | None = None) -> Frozen:
+  """`frozen` with the pixel paths (`flig_jax.pixel_path`) fitted on these training pairs (their
+  penalties by cross-validation over `folds`, random folds when None) at blend weights `weight`
+  (the decoder's) and `encoder_weight` (0 when None); as it is when `weight` is None."""
   if weight is None:
     return frozen
-  return with_pixel_map(frozen, fit_pixel_map(module, frozen, pairs, images, folds), weight, mesh)
+  return with_pixel_map(frozen, fit_pixel_map(responses, images, folds), weight, mesh,
+                        encoder_weight or 0.0)
 
 
-def fit_pixel_map(module: FLIG, frozen: Frozen, pairs: dict[str, np.ndarray], images: np.ndarray,
-                  folds: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-  """The pixel path's map (kernel, bias) from `frozen`'s adapted responses to these training pairs'
-  images (`pixel_path.fit`), its penalty by cross-validation over `folds` (random folds when
-  None)."""
-  adapter = frozen.adapter
-  return pixel_path.fit(pairs['adapted'][:, :adapter.k], images, np.asarray(adapter.sqrt_eig),
-                        module.feature_dim, _cv_folds(folds))
+def fit_pixel_map(responses: np.ndarray, images: np.ndarray,
+                  folds: np.ndarray | None) -> pixel_path.Maps:
+  """The pixel paths' maps between these training pairs' responses and images
+  (`pixel_path.fit_maps`), their penalties by cross-validation over `folds` (random folds when
+  None or one fold)."""
+  return pixel_path.fit_maps(responses, images, _cv_folds(folds))
 
 
-def with_pixel_map(frozen: Frozen, pixel_map: tuple[np.ndarray, np.ndarray] | None,
-                   weight: float | None, mesh: Any) -> Frozen:
-  """`frozen` with the pixel path `pixel_map` (kernel, bias; `fit_pixel_map`) at blend weight
-  `weight`, replicated; as it is when `weight` is None."""
-  if weight is None:
-    return frozen
-  if pixel_map is None:
-    raise ValueError(f'a pixel path at weight {weight:g} needs its map, which was not fitted')
-  kernel, bias = pixel_map
+def with_pixel_map(frozen: Frozen, maps: pixel_path.Maps, weight: float, mesh: Any,
+                   encoder_weight: float) -> Frozen:
+  """`frozen` with the pixel paths `maps` (`fit_pixel_map`) at blend weights `weight` (the
+  decoder's) and `encoder_weight`, replicated."""
+  f32 = lambda x: np.asarray(x, np.float32)
   # Host arrays, so that every leaf is placed alike (replicated), as compiles ahead expect.
   return parallel.replicate(jax.device_get(frozen).replace(
-      pixel_kernel=np.asarray(kernel, np.float32), pixel_bias=np.asarray(bias, np.float32),
-      pixel_weight=np.asarray(weight, np.float32)), mesh)
+      pixel_kernel=f32(maps.kernel), pixel_bias=f32(maps.bias), pixel_weight=f32(weight),
+      pixel_enc_kernel=f32(maps.enc_kernel), pixel_enc_bias=f32(maps.enc_bias),
+      pixel_enc_weight=f32(encoder_weight), pixel_adapter=jax.device_get(maps.adapter)), mesh)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,28 +203,23 @@ class Fit:
 
   A cross-validation fold's fit (on the other folds, `fold_fits`) serves both users of that fold:
   `pixel_weight` scores the blend weights with it, and the fold's stage 2
-  (`cross_validation.stage2`) starts from it, at the weight chosen. Fitted once, it gives both the
-  same adapter, feature statistics, pixel map and closed-form start.
+  (`cross_validation.stage2`) starts from it. Fitted once, it gives both the same adapter,
+  feature statistics, pixel maps and closed-form start.
 
   Attributes:
     frozen: the adapter and feature standardisation (`fit_frozen`), replicated; no pixel path
-      (`frozen_at` adds it).
+      (a fold's predictions are blended with its pixel maps' on the host).
     pairs: the training pairs through them (`pairs`).
     held: the held-out pairs through them.
-    pixel_map: the pixel path's (kernel, bias) (`fit_pixel_map`), or None when not fitted.
+    pixel_map: the pixel paths' maps (`fit_pixel_map`), or None when not fitted.
     linear_pair: the augmented flow's closed-form start (`linear_pair`, its penalties chosen by
       cross-validation over the training pairs' folds); None for the plain flow.
   """
   frozen: Frozen
   pairs: dict[str, np.ndarray]
   held: dict[str, np.ndarray]
-  pixel_map: tuple[np.ndarray, np.ndarray] | None
+  pixel_map: pixel_path.Maps | None
   linear_pair: Any
-
-  def frozen_at(self, weight: float | None, mesh: Any) -> Frozen:
-    """`frozen` with the pixel path at blend weight `weight` (`with_pixel_map`); without it when
-    None."""
-    return with_pixel_map(self.frozen, self.pixel_map, weight, mesh)
 
 
 def fit(config: ml_collections.ConfigDict, module: FLIG, autoencoder: Any, mesh: Any,
@@ -239,8 +233,7 @@ def fit(config: ml_collections.ConfigDict, module: FLIG, autoencoder: Any, mesh:
   train_pairs = pairs(frozen, raw_features, responses)
   return Fit(frozen=frozen, pairs=train_pairs,
              held=pairs(frozen, held_raw_features, held_responses),
-             pixel_map=(fit_pixel_map(module, frozen, train_pairs, images, folds) if pixel_map
-                        else None),
+             pixel_map=fit_pixel_map(responses, images, folds) if pixel_map else None,
              linear_pair=linear_pair(module, frozen, train_pairs, None, folds))
 
 
@@ -271,15 +264,15 @@ def pixel_weight(ctx: context.Context, autoencoder: Any, raw_features: np.ndarra
   if folds is not None and len(np.unique(folds)) >= 2:
     if fits is None:
       fits = fold_fits(ctx, autoencoder, raw_features, folds, pixel_map=True)
-    held_images = [train.images[folds == f] for f in np.unique(folds)]
+    held = [(train.images[folds == f], train.responses[folds == f]) for f in np.unique(folds)]
   elif val_size(ctx.dataset):
     val = ctx.dataset.val
     fits = [fit(config, module, autoencoder, mesh, raw_features, train.responses, train.images,
                 None, features(module, autoencoder, val.images), val.responses, pixel_map=True)]
-    held_images = [val.images]
+    held = [(val.images, val.responses)]
   else:
     return 0.0
-  scores = np.concatenate([_blend_scores(ctx, f, x) for f, x in zip(fits, held_images)], axis=1)
+  scores = np.concatenate([_blend_scores(ctx, f, *xr) for f, xr in zip(fits, held)], axis=1)
   weight = pixel_path.choose(scores)
   ctx.log.info(f'pixel path: blend weight {weight:g}, chosen by mean held-out PCC + SSIM: '
                + ', '.join(f'{w:g}: {v:.4f}' for w, v in zip(pixel_path.WEIGHTS,
@@ -287,15 +280,15 @@ def pixel_weight(ctx: context.Context, autoencoder: Any, raw_features: np.ndarra
   return weight
 
 
-def _blend_scores(ctx: context.Context, fitted: Fit, held_images: np.ndarray) -> np.ndarray:
+def _blend_scores(ctx: context.Context, fitted: Fit, held_images: np.ndarray,
+                  held_responses: np.ndarray) -> np.ndarray:
   """(len(pixel_path.WEIGHTS), M) `pixel_path.candidate_scores` of `fitted`'s held-out pairs, the
   flow at its closed-form start."""
   config, module = ctx.config, ctx.module
-  frozen = fitted.frozen_at(0.0, ctx.mesh)
   flow = train_state.compiled_initial_flow_params(module)(
       jax.random.key(config.seed + 2), first_batch(config, fitted.pairs)['features'],
       fitted.linear_pair)
-  variables = frozen.variables(flow)
+  variables = fitted.frozen.variables(flow)
   autoencoded = compiled.apply(module, 'decode_images')(variables, fitted.held['adapted'])
-  pixels = compiled.apply(module, 'pixel_decode')(variables, fitted.held['adapted'])
+  pixels = fitted.pixel_map.decode(held_responses, held_images.shape[1:])
   return pixel_path.candidate_scores(autoencoded, pixels, held_images)

@@ -66,14 +66,17 @@ def _leave_one_out_pearson(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.where(den > _EPS, num / jnp.maximum(den, _EPS), 0.0)
 
 
-def predictions(module: Any, variables: Any, features: jax.Array,
-                adapted: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """The flow's decoded images G(f^-1(A(r))) (M, H, W, C; blended with the pixel path when the
-  variables hold one) and encoded responses A^-1(f(h))
-  (M, U) of held-out pairs given as standardised features h and adapted responses A(r)."""
-  decoded = module.apply(variables, adapted, method=lambda m, a: m.decode_images(a))
-  encoded = module.apply(variables, features,
-                         method=lambda m, h: m.adapter().inverse(m.encode_standardised(h)))
+def predictions(module: Any, variables: Any, features: jax.Array, adapted: jax.Array,
+                responses: jax.Array | None = None,
+                images: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """The flow's decoded images G(f^-1(A(r))) (M, H, W, C) and encoded responses A^-1(f(h))
+  (M, U) of held-out pairs given as standardised features h and adapted responses A(r); blended
+  with the pixel paths where the variables hold them, which read the pairs' responses r and
+  images x."""
+  decoded = module.apply(variables, adapted, responses,
+                         method=lambda m, a, r: m.decode_images(a, r))
+  encoded = module.apply(variables, features, images,
+                         method=lambda m, h, x: m.encode_features(h, x))
   return decoded, encoded
 
 
@@ -96,7 +99,8 @@ def scores(module: Any, variables: Any,
            val: ValidationSet) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
   """'val_dec_pcc', 'val_enc_pcc' and their sum 'val_score' for the FLIG `variables`, and each
   score's (M,) jackknife replicates: the score with validation stimulus j left out."""
-  decoded, encoded = predictions(module, variables, val.features, val.adapted)
+  decoded, encoded = predictions(module, variables, val.features, val.adapted, val.responses,
+                                 val.images)
   return scores_of(decoded, encoded, val.images, val.responses)
 
 
@@ -163,11 +167,13 @@ def keep_at(state: Any, chosen: jax.Array, groups: Groups) -> tuple[Any, dict[st
 
 def kept_start_note(flow_type: str, kept_steps: Any, margin: float,
                     scored_on: str = 'the validation split',
-                    pixel_weight: float | None = None) -> str | None:
+                    pixel_weight: float | None = None,
+                    encoder_weight: float | None = None) -> str | None:
   """The plain-words line a run prints when stage 2 keeps its start (step 0) in every part, else
   None: no later step cleared the selection margin (on `scored_on`), so FLIG is the flow it
-  started from. `pixel_weight` > 0 (the decoder's pixel path, `flig_jax.pixel_path`) makes
-  decoding a blend, which the note then says instead of naming the `cae_ridge` baseline."""
+  started from. `pixel_weight` or `encoder_weight` > 0 (the pixel paths, `flig_jax.pixel_path`)
+  make decoding or encoding a blend, which the note then says instead of naming the `cae_ridge`
+  baseline for that direction."""
   if any(int(step) != 0 for step in kept_steps):
     return None
   why = (f'no later step of stage 2 beat step 0 on {scored_on} by more than '
@@ -177,10 +183,14 @@ def kept_start_note(flow_type: str, kept_steps: Any, margin: float,
   note = (f'note: FLIG equals its closed-form ridge start on this data, in both directions: '
           f'{why}, so the flow kept is the ridge map between the autoencoder\'s features and '
           f'the responses it started from')
-  if pixel_weight:
-    return (f'{note}; decoding blends its images with the pixel path\'s (weight '
-            f'{pixel_weight:g}), so evaluate.py\'s cae_ridge baseline matches FLIG in encoding '
-            'only')
+  blends = [f'{name} blends with its pixel path (weight {w:g})'
+            for name, w in (('decoding', pixel_weight), ('encoding', encoder_weight)) if w]
+  baseline = 'evaluate.py\'s cae_ridge baseline'
+  if len(blends) == 2:
+    return f'{note}; {" and ".join(blends)}, so {baseline} differs from FLIG'
+  if blends:
+    other = 'encoding' if pixel_weight else 'decoding'
+    return f'{note}; {blends[0]}, so {baseline} matches FLIG in {other} only'
   return f'{note} (evaluate.py\'s cae_ridge baseline is much the same model)'
 
 
