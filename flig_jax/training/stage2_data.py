@@ -256,10 +256,11 @@ def fold_fits(ctx: context.Context, autoencoder: Any, raw_features: np.ndarray, 
 
 def pixel_weight(ctx: context.Context, autoencoder: Any, raw_features: np.ndarray,
                  folds: np.ndarray | None, fits: list[Fit] | None = None) -> float:
-  """The pixel path's blend weight, chosen from `pixel_path.WEIGHTS` on held-out pairs with the
-  flow at its closed-form start: each fold of `folds` held out in turn (adapter, start and pixel
-  map fitted on the others: `fits`, the run's `fold_fits` with the pixel map, fitted here when
-  None), else the validation split; 0 (the flow's decoder alone) when there is neither."""
+  """The decoder's pixel-path blend weight, chosen from `pixel_path.WEIGHTS` on held-out pairs
+  with the flow at its closed-form start: each fold of `folds` held out in turn (adapter, start
+  and pixel maps fitted on the others: `fits`, the run's `fold_fits` with the pixel maps, fitted
+  here when None), else the validation split; 0 (the flow's decoder alone) when there is
+  neither."""
   config, module, mesh, train = ctx.config, ctx.module, ctx.mesh, ctx.dataset.train
   if folds is not None and len(np.unique(folds)) >= 2:
     if fits is None:
