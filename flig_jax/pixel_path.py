@@ -15,7 +15,7 @@ from the pixels to them, computed on the m component scores (`fit`, `fit_encoder
 does not grow with the number of units, and written as maps from and to P's whitened
 coordinates. Fitted on whitened coordinates instead, ridge would shrink a component that carries a
 thousandth of the variance as little as the first, and decode worse than the baseline
-(docs/stage2.md, the pixel path). Each map's penalty is chosen by cross-validation over the
+(docs/stage2.md, the pixel paths). Each map's penalty is chosen by cross-validation over the
 training pairs.
 
 The decoder's weight w comes from the grid `WEIGHTS`, chosen on held-out pairs by the mean of

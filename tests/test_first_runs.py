@@ -59,11 +59,12 @@ def test_default_config_has_a_smoke_variant_and_the_run_explains_what_it_kept(tm
   assert ('note: FLIG equals its closed-form ridge start on this data, in both directions: no '
           'later step of stage 2 beat step 0 on 5-fold cross-validation over the training pairs '
           'by more than stage2.select_margin = 1e+09 jackknife standard errors') in proc.stdout
-  # The decoder's pixel path, when chosen, is named, not hidden behind the cae_ridge baseline.
-  weight = re.search(r'pixel path: blend weight ([0-9.]+)', proc.stdout)
-  assert weight, proc.stdout
-  blended = 'decoding blends its images with the pixel path'
-  assert (blended in proc.stdout) == (float(weight.group(1)) > 0)
+  # Each pixel path, when chosen, is named, not hidden behind the cae_ridge baseline.
+  for direction, line in (('decoding', 'pixel path'), ('encoding', 'encoder pixel path')):
+    weight = re.search(rf'^{line}: blend weight ([0-9.]+)', proc.stdout, re.M)
+    assert weight, proc.stdout
+    blended = f'{direction} blends with its pixel path (weight {weight.group(1)})'
+    assert (blended in proc.stdout) == (float(weight.group(1)) > 0)
   # The figures say which split and which step they show.
   assert _png_text(workdir / 'stage1_reconstructions.png')['Title'] == (
       'synthetic, train split: stage 1 at step 6')  # no validation split: 5 folds
