@@ -61,7 +61,7 @@ def test_default_config_has_a_smoke_variant_and_the_run_explains_what_it_kept(tm
           'by more than stage2.select_margin = 1e+09 jackknife standard errors') in proc.stdout
   # Each pixel path, when chosen, is named, not hidden behind the cae_ridge baseline.
   for direction, line in (('decoding', 'pixel path'), ('encoding', 'encoder pixel path')):
-    weight = re.search(rf'^{line}: blend weight ([0-9.]+)', proc.stdout, re.M)
+    weight = re.search(rf'^{line}: blend weight ([0-9.]+)', proc.stdout, re.MULTILINE)
     assert weight, proc.stdout
     blended = f'{direction} blends with its pixel path (weight {weight.group(1)})'
     assert (blended in proc.stdout) == (float(weight.group(1)) > 0)
