@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from flig_jax import checkpointing, model
+from flig_jax import checkpointing, model, pixel_path
 from flig_jax.nn.adapter import Adapter
 from flig_jax.nn.discriminator import Discriminator, r1_penalty
 from flig_jax.nn.flig import FLIG, Frozen
@@ -228,6 +228,42 @@ def test_save_load_round_trip_and_numpy_model(tmp_path):
     m.decode(np.zeros((5, 3)))
   with pytest.raises(ValueError, match=r'encode expects images of shape \(N, 28, 28, 1\)'):
     m.encode(np.zeros((2, 32, 32, 1)))
+
+
+@pytest.mark.parametrize('with_p', [True, False])  # both pixel paths on P; the older decoder-only
+def test_save_load_round_trip_with_pixel_paths(tmp_path, with_p):
+  """A model whose pixel paths read their own adapter P saves and loads with both maps (meta:
+  `pixel_adapter_k`); one in the older format (the decoder's map on A(r), no encoder's) loads and
+  decodes as it did."""
+  image_shape = (28, 28, 1)
+  config, _, variables, x, r = _build(image_shape, 10, 'affine')
+  p = int(np.prod(image_shape))
+  rng = np.random.default_rng(1)
+  frozen = {'pixel_path': {'kernel': jnp.asarray(rng.normal(size=(D, p)) * 0.1, jnp.float32),
+                           'bias': jnp.full((p,), 0.5), 'weight': jnp.asarray(0.5)}}
+  if with_p:
+    maps = pixel_path.fit_maps(r, x)
+    frozen = {'pixel_path': {'kernel': maps.kernel, 'bias': maps.bias, 'weight': jnp.asarray(0.5),
+                             'enc_kernel': maps.enc_kernel, 'enc_bias': maps.enc_bias,
+                             'enc_weight': jnp.asarray(0.25)},
+              'pixel_adapter': maps.adapter.arrays()}
+  variables = {**variables, **frozen}
+  m = model.Model(config, variables, model.model_meta(variables, image_shape))
+  loaded = _save_and_load(tmp_path, config, variables, image_shape, stage=2)
+  assert loaded.meta.pixel_path and loaded.meta.pixel_adapter_k == (10 if with_p else None)
+  assert jax.tree.structure(loaded.variables) == jax.tree.structure(variables)
+  np.testing.assert_array_equal(loaded.decode(r), m.decode(r))
+  np.testing.assert_array_equal(loaded.encode(x), m.encode(x))
+  plain = model.Model(config, {k: v for k, v in variables.items()
+                               if k not in ('pixel_path', 'pixel_adapter')},
+                      model.model_meta(variables, image_shape))
+  if with_p:  # the blends, against the maps computed on the host
+    np.testing.assert_allclose(
+        m.decode(r), 0.5 * plain.decode(r) + 0.5 * maps.decode(r, image_shape), atol=1e-5)
+    np.testing.assert_allclose(m.encode(x), 0.75 * plain.encode(x) + 0.25 * maps.encode(x),
+                               atol=1e-4)
+  else:  # no encoder path
+    np.testing.assert_array_equal(m.encode(x), plain.encode(x))
 
 
 def test_load_picks_the_latest_model_and_errors_without_one(tmp_path):
