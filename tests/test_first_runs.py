@@ -1,6 +1,7 @@
-"""A new user's first runs through train.py and evaluate.py: an own .npz file, the `:smoke`
-variant of configs/default.py, runs without a validation split, a bad --workdir, Ctrl-C at any
-moment, and what the run says about TensorBoard, a kept closed-form start and its figures."""
+"""A new user's first runs through train.py and evaluate.py: an own .npz file (10x10 images too),
+the `:smoke` variant of configs/default.py, runs without a validation split, a bad --workdir,
+Ctrl-C at any moment, and what the run says about TensorBoard, a kept closed-form start and its
+figures."""
 
 import importlib.util
 import json
@@ -47,6 +48,23 @@ def test_a_data_path_without_the_npz_dataset_is_refused_in_one_line(tmp_path):
   assert errors == [(f"error: config.data.path = '{path}': read only by the npz dataset, and "
                      "config.data.name is 'synthetic'; add --config.data.name=npz")], proc.stderr
   assert not (workdir / 'checkpoints').exists()
+
+
+@pytest.mark.slow
+def test_an_npz_of_10x10_patterns_trains_and_evaluates(tmp_path):
+  """Images smaller than SSIM's 11-pixel window, as in some fMRI sets: scored, and said so."""
+  rng = np.random.default_rng(0)
+  path = tmp_path / 'patterns.npz'
+  stimuli = (rng.random((60, 10, 10)) < 0.5).astype(np.uint8) * 255
+  np.savez(path, stimuli=stimuli, responses=stimuli.reshape(60, -1) @ rng.normal(size=(100, 30)))
+  workdir = tmp_path / 'run'
+  train(workdir, '--config.data.name=npz', f'--config.data.path={path}',
+        config='configs/default.py:smoke')
+  proc = _evaluate(workdir)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert 'SSIM with the largest Gaussian window that fits 10x10 images: 9 taps' in proc.stderr
+  scores = json.loads((workdir / 'eval_test' / 'metrics.json').read_text())['decoding']
+  assert all(np.isfinite(row['ssim']) for row in scores.values())
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from flig_jax import data, plotting
+from flig_jax import data, ops, plotting
 from flig_jax import model as model_lib
 from flig_jax.evaluation import baselines, metrics, report
 from flig_jax.nn.adapter import Adapter
@@ -229,6 +229,11 @@ def evaluate(ckpt: str | os.PathLike, split: str = 'test', out: str | os.PathLik
   roundtrip_err = float(np.max(np.abs(m.roundtrip(x) - m.reconstruct(x))))
 
   log('scoring')
+  sigma = ops.ssim_sigma(*x.shape[1:3])
+  if sigma != ops.SSIM_SIGMA:
+    log(f'SSIM with the largest Gaussian window that fits {x.shape[1]}x{x.shape[2]} images: '
+        f'{ops.gaussian_window(sigma).size} taps, sigma {sigma:.3g} (11 taps, sigma 1.5 on '
+        'images of 11x11 pixels or more)')
   train_mean = ds.train.responses.mean(axis=0)
   train_std = ds.train.responses.std(axis=0)
   result = {
