@@ -478,25 +478,20 @@ def stage2(ctx: context.Context, start: State, meta: checkpointing.Meta | None =
   if selection is not None:
     cross_validation.report(selection, ctx.log, ctx.module.flow_type, cfg.select_margin,
                             int(start.step) if resumed else None, pixel_weight)
-  # The encoder's pixel path is fitted wherever the decoder's is; its weight stays 0 unless
-  # cross-validation chose one.
-  encoder_weight = None if pixel_weight is None else (
-      selection.encoder_weight if selection is not None and selection.encoder_weight is not None
-      else 0.0)
+  # The encoder's pixel path comes with the decoder's; its weight is 0 unless the folds chose one.
   inputs = stage2_data.prepare(config, ctx.module, dataset, autoencoder, raw_features, mesh,
                                start.frozen if resumed else None, pixel_weight, folds,
-                               encoder_weight)
+                               None if selection is None else selection.encoder_weight)
   state = start if resumed else init(
       inputs.frozen, stage2_data.first_batch(config, inputs.arrays),
       stage2_data.linear_pair(ctx.module, inputs.frozen, inputs.pairs, inputs.val, folds))
 
   def save(s):
     variables = s.model_variables()
+    shapes = model_lib.model_meta(variables, dataset.image_shape)
     meta = dataclasses.replace(
-        _base_meta(config, dataset, 2, int(s.step)),
-        adapter_k=model_lib.model_meta(variables, dataset.image_shape).adapter_k,
-        pixel_path='pixel_path' in variables,
-        pixel_adapter_k=model_lib.model_meta(variables, dataset.image_shape).pixel_adapter_k,
+        _base_meta(config, dataset, 2, int(s.step)), adapter_k=shapes.adapter_k,
+        pixel_path=shapes.pixel_path, pixel_adapter_k=shapes.pixel_adapter_k,
         selected_steps=tuple(int(v) for v in s.selected_steps()),
         cross_validation=None if selection is None else selection.to_meta())
     checkpointing.save(ctx.mgr, meta.step, state=s, model=variables, config=config, meta=meta)

@@ -2,7 +2,7 @@
 feature statistics and the pixel paths, fitted on training pairs only), the training pairs
 and their batches, the validation pairs and the augmented flow's closed-form start; for model
 selection, each cross-validation fold's parts (`Fit`, `fold_fits`), fitted once and read both by
-the choice of the pixel path's blend weight (`pixel_weight`) and by the fold's stage 2.
+the choice of the decoder's pixel-path weight (`pixel_weight`) and by the fold's stage 2.
 """
 
 import dataclasses
