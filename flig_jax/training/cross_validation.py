@@ -252,9 +252,8 @@ def stage2(ctx: Any, autoencoder: Any, raw_features: np.ndarray, folds: np.ndarr
                    f'{len(run.held)} held out ({time.perf_counter() - start_time:.0f} s)')
       start_time = time.perf_counter()
   if pixel_weight is not None:
-    results = [_with_pixel_decodings(result, fitted.pixel_map.decode(
-                   train.responses[run.held], train.images.shape[1:]), pixel_weight)
-               for result, fitted, run in zip(results, fits, runs)]
+    results = [_with_pixel_decodings(result, fitted.held_pixels, pixel_weight)
+               for result, fitted in zip(results, fits)]
   by_held = {run.held.tobytes(): result for run, result in zip(runs, results)}
   groups = validation.GROUPS[ctx.module.flow_type]
   selection = select(folds, train.images, train.responses, lambda _, held: by_held[held.tobytes()],

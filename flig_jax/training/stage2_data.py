@@ -212,6 +212,7 @@ class Fit:
     pairs: the training pairs through them (`pairs`).
     held: the held-out pairs through them.
     pixel_map: the pixel paths' maps (`fit_pixel_map`), or None when not fitted.
+    held_pixels: the decoder's pixel map of the held-out responses (M, H, W, C), or None.
     linear_pair: the augmented flow's closed-form start (`linear_pair`, its penalties chosen by
       cross-validation over the training pairs' folds); None for the plain flow.
   """
@@ -219,6 +220,7 @@ class Fit:
   pairs: dict[str, np.ndarray]
   held: dict[str, np.ndarray]
   pixel_map: pixel_path.Maps | None
+  held_pixels: np.ndarray | None
   linear_pair: Any
 
 
@@ -231,9 +233,10 @@ def fit(config: ml_collections.ConfigDict, module: FLIG, autoencoder: Any, mesh:
   closed-form start (its penalties likewise); random folds where `folds` is None or one fold."""
   frozen = fit_frozen(config, autoencoder, raw_features, responses, mesh)
   train_pairs = pairs(frozen, raw_features, responses)
+  maps = fit_pixel_map(responses, images, folds) if pixel_map else None
   return Fit(frozen=frozen, pairs=train_pairs,
-             held=pairs(frozen, held_raw_features, held_responses),
-             pixel_map=fit_pixel_map(responses, images, folds) if pixel_map else None,
+             held=pairs(frozen, held_raw_features, held_responses), pixel_map=maps,
+             held_pixels=None if maps is None else maps.decode(held_responses, images.shape[1:]),
              linear_pair=linear_pair(module, frozen, train_pairs, None, folds))
 
 
@@ -265,15 +268,15 @@ def pixel_weight(ctx: context.Context, autoencoder: Any, raw_features: np.ndarra
   if folds is not None and len(np.unique(folds)) >= 2:
     if fits is None:
       fits = fold_fits(ctx, autoencoder, raw_features, folds, pixel_map=True)
-    held = [(train.images[folds == f], train.responses[folds == f]) for f in np.unique(folds)]
+    held_images = [train.images[folds == f] for f in np.unique(folds)]
   elif val_size(ctx.dataset):
     val = ctx.dataset.val
     fits = [fit(config, module, autoencoder, mesh, raw_features, train.responses, train.images,
                 None, features(module, autoencoder, val.images), val.responses, pixel_map=True)]
-    held = [(val.images, val.responses)]
+    held_images = [val.images]
   else:
     return 0.0
-  scores = np.concatenate([_blend_scores(ctx, f, *xr) for f, xr in zip(fits, held)], axis=1)
+  scores = np.concatenate([_blend_scores(ctx, f, x) for f, x in zip(fits, held_images)], axis=1)
   weight = pixel_path.choose(scores)
   ctx.log.info(f'pixel path: blend weight {weight:g}, chosen by mean held-out PCC + SSIM: '
                + ', '.join(f'{w:g}: {v:.4f}' for w, v in zip(pixel_path.WEIGHTS,
@@ -281,8 +284,7 @@ def pixel_weight(ctx: context.Context, autoencoder: Any, raw_features: np.ndarra
   return weight
 
 
-def _blend_scores(ctx: context.Context, fitted: Fit, held_images: np.ndarray,
-                  held_responses: np.ndarray) -> np.ndarray:
+def _blend_scores(ctx: context.Context, fitted: Fit, held_images: np.ndarray) -> np.ndarray:
   """(len(pixel_path.WEIGHTS), M) `pixel_path.candidate_scores` of `fitted`'s held-out pairs, the
   flow at its closed-form start."""
   config, module = ctx.config, ctx.module
@@ -291,5 +293,4 @@ def _blend_scores(ctx: context.Context, fitted: Fit, held_images: np.ndarray,
       fitted.linear_pair)
   variables = fitted.frozen.variables(flow)
   autoencoded = compiled.apply(module, 'decode_images')(variables, fitted.held['adapted'])
-  pixels = fitted.pixel_map.decode(held_responses, held_images.shape[1:])
-  return pixel_path.candidate_scores(autoencoded, pixels, held_images)
+  return pixel_path.candidate_scores(autoencoded, fitted.held_pixels, held_images)
