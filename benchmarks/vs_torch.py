@@ -162,21 +162,23 @@ class JaxRows:
     self.rows[row][2] = state
     return times
 
-  def loop(self, row: str, n: int) -> float:
+  def loop(self, row: str, n: int) -> tuple[float, float]:
     """Mean seconds per step of `n` steps fed as `training.loop.run_stage` feeds them (batches
-    built ahead by `training.prefetch`), waited on once at the end."""
+    built ahead by `training.prefetch`), waited on once at the end, and the cores this process
+    kept busy meanwhile (its CPU time over the wall time: XLA's threads, the batch thread)."""
     import jax  # pylint: disable=g-import-not-at-top
 
     from flig_jax.training import prefetch  # pylint: disable=g-import-not-at-top
     stage, mesh, state, _ = self.rows[row]
     first = self._take(row, n).start
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with prefetch.DeviceBatches(stage.stream, first, mesh) as batches:
       for _ in range(n):
         state, metrics = stage.step_fn(state, next(batches))
       jax.block_until_ready((state, metrics))
+    wall = time.perf_counter() - start
     self.rows[row][2] = state
-    return (time.perf_counter() - start) / n
+    return wall / n, (time.process_time() - cpu) / wall
 
 
 def _has_data(config_name: str) -> bool:
@@ -209,6 +211,7 @@ def compare(peer: Peer, rows: list[str], modes: list[str], rounds: int) -> dict:
       setup[f'{row}/{impl}'] = out['setup_s']
       print(f'  set up {row} {impl}: {out["setup_s"]:.1f} s', flush=True)
   times = {f'{row}/{impl}': {'step': [], 'loop': []} for row in rows for impl in impls[row]}
+  cores: dict[str, list[float]] = {row: [] for row in rows}
   for r in range(rounds):
     for row in rows:
       n = BLOCK[ROWS[row][1]]
@@ -217,7 +220,9 @@ def compare(peer: Peer, rows: list[str], modes: list[str], rounds: int) -> dict:
         cell = times[f'{row}/{impl}']
         if impl == 'jax':
           cell['step'].append(statistics.median(jax_rows.steps(row, n)))
-          cell['loop'].append(jax_rows.loop(row, n))
+          step_s, busy = jax_rows.loop(row, n)
+          cell['loop'].append(step_s)
+          cores[row].append(busy)
         else:
           peer_times = peer(cmd='steps', row=row, mode=impl, n=n)['times']
           cell['step'].append(statistics.median(peer_times))
@@ -225,7 +230,8 @@ def compare(peer: Peer, rows: list[str], modes: list[str], rounds: int) -> dict:
     print(f'  round {r + 1}/{rounds} done (load {os.getloadavg()[0]:.1f})', flush=True)
   medians = {k: {kind: statistics.median(v) for kind, v in cell.items()}
              for k, cell in times.items()}
-  return {'setup_s': setup, 'times': times, 'median': medians, 'impls': impls, 'failed': failed}
+  return {'setup_s': setup, 'times': times, 'median': medians, 'impls': impls, 'failed': failed,
+          'jax_loop_cores': cores}
 
 
 def table(result: dict) -> str:
@@ -245,7 +251,10 @@ def table(result: dict) -> str:
       lines.append('| ' + ' | '.join(cells) + ' |')
   ratios = ', '.join(f"{row} {med[f'{row}/jax']['loop'] / med[f'{row}/jax']['step']:.2f}"
                      for row in impls)
-  return '\n'.join(lines) + f'\n\nflig_jax loop / step: {ratios}'
+  busy = ', '.join(f'{row} {statistics.median(v):.2f}'
+                   for row, v in result.get('jax_loop_cores', {}).items() if v)
+  return ('\n'.join(lines) + f'\n\nflig_jax loop / step: {ratios}'
+          + (f'\nflig_jax cores busy in the loop (CPU time / wall time): {busy}' if busy else ''))
 
 
 def _config_arg(spec: str) -> str:

@@ -39,7 +39,7 @@ def worker() -> int:
     elif job['cmd'] == 'step':
       out = {'s': statistics.median(rows.steps(job['row'], job['n']))}
     else:
-      out = {'s': rows.loop(job['row'], job['n'])}
+      out = {'s': rows.loop(job['row'], job['n'])[0]}
     print(json.dumps(out), flush=True)
   return 0
 
