@@ -170,7 +170,8 @@ def run_variant(prepared, overrides: dict, steps_n: int, every: int) -> list[tup
       adapted=jnp.asarray(pva['adapted']), images=jnp.asarray(val.images),
       responses=jnp.asarray(val.responses))
   start = closed_form.linear_pair_params(
-      ptr['raw_features'], ptr['adapted'][:, :k], pva['raw_features'], pva['adapted'][:, :k],
+      ptr['raw_features'], ptr['adapted'][:, :k], np.asarray(frozen.adapter.sqrt_eig),
+      pva['raw_features'], pva['adapted'][:, :k],
       np.asarray(frozen.feature_mean), np.asarray(frozen.feature_std), module.feature_dim)
   arrays = {'features': ptr['features'], 'adapted': ptr['adapted']}
   if cfg.pixel:
@@ -221,7 +222,8 @@ def pixel_path_scores(prepared) -> np.ndarray:
   m, train, val, frozen, ptr, pva = prepared
   k, d = frozen.adapter.k, m.module.feature_dim
   start = closed_form.linear_pair_params(
-      ptr['raw_features'], ptr['adapted'][:, :k], pva['raw_features'], pva['adapted'][:, :k],
+      ptr['raw_features'], ptr['adapted'][:, :k], np.asarray(frozen.adapter.sqrt_eig),
+      pva['raw_features'], pva['adapted'][:, :k],
       np.asarray(frozen.feature_mean), np.asarray(frozen.feature_std), d)
   maps = pixel_path.fit_maps(train.responses, train.images)
   flow = {**m.variables['params']['flow'], 'linear_pair': jax.tree.map(jnp.asarray, start)}

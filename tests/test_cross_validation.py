@@ -183,7 +183,8 @@ def test_final_model_is_fitted_on_every_training_pair(smoke_workdir):
                              atol=1e-5)
   signal = np.asarray(adapter.forward(jnp.asarray(train.responses)))[:, :adapter.k]
   folds = data.config_fold_ids(m.config, train)
-  pair = closed_form.linear_pair_params(features, signal, None, None, features.mean(0),
+  pair = closed_form.linear_pair_params(features, signal, np.asarray(adapter.sqrt_eig), None,
+                                        None, features.mean(0),
                                         np.maximum(features.std(0), 1e-6), cfg.feature_dim,
                                         fold_ids=folds)
   saved = m.variables['params']['flow']['linear_pair']

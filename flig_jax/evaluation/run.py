@@ -16,6 +16,7 @@ from flig_jax import data, ops, plotting
 from flig_jax import model as model_lib
 from flig_jax.evaluation import baselines, metrics, report
 from flig_jax.nn.adapter import Adapter
+from flig_jax.training import closed_form
 
 SPLITS = ('test', 'val')
 MLP_STEPS = 300  # bounded so the MLP fits (the slowest phase) stay within seconds on a CPU
@@ -87,9 +88,11 @@ def fit_baselines(m: model_lib.Model, ds: data.Dataset, split: str,
   refitted on all training pairs; else on the validation split (unless it is the one scored).
 
   `cae_ridge` is the ablation: FLIG's frozen autoencoder and adapter with ridge maps in place of
-  the flow; its decoder predicts raw features, ridge(A(r)[:, :k]) (to be decoded by G), and its
-  encoder A^-1([ridge(E(x)), 0]). `cae_mlp`, a diagnostic, is `mlp`'s recipe on the same
-  features: its encoder maps E(x) to responses, its decoder responses to E(x), decoded by G.
+  the flow, those of its closed-form start (`closed_form.fit_maps`, on the responses' principal
+  component scores A(r)[:, :k] * sqrt_eig): its decoder predicts raw features from the scores (to
+  be decoded by G), and its encoder the scores from E(x), mapped back by A^-1. `cae_mlp`, a
+  diagnostic, is `mlp`'s recipe on the same features: its encoder maps E(x) to responses, its
+  decoder responses to E(x), decoded by G.
 
   Args:
     m: the trained FLIG (its autoencoder and adapter serve `cae_ridge` and `cae_mlp`).
@@ -106,6 +109,7 @@ def fit_baselines(m: model_lib.Model, ds: data.Dataset, split: str,
   """
   tr = ds.train
   adapter = m.adapter
+  spread = np.asarray(adapter.sqrt_eig, np.float64)
   a_tr, h_tr = _signal(adapter, tr.responses), m.features(tr.images)
   cross_validated = folds is not None and split != 'val'
   if cross_validated:
@@ -138,20 +142,23 @@ def fit_baselines(m: model_lib.Model, ds: data.Dataset, split: str,
             'cae_mlp_enc': pool.submit(mlp_fit, h_tr, tr.responses, h_va, val_r, 'encoder')}
     ridge_dec = ridge_fit(tr.responses, tr.images, val_r, val_x)
     ridge_enc = ridge_fit(tr.images, tr.responses, val_x, val_r)
-    cae_dec = ridge_fit(a_tr, h_tr, a_va, h_va)
-    cae_enc = ridge_fit(h_tr, a_tr, h_va, a_va)
+    cae = closed_form.fit_maps(h_tr, a_tr, spread, h_va, a_va,
+                               folds if cross_validated else None)
     fits = {k: job.result() for k, job in jobs.items()}
   hparams['ridge'] = {'decoding_alpha': ridge_dec.alpha, 'encoding_alpha': ridge_enc.alpha}
-  hparams['cae_ridge'] = {'decoding_alpha': cae_dec.alpha, 'encoding_alpha': cae_enc.alpha}
+  hparams['cae_ridge'] = {'decoding_alpha': cae.decoder.alpha,
+                          'encoding_alpha': cae.encoder.alpha}
   for name in ('mlp', 'cae_mlp'):
     hparams[name] = {'decoding_best_step': fits[f'{name}_dec'].best_step,
                      'encoding_best_step': fits[f'{name}_enc'].best_step}
 
   decoders = {'ridge': ridge_dec.predict, 'mlp': fits['mlp_dec'].predict,
-              'cae_ridge': lambda r: m.decode_features(cae_dec.predict(_signal(adapter, r))),
+              'cae_ridge': lambda r: m.decode_features(
+                  cae.decoder.predict(_signal(adapter, r) * spread)),
               'cae_mlp': lambda r: m.decode_features(fits['cae_mlp_dec'].predict(r))}
   encoders = {'ridge': ridge_enc.predict, 'mlp': fits['mlp_enc'].predict,
-              'cae_ridge': lambda x: _unsignal(adapter, cae_enc.predict(m.features(x))),
+              'cae_ridge': lambda x: _unsignal(adapter,
+                                               cae.encoder.predict(m.features(x)) / spread),
               'cae_mlp': lambda x: fits['cae_mlp_enc'].predict(m.features(x))}
   return decoders, encoders, hparams
 

@@ -1,12 +1,20 @@
 """The closed-form start of the augmented flow: ridge maps both ways, written into its `LinearPair`.
 
 At step 0 the augmented flow's blocks are the identity, so FLIG's encoder and decoder are exactly
-the ridge maps fitted here: the `cae_ridge` ablation of `evaluate.py` (same features, adapter,
-regularisers chosen by the same cross-validation folds, or on the same validation split). Training
-can then only add to it, and the stage-2 step kept is chosen on held-out scores, step 0 included.
+the ridge maps fitted here (`fit_maps`): the `cae_ridge` ablation of `evaluate.py` (same features,
+adapter, regularisers chosen by the same cross-validation folds, or on the same validation split).
+Training can then only add to it, and the stage-2 step kept is chosen on held-out scores, step 0
+included.
+
+The maps are fitted on the responses' principal-component scores (the adapter's signal
+coordinates times their spread, `sqrt_eig`), not on its whitened coordinates, as the ridge
+baselines fit the z-scored responses themselves: the encoder's penalty is chosen by the z-scored
+responses' own squared error, and the decoder's penalty shrinks a component by how little of the
+responses it carries. On whitened coordinates every component, noise included, would weigh like
+the first, and both maps would be weaker (docs/stage2.md, the closed-form start).
 """
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -21,21 +29,45 @@ def _affine(fit: ridge.Ridge) -> tuple[np.ndarray, np.ndarray]:
   return w, fit.y_mean - (fit.x_mean / fit.x_std) @ fit.coef
 
 
-def linear_pair_params(features: np.ndarray, signal: np.ndarray, val_features: np.ndarray | None,
-                       val_signal: np.ndarray | None, feature_mean: np.ndarray,
-                       feature_std: np.ndarray, dim: int,
+class Maps(NamedTuple):
+  """The ridge encoder and decoder between raw features E(x) and the principal-component scores
+  of the responses (`fit_maps`)."""
+  encoder: ridge.Ridge  # E(x) -> scores
+  decoder: ridge.Ridge  # scores -> E(x)
+
+
+def fit_maps(features: np.ndarray, signal: np.ndarray, sqrt_eig: np.ndarray,
+             val_features: np.ndarray | None = None, val_signal: np.ndarray | None = None,
+             fold_ids: np.ndarray | None = None) -> Maps:
+  """The ridge maps of the closed-form start (and of `cae_ridge`), both on the component scores
+  `signal * sqrt_eig`: the encoder's penalty chosen by their summed squared error (that of the
+  z-scored responses), the decoder reading them unstandardised; each penalty chosen on the
+  validation pairs when given, else by cross-validation over `fold_ids` (None: random folds)."""
+  spread = np.asarray(sqrt_eig, np.float64)
+  scores = np.asarray(signal, np.float64) * spread
+  val_scores = None if val_signal is None else np.asarray(val_signal, np.float64) * spread
+  return Maps(
+      encoder=ridge.fit_ridge(features, scores, val_features, val_scores, refit_on_val=False,
+                              fold_ids=fold_ids, target_scale=1.0),
+      decoder=ridge.fit_ridge(scores, features, val_scores, val_features, refit_on_val=False,
+                              fold_ids=fold_ids, scale_inputs=False))
+
+
+def linear_pair_params(features: np.ndarray, signal: np.ndarray, sqrt_eig: np.ndarray,
+                       val_features: np.ndarray | None, val_signal: np.ndarray | None,
+                       feature_mean: np.ndarray, feature_std: np.ndarray, dim: int,
                        fold_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
   """`LinearPair` parameters that make the augmented flow start as the ridge encoder and decoder.
 
-  The ridge maps are fitted exactly as `cae_ridge` fits them (raw features E(x) <-> the adapter's
-  k signal coordinates, alpha chosen on the validation split or by cross-validation over
-  `fold_ids`), then rewritten for the flow's
-  coordinates: standardised features h = (E(x) - mean) / std, and A(r) whose D - k padding
-  coordinates the encoder leaves to the noise and the decoder ignores.
+  The ridge maps are `fit_maps`' (the ones `cae_ridge` fits), rewritten for the flow's
+  coordinates: standardised features h = (E(x) - mean) / std, and A(r) whose first k coordinates
+  are the whitened signal and whose D - k padding coordinates the encoder leaves to the noise and
+  the decoder ignores.
 
   Args:
     features: (N, D) raw training features E(x).
     signal: (N, k) the adapter's signal coordinates of the training responses.
+    sqrt_eig: (k,) the adapter's spread of each signal coordinate.
     val_features: (M, D) raw validation features, or None (alpha by cross-validation).
     val_signal: (M, k) their responses' signal coordinates, or None.
     feature_mean: (D,) the standardisation's mean.
@@ -49,12 +81,12 @@ def linear_pair_params(features: np.ndarray, signal: np.ndarray, val_features: n
   """
   d, k = dim, signal.shape[1]
   m, s = np.asarray(feature_mean, np.float64), np.asarray(feature_std, np.float64)
-  enc = ridge.fit_ridge(features, signal, val_features, val_signal, refit_on_val=False,
-                        fold_ids=fold_ids)
-  dec = ridge.fit_ridge(signal, features, val_signal, val_features, refit_on_val=False,
-                        fold_ids=fold_ids)
-  w_e, b_e = _affine(enc)                         # raw h -> a_k
-  w_d, b_d = _affine(dec)                         # a_k -> raw h
+  spread = np.asarray(sqrt_eig, np.float64)
+  maps = fit_maps(features, signal, spread, val_features, val_signal, fold_ids)
+  w_e, b_e = _affine(maps.encoder)                # raw h -> scores
+  w_e, b_e = w_e / spread, b_e / spread           # raw h -> a_k
+  w_d, b_d = _affine(maps.decoder)                # scores -> raw h
+  w_d = spread[:, None] * w_d                     # a_k -> raw h
   h = (np.asarray(features, np.float64) - m) / s  # standardised training features
 
   enc_kernel = np.zeros((d, d))

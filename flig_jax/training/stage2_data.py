@@ -127,7 +127,8 @@ def linear_pair(module: FLIG, frozen: Frozen, pairs: dict[str, np.ndarray],
   k = frozen.adapter.k
   folds = _cv_folds(folds)
   return closed_form.linear_pair_params(
-      pairs['raw_features'], pairs['adapted'][:, :k], None if val is None else val.raw_features,
+      pairs['raw_features'], pairs['adapted'][:, :k], np.asarray(frozen.adapter.sqrt_eig),
+      None if val is None else val.raw_features,
       None if val is None else val.adapted[:, :k], np.asarray(frozen.feature_mean),
       np.asarray(frozen.feature_std), module.feature_dim, fold_ids=folds)
 
