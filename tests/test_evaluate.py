@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import train
 
-from flig_jax import data, model
+from flig_jax import data, model, ridge
 from flig_jax.evaluation import baselines, report, run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,20 +95,20 @@ def test_cli_errors_on_missing_data(workdir, tmp_path):
 
 
 def _record_validation_inputs(monkeypatch) -> list[tuple[str, object, object]]:
-  """Wraps the baseline fits so that each call's validation inputs are recorded as (fit, x_val,
-  y_val); the fits still run."""
+  """Wraps the baseline fits (and the ridge fits of `cae_ridge`, `closed_form.fit_maps`) so that
+  each call's validation inputs are recorded as (fit, x_val, y_val); the fits still run."""
   seen = []
 
-  def recording(name):
-    fit = getattr(baselines, name)
+  def recording(module, name):
+    fit = getattr(module, name)
 
     def spy(x, y, x_val=None, y_val=None, *args, **kwargs):
       seen.append((name, x_val, y_val))
       return fit(x, y, x_val, y_val, *args, **kwargs)
     return spy
 
-  for name in ('fit_ridge', 'fit_mlp'):
-    monkeypatch.setattr(baselines, name, recording(name))
+  for module, name in ((baselines, 'fit_ridge'), (baselines, 'fit_mlp'), (ridge, 'fit_ridge')):
+    monkeypatch.setattr(module, name, recording(module, name))
   return seen
 
 
