@@ -102,6 +102,8 @@ def _with_nan(responses):
     (lambda s, r: {'stimuli': s}, r"missing key\(s\) \['responses'\]"),
     (lambda s, r: {'stimuli': s[:, 0], 'responses': r}, r'"stimuli" has shape \(20, 4\)'),
     (lambda s, r: {'stimuli': s, 'responses': r[:, 0]}, r'"responses" has shape \(20,\)'),
+    (lambda s, r: {'stimuli': np.stack([s] * 3, 1), 'responses': r},
+     r'"stimuli" has shape \(20, 3, 5, 4\): the last axis holds the channels'),
     (lambda s, r: {'stimuli': s, 'responses': r[:15]}, '20 stimuli but 15 responses'),
     (lambda s, r: {'stimuli': s, 'responses': _with_nan(r)}, 'NaN or Inf'),
     (lambda s, r: {'stimuli': s * 2.0, 'responses': r}, 'want 0-1'),
