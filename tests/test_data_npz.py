@@ -148,3 +148,15 @@ def test_near_copies_beyond_the_duplicate_grouping_earn_a_note(tmp_path, capsys)
   ctx.mgr.close()
   ctx.log.close()
   assert 'note: validation images sit much closer to training images' in capsys.readouterr().out
+
+
+def test_too_few_stimuli_for_the_folds_stop_the_run_before_stage_1(tmp_path):
+  """make_context, which runs before stage 1 trains, refuses more folds than training stimuli."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from flig_jax.training import context  # pylint: disable=g-import-not-at-top
+  stimuli, responses = pairs(n=5)
+  config = default.get_config()
+  config.data.name, config.data.folds = 'npz', 5
+  config.data.path = write(tmp_path, stimuli=stimuli, responses=responses)
+  with pytest.raises(data.DataError, match='4 distinct stimuli, fewer than the folds'):
+    context.make_context(config, tmp_path / 'run')
