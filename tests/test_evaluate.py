@@ -94,6 +94,12 @@ def test_cli_errors_on_missing_data(workdir, tmp_path):
   _assert_one_error_line(proc, str(missing))
 
 
+@pytest.mark.slow
+def test_cli_says_why_a_cross_validated_run_has_no_val_split(workdir, tmp_path):
+  proc = _evaluate_cli(f'--ckpt={workdir}', '--split=val', f'--out={tmp_path}')
+  _assert_one_error_line(proc, 'data.folds = 5 cross-validates over the training pairs')
+
+
 def _record_validation_inputs(monkeypatch) -> list[tuple[str, object, object]]:
   """Wraps the baseline fits so that each call's validation inputs are recorded as (fit, x_val,
   y_val); the fits still run."""

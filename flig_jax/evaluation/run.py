@@ -213,8 +213,11 @@ def evaluate(ckpt: str | os.PathLike, split: str = 'test', out: str | os.PathLik
   _check_match(m, ds, str(ckpt))
   scored = getattr(ds, split)
   if len(scored) < 2:
+    folds = int(m.config.data.get('folds', 0))
+    hint = (f' (a run with data.folds = {folds} cross-validates over the training pairs and keeps '
+            'no validation split: score --split test)' if split == 'val' and folds >= 2 else '')
     raise ValueError(f'the {split} split of {ds.name!r} has '
-                     f'{len(scored)} pairs; evaluation needs at least 2')
+                     f'{len(scored)} pairs; evaluation needs at least 2{hint}')
   log(f'{ds.name}: {split} split of {len(scored)} pairs; train {len(ds.train)}, '
       f'val {len(ds.val)}')
 
