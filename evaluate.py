@@ -23,7 +23,8 @@ _SPLIT = flags.DEFINE_string('split', 'test', 'The split to score: test or val (
 _OUT = flags.DEFINE_string('out', None, 'Output directory (default: <ckpt>/eval_<split>; one '
                            '--ckpt only).')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'The dataset\'s own folder, overriding the '
-                                'checkpoint\'s config.data.dir.')
+                                'checkpoint\'s config.data.dir (for an npz run: its .npz file, or '
+                                'the folder now holding it, overriding config.data.path).')
 _ALLOW_UNFINISHED = flags.DEFINE_bool('allow_unfinished', False, 'Score a run that has not '
                                       'finished training (its newest checkpoint).')
 flags.mark_flags_as_required(['ckpt'])

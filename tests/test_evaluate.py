@@ -171,3 +171,13 @@ def test_evaluate_on_val_keeps_val_out_of_the_baselines(val_workdir, tmp_path, m
 def test_evaluate_rejects_a_bad_split_before_loading(tmp_path):
   with pytest.raises(ValueError, match='unknown split'):
     run.evaluate(tmp_path / 'nowhere', split='train', verbose=False)
+
+
+def test_data_dir_points_an_npz_run_at_its_moved_file(tmp_path):
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.data.name, config.data.path = 'npz', '/where/it/was/mine.npz'
+  assert run._data_config(config, str(tmp_path)).data.path == str(tmp_path / 'mine.npz')
+  moved = str(tmp_path / 'renamed.npz')
+  assert run._data_config(config, moved).data.path == moved
+  assert run._data_config(config, None).data.path == '/where/it/was/mine.npz'

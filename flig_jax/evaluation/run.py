@@ -36,9 +36,13 @@ def _progress(enabled: bool) -> Callable[[str], None]:
 
 def _data_config(config: ml_collections.ConfigDict,
                  data_dir: str | None) -> ml_collections.ConfigDict:
-  """A copy of the run's config whose data.dir is `data_dir` when given."""
+  """A copy of the run's config whose data.dir is `data_dir` when given; for an npz run, whose file
+  is data.path, `data_dir` is the file, or the folder now holding a file of its saved name."""
   config = ml_collections.ConfigDict(config.to_dict())
-  if data_dir:
+  if data_dir and config.data.name == 'npz':
+    config.data.path = (os.path.join(data_dir, os.path.basename(config.data.path))
+                        if os.path.isdir(data_dir) else str(data_dir))
+  elif data_dir:
     config.data.dir = str(data_dir)
   return config
 
@@ -187,7 +191,8 @@ def evaluate(ckpt: str | os.PathLike, split: str = 'test', out: str | os.PathLik
     ckpt: the run's workdir (or its checkpoints/ directory).
     split: 'test' or 'val'.
     out: output directory; default `<ckpt>/eval_<split>`.
-    data_dir: the dataset's own folder, overriding the checkpoint's config.data.dir.
+    data_dir: the dataset's own folder, overriding the checkpoint's config.data.dir (an npz run:
+      its file, or the folder holding it, overriding config.data.path).
     mlp_steps: most optimisation steps of each MLP baseline.
     verbose: print a progress line per phase to stderr.
     allow_unfinished: score a run that has not finished training (else ValueError).
