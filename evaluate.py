@@ -5,7 +5,8 @@
 
 Config, parameters and adapter come from the newest checkpoint that restores (a damaged newer one
 is skipped with a note); a run that has not finished training is refused unless --allow_unfinished.
-Baselines are fitted on the training split with hyper-parameters chosen on the validation split.
+Baselines are fitted on the training split, their hyper-parameters chosen by the run's
+cross-validation folds over it (data.folds), or on the validation split in a run without folds.
 Prints the tables and writes metrics.json, reconstructions.png and encoding.png to --out (default
 <ckpt>/eval_<split>). Given several checkpoints (e.g. seeds of one config), it evaluates each into
 its own <ckpt>/eval_<split>, then prints every model's metrics as mean ± sd over them.
@@ -17,11 +18,13 @@ from absl import app, flags, logging
 
 _CKPT = flags.DEFINE_multi_string('ckpt', None, 'The run\'s workdir (or its checkpoints/ '
                                   'directory); repeat it to aggregate several runs.')
-_SPLIT = flags.DEFINE_string('split', 'test', 'The split to score: test or val.')
+_SPLIT = flags.DEFINE_string('split', 'test', 'The split to score: test or val (val only in a '
+                             'run with data.folds 0 or 1 and data.val_fraction > 0).')
 _OUT = flags.DEFINE_string('out', None, 'Output directory (default: <ckpt>/eval_<split>; one '
                            '--ckpt only).')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'The dataset\'s own folder, overriding the '
-                                'checkpoint\'s config.data.dir.')
+                                'checkpoint\'s config.data.dir (for an npz run: its .npz file, or '
+                                'the folder now holding it, overriding config.data.path).')
 _ALLOW_UNFINISHED = flags.DEFINE_bool('allow_unfinished', False, 'Score a run that has not '
                                       'finished training (its newest checkpoint).')
 flags.mark_flags_as_required(['ckpt'])

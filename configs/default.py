@@ -148,6 +148,8 @@ def variants(arg: str, known: Sequence[str], config_file: str) -> set[str]:
   chosen = set(filter(None, (a.strip() for a in arg.split(','))))
   unknown = sorted(chosen - set(known))
   if unknown:
+    several = ', several joined by commas' if len(known) > 1 else ''
     raise ValueError(f'{config_file}: unknown variant {unknown[0]!r}; choose from '
-                     f'{", ".join(known)} (or none), e.g. --config {config_file}:{known[0]}')
+                     f'{", ".join(known)} (or none{several}), e.g. --config '
+                     f'{config_file}:{",".join(known[:2])}')
   return chosen

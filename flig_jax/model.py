@@ -272,7 +272,11 @@ def load(path: str | os.PathLike, step: int | None = None,
   try:
     steps = checkpoint_recovery.steps_holding(mgr.directory, 'model')
     if not steps:
-      raise FileNotFoundError(f'no checkpoint with a model under {path}')
+      stage1 = checkpoint_recovery.steps_holding(mgr.directory)
+      raise FileNotFoundError(
+          f'no checkpoint with a model under {path}' + (
+              f': steps {stage1} hold stage 1 only (a model is saved from stage 2 on); run '
+              'train.py again with the same --workdir to finish training' if stage1 else ''))
     if step is not None and int(step) not in steps:
       raise FileNotFoundError(
           f'no model at step {step} under {path} (steps: {steps})')

@@ -40,7 +40,8 @@ _DATASETS = flags.DEFINE_list('datasets', None, f'Datasets to run, of {list(DATA
                               f'(default: {list(DEFAULT)}; with --smoke {list(SMOKE)}).')
 _SEEDS = flags.DEFINE_integer('seeds', None, 'Seeds 0..S-1 per dataset (default 3; --smoke 2).')
 _SMOKE = flags.DEFINE_bool('smoke', False, 'Use each config\'s :smoke variant (seconds per run) '
-                           'and the runs_smoke/results_smoke defaults: a check of this script.')
+                           'and the runs/results_smoke and results_smoke defaults: a check of '
+                           'this script.')
 _ROOT = flags.DEFINE_string('root', None, 'Run directories (default runs/results, or '
                             'runs/results_smoke with --smoke).')
 _OUT = flags.DEFINE_string('out', None, 'Where summary.json and summary.md go (default results, '

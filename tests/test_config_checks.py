@@ -104,6 +104,10 @@ def test_unknown_variant_is_refused():
   with pytest.raises(ValueError, match="fmri.py: unknown variant 'smok'; choose from smoke"):
     fmri.get_config('smok')
   assert synthetic.get_config('smoke,spikes').data.synthetic_mode == 'spikes'
+  with pytest.raises(ValueError, match=("unknown variant 'spikes:smoke'; choose from smoke, "
+                                        'spikes, patterns \\(or none, several joined by commas\\), '
+                                        'e.g. --config configs/synthetic.py:smoke,spikes')):
+    synthetic.get_config('spikes:smoke')
 
 
 def _train_stderr(*args: str) -> str:

@@ -102,6 +102,8 @@ def _with_nan(responses):
     (lambda s, r: {'stimuli': s}, r"missing key\(s\) \['responses'\]"),
     (lambda s, r: {'stimuli': s[:, 0], 'responses': r}, r'"stimuli" has shape \(20, 4\)'),
     (lambda s, r: {'stimuli': s, 'responses': r[:, 0]}, r'"responses" has shape \(20,\)'),
+    (lambda s, r: {'stimuli': np.stack([s] * 3, 1), 'responses': r},
+     r'"stimuli" has shape \(20, 3, 5, 4\): the last axis holds the channels'),
     (lambda s, r: {'stimuli': s, 'responses': r[:15]}, '20 stimuli but 15 responses'),
     (lambda s, r: {'stimuli': s, 'responses': _with_nan(r)}, 'NaN or Inf'),
     (lambda s, r: {'stimuli': s * 2.0, 'responses': r}, 'want 0-1'),
@@ -146,3 +148,15 @@ def test_near_copies_beyond_the_duplicate_grouping_earn_a_note(tmp_path, capsys)
   ctx.mgr.close()
   ctx.log.close()
   assert 'note: validation images sit much closer to training images' in capsys.readouterr().out
+
+
+def test_too_few_stimuli_for_the_folds_stop_the_run_before_stage_1(tmp_path):
+  """make_context, which runs before stage 1 trains, refuses more folds than training stimuli."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from flig_jax.training import context  # pylint: disable=g-import-not-at-top
+  stimuli, responses = pairs(n=5)
+  config = default.get_config()
+  config.data.name, config.data.folds = 'npz', 5
+  config.data.path = write(tmp_path, stimuli=stimuli, responses=responses)
+  with pytest.raises(data.DataError, match='4 distinct stimuli, fewer than the folds'):
+    context.make_context(config, tmp_path / 'run')

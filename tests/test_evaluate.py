@@ -94,6 +94,12 @@ def test_cli_errors_on_missing_data(workdir, tmp_path):
   _assert_one_error_line(proc, str(missing))
 
 
+@pytest.mark.slow
+def test_cli_says_why_a_cross_validated_run_has_no_val_split(workdir, tmp_path):
+  proc = _evaluate_cli(f'--ckpt={workdir}', '--split=val', f'--out={tmp_path}')
+  _assert_one_error_line(proc, 'data.folds = 5 cross-validates over the training pairs')
+
+
 def _record_validation_inputs(monkeypatch) -> list[tuple[str, object, object]]:
   """Wraps the baseline fits (and the ridge fits of `cae_ridge`, `closed_form.fit_maps`) so that
   each call's validation inputs are recorded as (fit, x_val, y_val); the fits still run."""
@@ -165,3 +171,13 @@ def test_evaluate_on_val_keeps_val_out_of_the_baselines(val_workdir, tmp_path, m
 def test_evaluate_rejects_a_bad_split_before_loading(tmp_path):
   with pytest.raises(ValueError, match='unknown split'):
     run.evaluate(tmp_path / 'nowhere', split='train', verbose=False)
+
+
+def test_data_dir_points_an_npz_run_at_its_moved_file(tmp_path):
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.data.name, config.data.path = 'npz', '/where/it/was/mine.npz'
+  assert run._data_config(config, str(tmp_path)).data.path == str(tmp_path / 'mine.npz')
+  moved = str(tmp_path / 'renamed.npz')
+  assert run._data_config(config, moved).data.path == moved
+  assert run._data_config(config, None).data.path == '/where/it/was/mine.npz'

@@ -269,6 +269,12 @@ def test_save_load_round_trip_with_pixel_paths(tmp_path, with_p):
 def test_load_picks_the_latest_model_and_errors_without_one(tmp_path):
   with pytest.raises(FileNotFoundError, match='no checkpoint'):
     model.load(tmp_path / 'nothing_here')
+  mgr = checkpointing.manager(tmp_path / 'stage1_only')
+  checkpointing.save(mgr, 3, meta=checkpointing.Meta(stage=1), force=True)
+  checkpointing.wait(mgr)
+  mgr.close()
+  with pytest.raises(FileNotFoundError, match=r'steps \[3\] hold stage 1 only'):
+    model.load(tmp_path / 'stage1_only')
   config, _, variables, _, _ = _build((28, 28, 1), 10, 'affine')
   other = jax.tree.map(lambda a: a + 1.0, variables)
   meta = model.model_meta(variables, (28, 28, 1))

@@ -38,16 +38,17 @@ def split_mask(split: np.ndarray, n: int, source: str) -> np.ndarray:
 def read(path: str | pathlib.Path, split_seed: int = 0) -> tuple[Split, Split, dict[str, Any]]:
   """Reads the pairs in the .npz at `path`.
 
-  The file holds `stimuli` (N, H, W) or (N, H, W, C), uint8 0-255 or float 0-1; `responses` (N, U);
-  optionally `split` (N,) of 'train'/'test' (else a random 80/20 split drawn with `split_seed`,
-  which the training seed does not change: runs of several seeds share one test split) and
-  `labels` (N,).
+  The file holds `stimuli` (N, H, W) or (N, H, W, C) with C 1 or 3, uint8 0-255 or float 0-1;
+  `responses` (N, U); optionally `split` (N,) of 'train'/'test' (else a random 80/20 split drawn
+  with `split_seed`, which the training seed does not change: runs of several seeds share one test
+  split) and `labels` (N,).
 
   Returns:
     (train, test, meta); meta holds 'source'.
 
   Raises:
-    DataError: missing file or key, wrong shapes, counts that disagree, NaN/Inf, an empty split.
+    DataError: missing file or key, wrong shapes (or channel counts), counts that disagree,
+      NaN/Inf, an empty split.
   """
   source = str(path)
   if not pathlib.Path(path).is_file():
@@ -68,6 +69,10 @@ def read(path: str | pathlib.Path, split_seed: int = 0) -> tuple[Split, Split, d
         f'{source}: "stimuli" has shape {stimuli.shape}, want (N, H, W) or (N, H, W, C)')
   if 0 in stimuli.shape[1:]:
     raise DataError(f'{source}: "stimuli" has shape {stimuli.shape}: the images have zero size')
+  if stimuli.shape[-1] not in (1, 3):
+    raise DataError(
+        f'{source}: "stimuli" has shape {stimuli.shape}: the last axis holds the channels, want 1 '
+        '(grey) or 3 (colour); move channels last if they come first, as in (N, C, H, W)')
   if responses.ndim != 2:
     raise DataError(f'{source}: "responses" has shape {responses.shape}, want (N, units)')
   n = len(stimuli)

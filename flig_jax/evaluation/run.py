@@ -37,9 +37,13 @@ def _progress(enabled: bool) -> Callable[[str], None]:
 
 def _data_config(config: ml_collections.ConfigDict,
                  data_dir: str | None) -> ml_collections.ConfigDict:
-  """A copy of the run's config whose data.dir is `data_dir` when given."""
+  """A copy of the run's config whose data.dir is `data_dir` when given; for an npz run, whose file
+  is data.path, `data_dir` is the file, or the folder now holding a file of its saved name."""
   config = ml_collections.ConfigDict(config.to_dict())
-  if data_dir:
+  if data_dir and config.data.name == 'npz':
+    config.data.path = (os.path.join(data_dir, os.path.basename(config.data.path))
+                        if os.path.isdir(data_dir) else str(data_dir))
+  elif data_dir:
     config.data.dir = str(data_dir)
   return config
 
@@ -194,7 +198,8 @@ def evaluate(ckpt: str | os.PathLike, split: str = 'test', out: str | os.PathLik
     ckpt: the run's workdir (or its checkpoints/ directory).
     split: 'test' or 'val'.
     out: output directory; default `<ckpt>/eval_<split>`.
-    data_dir: the dataset's own folder, overriding the checkpoint's config.data.dir.
+    data_dir: the dataset's own folder, overriding the checkpoint's config.data.dir (an npz run:
+      its file, or the folder holding it, overriding config.data.path).
     mlp_steps: most optimisation steps of each MLP baseline.
     verbose: print a progress line per phase to stderr.
     allow_unfinished: score a run that has not finished training (else ValueError).
@@ -220,8 +225,11 @@ def evaluate(ckpt: str | os.PathLike, split: str = 'test', out: str | os.PathLik
   _check_match(m, ds, str(ckpt))
   scored = getattr(ds, split)
   if len(scored) < 2:
+    folds = int(m.config.data.get('folds', 0))
+    hint = (f' (a run with data.folds = {folds} cross-validates over the training pairs and keeps '
+            'no validation split: score --split test)' if split == 'val' and folds >= 2 else '')
     raise ValueError(f'the {split} split of {ds.name!r} has '
-                     f'{len(scored)} pairs; evaluation needs at least 2')
+                     f'{len(scored)} pairs; evaluation needs at least 2{hint}')
   log(f'{ds.name}: {split} split of {len(scored)} pairs; train {len(ds.train)}, '
       f'val {len(ds.val)}')
 

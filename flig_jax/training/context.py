@@ -51,6 +51,7 @@ def make_context(config: ml_collections.ConfigDict, workdir: str | Path,
   mesh = parallel.make_mesh()
   with timing.section('data'):
     dataset = data.from_config(config)
+    data.config_fold_ids(config, dataset.train)  # more folds than stimuli: refused before stage 1
   module = FLIG.from_config(config.model, dataset.image_shape)
   mgr = checkpointing.manager(workdir, keep=config.checkpoint.keep)
   log = progress.RunLog(workdir, stage1_steps=config.stage1.steps, resume_step=resume_step)

@@ -68,10 +68,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
           allow_config_change: bool = False, on_start: Callable[[], Any] | None = None) -> Path:
   """Trains both stages (resuming from `workdir` if it holds checkpoints) and returns the workdir.
 
-  Writes `stage1_reconstructions.png` and `stage2_decoding.png` (validation pairs) beside the
-  checkpoints; scoring is `evaluation.run.evaluate`'s job. One run at a time holds the workdir
-  (`workdir_lock`). A resumed run starts from the newest checkpoint that restores and must keep the
-  saved config's model, data and optimiser fields unless `allow_config_change`
+  Writes `stage1_reconstructions.png` and `stage2_decoding.png` (validation pairs, else training
+  pairs) beside the checkpoints; scoring is `evaluation.run.evaluate`'s job. One run at a time holds
+  the workdir (`workdir_lock`). A resumed run starts from the newest checkpoint that restores and
+  must keep the saved config's model, data and optimiser fields unless `allow_config_change`
   (`resume.start_point`). SIGTERM, like Ctrl-C, saves at the next step boundary, then raises
   `Preempted`. JAX's distributed runtime is started here (`config.distributed` or
   FLIG_DISTRIBUTED=1), before anything touches a device; `on_start` is called right after.
