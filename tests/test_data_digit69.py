@@ -68,8 +68,10 @@ def test_found_through_data_dir_env(mat_dir, monkeypatch):
 
 
 def test_missing_dir_names_the_path(tmp_path):
-  with pytest.raises(data.DataError, match=str(tmp_path / 'nowhere')):
+  with pytest.raises(data.DataError, match=str(tmp_path / 'nowhere')) as error:
     data.load('digit69', dir=str(tmp_path / 'nowhere'))
+  # ... and how to point each entry point at the data.
+  assert all(flag in str(error.value) for flag in ('--config.data.dir=', '--data_dir='))
 
 
 def test_fetch_into_cache_once(mat_dir, tmp_path, monkeypatch):

@@ -51,8 +51,8 @@ def find_dataset_dir(name: str, dir: str | None, required: str) -> pathlib.Path:
     tried.append(str(folder / required))
   raise DataError(
       f'{name}: cannot find {required!r}; tried: {", ".join(tried)}. Pass the dataset\'s own '
-      f'folder (--config.data.dir=... or dir=...), or set ${DATA_DIR_ENV} to a root holding a '
-      f'{name}/ folder.')
+      f'folder (train.py --config.data.dir=..., evaluate.py --data_dir=..., or dir=... in '
+      f'Python), or set ${DATA_DIR_ENV} to a root holding a {name}/ folder.')
 
 
 def sha256_of(path: pathlib.Path) -> str:
