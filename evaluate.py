@@ -26,7 +26,8 @@ _DATA_DIR = flags.DEFINE_string('data_dir', None, 'The dataset\'s own folder, ov
                                 'checkpoint\'s config.data.dir (for an npz run: its .npz file, or '
                                 'the folder now holding it, overriding config.data.path).')
 _ALLOW_UNFINISHED = flags.DEFINE_bool('allow_unfinished', False, 'Score a run that has not '
-                                      'finished training (its newest checkpoint).')
+                                      'finished training (its newest checkpoint holding a '
+                                      'model, saved from stage 2 on).')
 flags.mark_flags_as_required(['ckpt'])
 
 
