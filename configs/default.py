@@ -95,6 +95,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.stage2.local_forward_weighting = 'variance'  # variance: each principal component by its
                                                  # variance (the error in z-scored response
                                                  # units) | whitened: each coordinate alike
+  c.stage2.start_encoder_error = 'responses'  # what chooses the closed-form start encoder's
+                                 # ridge penalty (and cae_ridge's): responses (the z-scored
+                                 # responses' own error) | whitened (each of the k whitened
+                                 # coordinates alike: a heavier penalty, docs/stage2.md)
   c.stage2.local_inverse = 1.0   # ||f^-1(a) - h||^2
   c.stage2.likelihood = 0.01     # -log N(f(h); 0, I) - log|det df/dh|, per dimension
   c.stage2.adversarial = 0.01    # f fools Dis on f(h) vs a

@@ -27,6 +27,7 @@ def get_config(arg: str = ''):
   config.stage2.steps = 1500
   config.stage2.mixup = 0.4  # chosen on digit69's validation split
   config.stage2.select_margin = 0.0  # keep the best cross-validated step (docs/stage2.md)
+  config.stage2.start_encoder_error = 'whitened'  # cross-validated: docs/stage2.md
   config.stage2.batch_size = 32
   config.checkpoint.every_steps = 500
   if 'smoke' in default.variants(arg, ('smoke',), 'configs/spikes.py'):

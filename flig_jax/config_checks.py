@@ -123,6 +123,8 @@ RULES: dict[str, Rule] = {
     'stage2.weight_decay': _WEIGHT,
     'stage2.local_forward': _WEIGHT,
     'stage2.local_forward_weighting': Rule(OneOf(lambda: ('variance', 'whitened')), IN_STAGE1),
+    'stage2.start_encoder_error': Rule(
+        OneOf(_registry('flig_jax.training.closed_form', 'ENCODER_ERRORS')), IN_STAGE1),
     'stage2.coupling_weight_decay': _WEIGHT,
     'stage2.local_inverse': _WEIGHT,
     'stage2.likelihood': _WEIGHT,

@@ -172,7 +172,8 @@ def run_variant(prepared, overrides: dict, steps_n: int, every: int) -> list[tup
   start = closed_form.linear_pair_params(
       ptr['raw_features'], ptr['adapted'][:, :k], np.asarray(frozen.adapter.sqrt_eig),
       pva['raw_features'], pva['adapted'][:, :k],
-      np.asarray(frozen.feature_mean), np.asarray(frozen.feature_std), module.feature_dim)
+      np.asarray(frozen.feature_mean), np.asarray(frozen.feature_std), module.feature_dim,
+      encoder_error=closed_form.config_encoder_error(config))
   arrays = {'features': ptr['features'], 'adapted': ptr['adapted']}
   if cfg.pixel:
     arrays['images'] = train.images
@@ -224,7 +225,8 @@ def pixel_path_scores(prepared) -> np.ndarray:
   start = closed_form.linear_pair_params(
       ptr['raw_features'], ptr['adapted'][:, :k], np.asarray(frozen.adapter.sqrt_eig),
       pva['raw_features'], pva['adapted'][:, :k],
-      np.asarray(frozen.feature_mean), np.asarray(frozen.feature_std), d)
+      np.asarray(frozen.feature_mean), np.asarray(frozen.feature_std), d,
+      encoder_error=closed_form.config_encoder_error(m.config))
   maps = pixel_path.fit_maps(train.responses, train.images)
   flow = {**m.variables['params']['flow'], 'linear_pair': jax.tree.map(jnp.asarray, start)}
   variables = frozen.without_pixel_paths().variables(flow)

@@ -92,6 +92,21 @@ def test_maps_are_the_ridge_maps_of_the_z_scored_responses():
   assert not np.allclose(whitened.predict(signal), dec.predict(z), atol=1e-2)
 
 
+def test_whitened_encoder_error_weighs_each_coordinate_alike():
+  """'whitened' chooses the encoder's penalty by the whitened coordinates' error, each alike: the
+  penalty and the map that ridge fitted on those coordinates themselves gives."""
+  h_tr, a_tr, _, _ = _data()
+  folds = np.arange(len(h_tr)) % 4
+  maps = closed_form.fit_maps(h_tr, a_tr, SPREAD, fold_ids=folds, encoder_error='whitened')
+  alike = ridge.fit_ridge(h_tr, a_tr, refit_on_val=False, fold_ids=folds,
+                          target_scale=np.ones(K))
+  assert maps.encoder.alpha == alike.alpha
+  np.testing.assert_allclose(maps.encoder.predict(h_tr), alike.predict(h_tr) * SPREAD, rtol=1e-6,
+                             atol=1e-6)
+  with pytest.raises(ValueError, match='start_encoder_error'):
+    closed_form.fit_maps(h_tr, a_tr, SPREAD, fold_ids=folds, encoder_error='pixels')
+
+
 def test_noise_scales_match_the_residuals():
   """Samples f([h, e]) with e ~ N(0, I) spread like the data around the encoder's prediction."""
   h_tr, a_tr, h_va, a_va = _data()

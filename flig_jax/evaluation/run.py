@@ -146,8 +146,8 @@ def fit_baselines(m: model_lib.Model, ds: data.Dataset, split: str,
             'cae_mlp_enc': pool.submit(mlp_fit, h_tr, tr.responses, h_va, val_r, 'encoder')}
     ridge_dec = ridge_fit(tr.responses, tr.images, val_r, val_x)
     ridge_enc = ridge_fit(tr.images, tr.responses, val_x, val_r)
-    cae = closed_form.fit_maps(h_tr, a_tr, spread, h_va, a_va,
-                               folds if cross_validated else None)
+    cae = closed_form.fit_maps(h_tr, a_tr, spread, h_va, a_va, folds if cross_validated else None,
+                               closed_form.config_encoder_error(m.config))
     fits = {k: job.result() for k, job in jobs.items()}
   hparams['ridge'] = {'decoding_alpha': ridge_dec.alpha, 'encoding_alpha': ridge_enc.alpha}
   hparams['cae_ridge'] = {'decoding_alpha': cae.decoder.alpha,

@@ -22,11 +22,19 @@ from flig_jax import ridge
 
 _MIN_STD = 1e-3  # floor of the residual spreads that set the noise scales
 
+# config.stage2.start_encoder_error: what chooses the start encoder's penalty (`fit_maps`).
+ENCODER_ERRORS = ('responses', 'whitened')
+
 
 def _affine(fit: ridge.Ridge) -> tuple[np.ndarray, np.ndarray]:
   """A fitted ridge map as y = x W + b on the raw inputs."""
   w = fit.coef / fit.x_std[:, None]
   return w, fit.y_mean - (fit.x_mean / fit.x_std) @ fit.coef
+
+
+def config_encoder_error(config: Any) -> str:
+  """The run's `stage2.start_encoder_error` ('responses' in a config saved before it existed)."""
+  return str(config.stage2.get('start_encoder_error', 'responses'))
 
 
 class Maps(NamedTuple):
@@ -38,17 +46,24 @@ class Maps(NamedTuple):
 
 def fit_maps(features: np.ndarray, signal: np.ndarray, sqrt_eig: np.ndarray,
              val_features: np.ndarray | None = None, val_signal: np.ndarray | None = None,
-             fold_ids: np.ndarray | None = None) -> Maps:
+             fold_ids: np.ndarray | None = None, encoder_error: str = 'responses') -> Maps:
   """The ridge maps of the closed-form start (and of `cae_ridge`), both on the component scores
-  `signal * sqrt_eig`: the encoder's penalty chosen by their summed squared error (that of the
-  z-scored responses), the decoder reading them unstandardised; each penalty chosen on the
-  validation pairs when given, else by cross-validation over `fold_ids` (None: random folds)."""
+  `signal * sqrt_eig`, each penalty chosen on the validation pairs when given, else by
+  cross-validation over `fold_ids` (None: random folds). The decoder reads the scores
+  unstandardised. The encoder's penalty is chosen by `encoder_error` (`ENCODER_ERRORS`):
+  'responses', the scores' summed squared error (that of the z-scored responses); 'whitened', each
+  of the k whitened coordinates' error alike, which weighs the small components up and chooses a
+  heavier penalty."""
+  if encoder_error not in ENCODER_ERRORS:
+    raise ValueError(f'unknown stage2.start_encoder_error {encoder_error!r}; use one of '
+                     f'{ENCODER_ERRORS}')
   spread = np.asarray(sqrt_eig, np.float64)
   scores = np.asarray(signal, np.float64) * spread
   val_scores = None if val_signal is None else np.asarray(val_signal, np.float64) * spread
   return Maps(
       encoder=ridge.fit_ridge(features, scores, val_features, val_scores, refit_on_val=False,
-                              fold_ids=fold_ids, target_scale=1.0),
+                              fold_ids=fold_ids,
+                              target_scale=1.0 if encoder_error == 'responses' else spread),
       decoder=ridge.fit_ridge(scores, features, val_scores, val_features, refit_on_val=False,
                               fold_ids=fold_ids, scale_inputs=False))
 
@@ -56,7 +71,8 @@ def fit_maps(features: np.ndarray, signal: np.ndarray, sqrt_eig: np.ndarray,
 def linear_pair_params(features: np.ndarray, signal: np.ndarray, sqrt_eig: np.ndarray,
                        val_features: np.ndarray | None, val_signal: np.ndarray | None,
                        feature_mean: np.ndarray, feature_std: np.ndarray, dim: int,
-                       fold_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                       fold_ids: np.ndarray | None = None,
+                       encoder_error: str = 'responses') -> dict[str, np.ndarray]:
   """`LinearPair` parameters that make the augmented flow start as the ridge encoder and decoder.
 
   The ridge maps are `fit_maps`' (the ones `cae_ridge` fits), rewritten for the flow's
@@ -75,6 +91,7 @@ def linear_pair_params(features: np.ndarray, signal: np.ndarray, sqrt_eig: np.nd
     dim: D.
     fold_ids: (N,) the cross-validation fold of each training pair (used without a validation
       split; None: random folds).
+    encoder_error: how the encoder's penalty is chosen (`fit_maps`).
 
   Returns:
     the `linear_pair` parameter dict (float32).
@@ -82,7 +99,7 @@ def linear_pair_params(features: np.ndarray, signal: np.ndarray, sqrt_eig: np.nd
   d, k = dim, signal.shape[1]
   m, s = np.asarray(feature_mean, np.float64), np.asarray(feature_std, np.float64)
   spread = np.asarray(sqrt_eig, np.float64)
-  maps = fit_maps(features, signal, spread, val_features, val_signal, fold_ids)
+  maps = fit_maps(features, signal, spread, val_features, val_signal, fold_ids, encoder_error)
   w_e, b_e = _affine(maps.encoder)                # raw h -> scores
   w_e, b_e = w_e / spread, b_e / spread           # raw h -> a_k
   w_d, b_d = _affine(maps.decoder)                # scores -> raw h

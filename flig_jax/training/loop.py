@@ -484,7 +484,8 @@ def stage2(ctx: context.Context, start: State, meta: checkpointing.Meta | None =
                                None if selection is None else selection.encoder_weight)
   state = start if resumed else init(
       inputs.frozen, stage2_data.first_batch(config, inputs.arrays),
-      stage2_data.linear_pair(ctx.module, inputs.frozen, inputs.pairs, inputs.val, folds))
+      stage2_data.linear_pair(ctx.config, ctx.module, inputs.frozen, inputs.pairs, inputs.val,
+                              folds))
 
   def save(s):
     variables = s.model_variables()

@@ -117,8 +117,9 @@ def batch_shape(config: ml_collections.ConfigDict,
   return out
 
 
-def linear_pair(module: FLIG, frozen: Frozen, pairs: dict[str, np.ndarray],
-                val: validation.ValidationSet | None, folds: np.ndarray | None) -> Any:
+def linear_pair(config: ml_collections.ConfigDict, module: FLIG, frozen: Frozen,
+                pairs: dict[str, np.ndarray], val: validation.ValidationSet | None,
+                folds: np.ndarray | None) -> Any:
   """The augmented flow's closed-form start on these pairs (`closed_form`; None for the plain
   flow): ridge penalties chosen on `val`, else by cross-validation over `folds` (random folds when
   None)."""
@@ -130,7 +131,8 @@ def linear_pair(module: FLIG, frozen: Frozen, pairs: dict[str, np.ndarray],
       pairs['raw_features'], pairs['adapted'][:, :k], np.asarray(frozen.adapter.sqrt_eig),
       None if val is None else val.raw_features,
       None if val is None else val.adapted[:, :k], np.asarray(frozen.feature_mean),
-      np.asarray(frozen.feature_std), module.feature_dim, fold_ids=folds)
+      np.asarray(frozen.feature_std), module.feature_dim, fold_ids=folds,
+      encoder_error=closed_form.config_encoder_error(config))
 
 
 def _cv_folds(folds: np.ndarray | None) -> np.ndarray | None:
@@ -238,7 +240,7 @@ def fit(config: ml_collections.ConfigDict, module: FLIG, autoencoder: Any, mesh:
   return Fit(frozen=frozen, pairs=train_pairs,
              held=pairs(frozen, held_raw_features, held_responses), pixel_map=maps,
              held_pixels=None if maps is None else maps.decode(held_responses, images.shape[1:]),
-             linear_pair=linear_pair(module, frozen, train_pairs, None, folds))
+             linear_pair=linear_pair(config, module, frozen, train_pairs, None, folds))
 
 
 def fold_fits(ctx: context.Context, autoencoder: Any, raw_features: np.ndarray, folds: np.ndarray,
