@@ -8,10 +8,11 @@ included.
 
 The maps are fitted on the responses' principal-component scores (the adapter's signal
 coordinates times their spread, `sqrt_eig`), not on its whitened coordinates, as the ridge
-baselines fit the z-scored responses themselves: the encoder's penalty is chosen by the z-scored
-responses' own squared error, and the decoder's penalty shrinks a component by how little of the
-responses it carries. On whitened coordinates every component, noise included, would weigh like
-the first, and both maps would be weaker (docs/stage2.md, the closed-form start).
+baselines fit the z-scored responses themselves: the decoder's penalty shrinks a component by how
+little of the responses it carries, where on whitened coordinates a component of noise would
+weigh like the first. The encoder's map at a given penalty is the same either way; the penalty is
+chosen by the z-scored responses' own error or, with `stage2.start_encoder_error = 'whitened'`,
+by each whitened coordinate's alike (docs/stage2.md, "The closed-form start's coordinates").
 """
 
 from typing import Any, NamedTuple
