@@ -6,8 +6,8 @@
 
 Reads digit69_28x28.mat from --config.data.dir, else $FLIG_DATA_DIR/digit69, else the cache.
 A run (both stages, with 5-fold cross-validation of stage 2) takes 2-3 minutes on a 2-core CPU
-and should give, on the 10 test digits (mean over seeds 0-2, docs/results.md), decoding PCC 0.816,
-SSIM 0.639, identification 0.967 and encoding mean per-voxel PCC 0.250. Stage 2's steps are chosen
+and should give, on the 10 test digits (mean over seeds 0-2, docs/results.md), decoding PCC 0.817,
+SSIM 0.640, identification 0.970 and encoding mean per-voxel PCC 0.263. Stage 2's steps are chosen
 by 5-fold cross-validation over the 90 training pairs (a later step only where its gain over the
 ridge start clears two jackknife standard errors): a late decoder step on seeds 0-2, the encoder's
 start.

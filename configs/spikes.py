@@ -7,7 +7,7 @@
 Reads images/images_<session>.zip and responses_repeat_averaged/responses_<session>.npy from
 --config.data.dir, else $FLIG_DATA_DIR/cowley_v4. Test images are those with index % 5 == 4.
 2-3 minutes a run on a 2-core CPU; session 190927 should give decoding PCC 0.345, SSIM 0.161 and
-encoding mean PCC 0.346 on its 240 test images (mean over seeds 0-2; docs/results.md has all eight
+encoding mean PCC 0.345 on its 240 test images (mean over seeds 0-2; docs/results.md has all eight
 shared sessions with the baselines). One config for every session: nothing here was tuned to one.
 """
 
