@@ -268,6 +268,7 @@ def load(path: str | os.PathLike, step: int | None = None,
     FileNotFoundError: there is no checkpoint with a model at `path`.
     ValueError: the checkpoint at `step` (or every one) is damaged.
   """
+  path = os.path.expanduser(os.fspath(path))  # a notebook's '~/runs/x' as a shell would read it
   mgr = checkpointing.manager(path, read_only=True)
   try:
     steps = checkpoint_recovery.steps_holding(mgr.directory, 'model')

@@ -201,7 +201,7 @@ def _save_and_load(tmp_path, config, variables, image_shape, step=7, **meta):
   return model.load(tmp_path)
 
 
-def test_save_load_round_trip_and_numpy_model(tmp_path):
+def test_save_load_round_trip_and_numpy_model(tmp_path, monkeypatch):
   image_shape = (28, 28, 1)
   config, _, variables, x, r = _build(image_shape, 10, 'affine')
   m = model.Model(config, variables, model.model_meta(variables, image_shape))
@@ -223,6 +223,8 @@ def test_save_load_round_trip_and_numpy_model(tmp_path):
   np.testing.assert_allclose(small.encode(x), encoded, atol=1e-5)
   assert m.encode(x[:0]).shape == (0, 10)
   np.testing.assert_array_equal(model.load(tmp_path / 'checkpoints').decode(r), decoded)
+  monkeypatch.setenv('HOME', str(tmp_path.parent))  # '~' read as a shell would
+  assert model.load(f'~/{tmp_path.name}').meta.step == 7
   msg = r'decode expects responses of shape \(N, 10\), got \(5, 3\)'
   with pytest.raises(ValueError, match=msg):
     m.decode(np.zeros((5, 3)))
