@@ -52,17 +52,20 @@ def test_a_data_path_without_the_npz_dataset_is_refused_in_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_an_npz_of_10x10_patterns_trains_and_evaluates(tmp_path):
-  """Images smaller than SSIM's 11-pixel window, as in some fMRI sets: scored, and said so."""
+  """Images smaller than SSIM's 11-pixel window, as in some fMRI sets: scored, and said so; and a
+  test split of a few pairs, whose per-unit encoding PCCs are noted as saying little."""
   rng = np.random.default_rng(0)
   path = tmp_path / 'patterns.npz'
   stimuli = (rng.random((60, 10, 10)) < 0.5).astype(np.uint8) * 255
-  np.savez(path, stimuli=stimuli, responses=stimuli.reshape(60, -1) @ rng.normal(size=(100, 30)))
+  np.savez(path, stimuli=stimuli, responses=stimuli.reshape(60, -1) @ rng.normal(size=(100, 30)),
+           split=np.array(['train'] * 52 + ['test'] * 8))
   workdir = tmp_path / 'run'
   train(workdir, '--config.data.name=npz', f'--config.data.path={path}',
         config='configs/default.py:smoke')
   proc = _evaluate(workdir)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert 'SSIM with the largest Gaussian window that fits 10x10 images: 9 taps' in proc.stderr
+  assert 'note: the test split holds 8 pairs' in proc.stderr
   scores = json.loads((workdir / 'eval_test' / 'metrics.json').read_text())['decoding']
   assert all(np.isfinite(row['ssim']) for row in scores.values())
 

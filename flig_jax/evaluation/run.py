@@ -19,6 +19,7 @@ from flig_jax.nn.adapter import Adapter
 from flig_jax.training import closed_form
 
 SPLITS = ('test', 'val')
+FEW_PAIRS = 10  # below this many scored pairs, evaluate notes that per-unit PCCs are noisy
 MLP_STEPS = 300  # bounded so the MLP fits (the slowest phase) stay within seconds on a CPU
 GRID_COLUMNS = 10
 Predictor = Callable[[np.ndarray], np.ndarray]
@@ -232,6 +233,10 @@ def evaluate(ckpt: str | os.PathLike, split: str = 'test', out: str | os.PathLik
                      f'{len(scored)} pairs; evaluation needs at least 2{hint}')
   log(f'{ds.name}: {split} split of {len(scored)} pairs; train {len(ds.train)}, '
       f'val {len(ds.val)}')
+  if len(scored) < FEW_PAIRS:
+    print(f'note: the {split} split holds {len(scored)} pairs: each unit\'s encoding PCC is a '
+          f'correlation over {len(scored)} stimuli (always +-1 over 2), so encoding pcc_mean and '
+          'pcc_median say little here', file=sys.stderr)
 
   decoders, encoders, hparams = fit_baselines(m, ds, split, mlp_steps=mlp_steps,
                                               seed=int(m.config.get('seed', 0)), log=log,
